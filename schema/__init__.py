@@ -1,0 +1,41 @@
+"""Shared domain types and their wire encoding."""
+
+from schema.codec import (
+    InvalidEvent,
+    decode_decision,
+    decode_label,
+    decode_transaction,
+    encode,
+    read_jsonl,
+    write_jsonl,
+)
+from schema.types import (
+    Channel,
+    Decision,
+    FeatureVector,
+    GroundTruth,
+    Label,
+    LabelSource,
+    Outcome,
+    RuleHit,
+    Transaction,
+)
+
+__all__ = [
+    "Channel",
+    "Decision",
+    "FeatureVector",
+    "GroundTruth",
+    "InvalidEvent",
+    "Label",
+    "LabelSource",
+    "Outcome",
+    "RuleHit",
+    "Transaction",
+    "decode_decision",
+    "decode_label",
+    "decode_transaction",
+    "encode",
+    "read_jsonl",
+    "write_jsonl",
+]

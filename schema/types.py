@@ -1,0 +1,128 @@
+"""The domain types every component shares: transaction, decision, rule hit, label, feature vector.
+
+Money is integer minor units plus an ISO 4217 currency; time is a timezone-aware UTC datetime
+(RFC 3339 on the wire). Types are msgspec structs so that decoding *is* validation: a wrong type,
+a missing field or a constraint violation raises an error naming the field (``$.amount_minor``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Annotated
+
+import msgspec
+
+# A feature vector is the named model input for one transaction, in the order of the feature
+# declaration (streaming.features.MODEL_FEATURES). Kept as a plain mapping on the wire so a
+# decision record is readable and a reader never depends on positional order.
+FeatureVector = dict[str, float]
+
+NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+CountryCode = Annotated[str, msgspec.Meta(pattern="^[A-Z]{2}$")]
+CurrencyCode = Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
+PositiveMinorUnits = Annotated[int, msgspec.Meta(gt=0, le=10**12)]
+Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+# RFC 3339 with Z or an offset; a naive time is rejected rather than guessed.
+AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class Channel(str, Enum):
+    CARD_PRESENT = "card_present"
+    ECOMMERCE = "ecommerce"
+
+
+class Transaction(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """One card payment authorisation request, as the gateway sends it."""
+
+    transaction_id: NonEmptyStr
+    event_time: AwareTime
+    card_id: NonEmptyStr
+    customer_id: NonEmptyStr
+    merchant_id: NonEmptyStr
+    merchant_category: NonEmptyStr
+    amount_minor: PositiveMinorUnits
+    currency: CurrencyCode
+    country: CountryCode
+    card_country: CountryCode
+    device_id: NonEmptyStr
+    channel: Channel = Channel.ECOMMERCE
+
+    @property
+    def event_ts(self) -> float:
+        """Event time as Unix seconds: the clock every window runs on."""
+        return self.event_time.timestamp()
+
+    @property
+    def amount(self) -> float:
+        """Amount in major units (for features only; money is stored as minor units)."""
+        return self.amount_minor / 100.0
+
+
+class Outcome(str, Enum):
+    APPROVE = "approve"
+    FLAG = "flag"
+    BLOCK = "block"
+
+    @property
+    def severity(self) -> int:
+        return _SEVERITY[self]
+
+
+_SEVERITY = {Outcome.APPROVE: 0, Outcome.FLAG: 1, Outcome.BLOCK: 2}
+
+
+class RuleHit(msgspec.Struct, frozen=True, kw_only=True):
+    """A rule that fired (or could not be evaluated) for one transaction."""
+
+    rule_id: str  # versioned, e.g. "velocity_card_10m@1"
+    action: Outcome  # what the rule asks for; APPROVE for an informational hit
+    reason: str  # human words: "7 transactions on this card in 10 min (limit 5)"
+    evaluated: bool = True  # False: a feature it needs was missing; reason says which
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """What the scorer decided for one transaction, with everything needed to audit it later."""
+
+    transaction: Transaction
+    outcome: Outcome
+    score: Probability | None  # None when the model could not be consulted
+    model_version: str
+    rule_hits: list[RuleHit]
+    features: FeatureVector
+    decided_at: AwareTime
+    policy_arm: str = "default"
+    propensity: Probability = 1.0  # P(this arm's policy | transaction); 1.0 without an experiment
+    degraded_reason: str | None = None  # set when a dependency was unavailable
+    feature_staleness_s: float | None = None  # event time minus the newest event in the stored aggregates
+
+    @property
+    def transaction_id(self) -> str:
+        return self.transaction.transaction_id
+
+
+class LabelSource(str, Enum):
+    REVIEW = "review"  # an analyst's verdict on a flagged case
+    CHARGEBACK = "chargeback"  # the issuer's report, days to weeks later
+
+
+class Label(msgspec.Struct, frozen=True, kw_only=True):
+    """Ground truth about one transaction, and when it became known."""
+
+    transaction_id: NonEmptyStr
+    is_fraud: bool
+    source: LabelSource
+    known_at: AwareTime
+    author: NonEmptyStr
+    note: str = ""
+
+
+class GroundTruth(msgspec.Struct, frozen=True, kw_only=True):
+    """What really happened to a transaction: known to the simulator, never to the decision path.
+
+    Used only to evaluate (fraud caught vs missed) and to play the stand-in reviewer.
+    """
+
+    transaction_id: str
+    is_fraud: bool
+    scenario: str | None = None  # e.g. "card_testing"; None for legitimate traffic

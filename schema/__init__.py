@@ -9,9 +9,11 @@ from schema.codec import (
     read_jsonl,
     write_jsonl,
 )
+from schema.labels import resolve_labels
 from schema.types import (
     Channel,
     Decision,
+    DecisionThresholds,
     FeatureVector,
     GroundTruth,
     Label,
@@ -24,6 +26,7 @@ from schema.types import (
 __all__ = [
     "Channel",
     "Decision",
+    "DecisionThresholds",
     "FeatureVector",
     "GroundTruth",
     "InvalidEvent",
@@ -37,5 +40,6 @@ __all__ = [
     "decode_transaction",
     "encode",
     "read_jsonl",
+    "resolve_labels",
     "write_jsonl",
 ]

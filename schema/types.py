@@ -126,3 +126,21 @@ class GroundTruth(msgspec.Struct, frozen=True, kw_only=True):
     transaction_id: str
     is_fraud: bool
     scenario: str | None = None  # e.g. "card_testing"; None for legitimate traffic
+
+
+class DecisionThresholds(msgspec.Struct, frozen=True, kw_only=True):
+    """Score cut-offs that turn a fraud probability into an outcome: [flag, block) flags, >= block blocks."""
+
+    flag: Probability = 0.7
+    block: Probability = 0.9
+
+    def __post_init__(self) -> None:
+        if not self.flag <= self.block:
+            raise ValueError(f"thresholds: flag ({self.flag}) must not exceed block ({self.block})")
+
+    def outcome(self, score: float) -> Outcome:
+        if score >= self.block:
+            return Outcome.BLOCK
+        if score >= self.flag:
+            return Outcome.FLAG
+        return Outcome.APPROVE

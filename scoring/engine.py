@@ -1,0 +1,135 @@
+"""The decision core: rules, features, model, thresholds. Both doors (gRPC and Kafka) call it.
+
+Precedence: a rule's action is a floor the model cannot lower (a blocked country stays blocked
+whatever the score); the model's threshold outcome can raise it. The final outcome is the most
+severe of the two.
+
+Fallback when the online feature store is unreachable (documented in the README): the decision
+is made from the transaction alone, rules-only; velocity rules report "not evaluated", the model
+is not consulted (its score on empty history would be falsely reassuring), and any amount above
+``degraded_flag_amount_minor`` is flagged for review rather than approved. The decision carries
+``degraded_reason`` and a metric counts it; the next batch tries the store again, so recovery
+needs nothing but the store coming back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import redis
+
+from retrain.registry import RegisteredModel
+from rules_engine import RuleSet
+from schema import Decision, DecisionThresholds, FeatureVector, Outcome, RuleHit, Transaction
+from scoring.metrics import ScorerMetrics
+from streaming import OnlineFeatureStore
+from streaming.features import MODEL_FEATURES
+from streaming.windows import context_features
+
+
+@dataclass(frozen=True)
+class FallbackPolicy:
+    degraded_flag_amount_minor: int = 50_000  # 500.00: above this, no-features decisions go to review
+
+
+class DecisionEngine:
+    def __init__(
+        self,
+        rules: RuleSet,
+        model: RegisteredModel,
+        store: OnlineFeatureStore,
+        thresholds: DecisionThresholds,
+        metrics: ScorerMetrics,
+        fallback: FallbackPolicy | None = None,
+    ) -> None:
+        self.rules = rules
+        self.model = model
+        self.store = store
+        self.thresholds = thresholds
+        self.metrics = metrics
+        self.fallback = fallback or FallbackPolicy()
+        metrics.model_loaded(model.version)
+
+    def decide_batch(self, transactions: Sequence[Transaction]) -> list[Decision]:
+        if not transactions:
+            return []
+        started = time.perf_counter()
+        try:
+            batch = self.store.features_for_batch(transactions)
+        except redis.RedisError as exc:
+            self.metrics.observe_stage("features", time.perf_counter() - started)
+            return self._degraded(transactions, f"features_unavailable: {type(exc).__name__}")
+        features_done = time.perf_counter()
+        self.metrics.observe_stage("features", features_done - started)
+
+        matrix = np.array([[v[n] for n in MODEL_FEATURES] for v in batch.vectors], dtype=np.float32)
+        try:
+            scores = self.model.predict_proba(matrix)
+        except Exception as exc:  # noqa: BLE001 - any model failure must degrade, not fail the payment
+            return self._degraded(transactions, f"model_unavailable: {type(exc).__name__}", batch.vectors)
+        model_done = time.perf_counter()
+        self.metrics.observe_stage("model", model_done - features_done)
+
+        now = datetime.now(UTC)
+        decisions = []
+        for txn, vector, score in zip(transactions, batch.vectors, scores, strict=True):
+            hits = self.rules.evaluate(txn, vector)
+            outcome = max([self.thresholds.outcome(float(score)), *(h.action for h in hits)], key=_severity)
+            staleness = None if batch.stream_watermark is None else txn.event_ts - batch.stream_watermark
+            decisions.append(
+                Decision(
+                    transaction=txn,
+                    outcome=outcome,
+                    score=float(score),
+                    model_version=self.model.version,
+                    rule_hits=hits,
+                    features=vector,
+                    decided_at=now,
+                    feature_staleness_s=staleness,
+                )
+            )
+        self.metrics.observe_stage("rules_thresholds", time.perf_counter() - model_done)
+        self.metrics.count_decisions(decisions)
+        return decisions
+
+    def _degraded(
+        self, transactions: Sequence[Transaction], reason: str, vectors: Sequence[FeatureVector] | None = None
+    ) -> list[Decision]:
+        now = datetime.now(UTC)
+        decisions = []
+        for i, txn in enumerate(transactions):
+            vector = vectors[i] if vectors is not None else context_features(txn)
+            hits = self.rules.evaluate(txn, vector)
+            if txn.amount_minor > self.fallback.degraded_flag_amount_minor:
+                hits.append(
+                    RuleHit(
+                        rule_id="degraded_amount_review@1",
+                        action=Outcome.FLAG,
+                        reason=f"decided without {reason.split(':')[0].replace('_unavailable', '')}; "
+                        f"amount over {self.fallback.degraded_flag_amount_minor / 100:,.2f} goes to review",
+                    )
+                )
+            outcome = max([Outcome.APPROVE, *(h.action for h in hits)], key=_severity)
+            decisions.append(
+                Decision(
+                    transaction=txn,
+                    outcome=outcome,
+                    score=None,
+                    model_version=self.model.version,
+                    rule_hits=hits,
+                    features=vector,
+                    decided_at=now,
+                    degraded_reason=reason,
+                )
+            )
+        self.metrics.count_degraded(reason.split(":")[0], len(decisions))
+        self.metrics.count_decisions(decisions)
+        return decisions
+
+
+def _severity(outcome: Outcome) -> int:
+    return outcome.severity

@@ -1,0 +1,51 @@
+"""Prometheus metrics of the decision path, on a registry passed in (no import-time globals)."""
+
+from __future__ import annotations
+
+from collections import Counter as _Tally
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from schema import Decision
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class ScorerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.decisions = Counter(
+            "fraud_decisions", "Decisions made, by outcome and model version", ["outcome", "model_version"], registry=r
+        )
+        self.degraded = Counter(
+            "fraud_degraded_decisions", "Decisions made without a dependency, by reason", ["reason"], registry=r
+        )
+        self.invalid = Counter("fraud_invalid_requests", "Transactions refused as malformed", registry=r)
+        self.latency = Histogram(
+            "fraud_decision_latency_seconds",
+            "Server-side time per request (stage=total) and per batch stage",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge("fraud_model_info", "1 for the model version being served", ["version"], registry=r)
+        self.publish_failures = Counter(
+            "fraud_decision_publish_failures", "Decisions that could not be handed to Kafka", registry=r
+        )
+
+    def model_loaded(self, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version=version).set(1)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        self.latency.labels(stage=stage).observe(seconds)
+
+    def count_decisions(self, decisions: Iterable[Decision]) -> None:
+        tally = _Tally((d.outcome.value, d.model_version) for d in decisions)
+        for (outcome, version), n in tally.items():
+            self.decisions.labels(outcome=outcome, model_version=version).inc(n)
+
+    def count_degraded(self, reason: str, n: int) -> None:
+        self.degraded.labels(reason=reason).inc(n)

@@ -1,0 +1,91 @@
+"""The gRPC decision service (grpc.aio): Decide for one transaction, DecideBatch for many."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from schema import InvalidEvent, Transaction
+from scoring.engine import DecisionEngine
+from scoring.proto import fraud_pb2 as pb
+from scoring.proto import fraud_pb2_grpc
+from scoring.publisher import DecisionPublisher
+from scoring.wire import decision_to_proto, transaction_from_proto
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    max_batch: int = 5000  # a larger DecideBatch is refused, so one caller cannot stall everyone
+
+
+class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
+    def __init__(self, engine: DecisionEngine, publisher: DecisionPublisher, config: ServerConfig) -> None:
+        self.engine = engine
+        self.publisher = publisher
+        self.config = config
+
+    def _decide(self, transactions: list[Transaction]) -> list[pb.Decision]:
+        decisions = self.engine.decide_batch(transactions)
+        self.publisher.publish(decisions)
+        return [decision_to_proto(d) for d in decisions]
+
+    async def Decide(self, request: pb.Transaction, context: grpc.aio.ServicerContext) -> pb.Decision:  # noqa: N802
+        started = time.perf_counter()
+        try:
+            txn = transaction_from_proto(request)
+        except InvalidEvent as exc:
+            self.engine.metrics.invalid.inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid transaction: {exc}")
+        (decision,) = self._decide([txn])
+        self.engine.metrics.observe_stage("total", time.perf_counter() - started)
+        return decision
+
+    async def DecideBatch(  # noqa: N802
+        self, request: pb.TransactionBatch, context: grpc.aio.ServicerContext
+    ) -> pb.DecisionBatch:
+        started = time.perf_counter()
+        if len(request.transactions) > self.config.max_batch:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"batch of {len(request.transactions)} exceeds max_batch {self.config.max_batch}",
+            )
+        # A malformed transaction gets its own error; it must not cost its neighbours a decision.
+        results: list[pb.Decision | None] = []
+        valid: list[Transaction] = []
+        for msg in request.transactions:
+            try:
+                valid.append(transaction_from_proto(msg))
+                results.append(None)
+            except InvalidEvent as exc:
+                self.engine.metrics.invalid.inc()
+                results.append(pb.Decision(transaction_id=msg.transaction_id, error=f"invalid transaction: {exc}"))
+        decided = iter(self._decide(valid))
+        out = [r if r is not None else next(decided) for r in results]
+        self.engine.metrics.observe_stage("total", time.perf_counter() - started)
+        return pb.DecisionBatch(decisions=out)
+
+
+async def serve(service: FraudScorerService, ready: asyncio.Event | None = None) -> None:
+    """Run until cancelled; on cancellation finish in-flight calls and flush decisions."""
+    server = grpc.aio.server()
+    fraud_pb2_grpc.add_FraudScorerServicer_to_server(service, server)
+    address = f"{service.config.host}:{service.config.port}"
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    log.info("serving decisions on %s with model %s", address, service.engine.model.version)
+    if ready is not None:
+        ready.set()
+    try:
+        await server.wait_for_termination()
+    finally:
+        await server.stop(grace=5)
+        service.publisher.flush()

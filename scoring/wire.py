@@ -1,0 +1,68 @@
+"""Conversion between the gRPC messages and the shared domain types."""
+
+from __future__ import annotations
+
+import msgspec
+
+from schema import Decision, InvalidEvent, Transaction
+from scoring.proto import fraud_pb2 as pb
+
+_FIELDS = (
+    "transaction_id",
+    "event_time",
+    "card_id",
+    "customer_id",
+    "merchant_id",
+    "merchant_category",
+    "amount_minor",
+    "currency",
+    "country",
+    "card_country",
+    "device_id",
+)
+
+
+def transaction_from_proto(msg: pb.Transaction) -> Transaction:
+    """Validate a request; InvalidEvent names the field and the problem."""
+    data = {name: getattr(msg, name) for name in _FIELDS}
+    # proto3 cannot tell an empty string from a missing one; an empty channel means the default.
+    if msg.channel:
+        data["channel"] = msg.channel
+    try:
+        return msgspec.convert(data, Transaction)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(str(exc)) from exc
+
+
+def transaction_to_proto(txn: Transaction) -> pb.Transaction:
+    return pb.Transaction(
+        transaction_id=txn.transaction_id,
+        event_time=txn.event_time.isoformat().replace("+00:00", "Z"),
+        card_id=txn.card_id,
+        customer_id=txn.customer_id,
+        merchant_id=txn.merchant_id,
+        merchant_category=txn.merchant_category,
+        amount_minor=txn.amount_minor,
+        currency=txn.currency,
+        country=txn.country,
+        card_country=txn.card_country,
+        device_id=txn.device_id,
+        channel=txn.channel.value,
+    )
+
+
+def decision_to_proto(decision: Decision) -> pb.Decision:
+    return pb.Decision(
+        transaction_id=decision.transaction_id,
+        outcome=decision.outcome.value,
+        score=decision.score or 0.0,
+        has_score=decision.score is not None,
+        model_version=decision.model_version,
+        rule_hits=[
+            pb.RuleHit(rule_id=h.rule_id, action=h.action.value, reason=h.reason, evaluated=h.evaluated)
+            for h in decision.rule_hits
+        ],
+        degraded_reason=decision.degraded_reason or "",
+        policy_arm=decision.policy_arm,
+        propensity=decision.propensity,
+    )

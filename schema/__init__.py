@@ -12,6 +12,7 @@ from schema.codec import (
 from schema.labels import resolve_labels
 from schema.types import (
     Channel,
+    DeadLetter,
     Decision,
     DecisionThresholds,
     FeatureVector,
@@ -25,6 +26,7 @@ from schema.types import (
 
 __all__ = [
     "Channel",
+    "DeadLetter",
     "Decision",
     "DecisionThresholds",
     "FeatureVector",

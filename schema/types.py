@@ -144,3 +144,14 @@ class DecisionThresholds(msgspec.Struct, frozen=True, kw_only=True):
         if score >= self.flag:
             return Outcome.FLAG
         return Outcome.APPROVE
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """An event that could not be accepted, kept with why, so that nothing vanishes."""
+
+    reason: str  # names the field and the problem, e.g. "Expected `int` >= 1 - at `$.amount_minor`"
+    source_topic: str
+    partition: int
+    offset: int
+    payload: str  # the raw bytes as UTF-8 (invalid bytes replaced) so the record itself is valid JSON
+    received_at: AwareTime

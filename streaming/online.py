@@ -15,7 +15,7 @@ import redis
 
 from schema import FeatureVector, Transaction
 from streaming.offline import event_order
-from streaming.windows import LAYOUTS, EntityState, apply_transaction, decode_state, encode_state, feature_vector
+from streaming.windows import LAYOUTS, EntityState, apply_transaction, decode_state, feature_vector
 
 # An entity idle this long (wall clock) after its last update is evicted: its windows are all
 # empty by then. One day beyond the longest window.
@@ -45,15 +45,23 @@ class OnlineFeatureStore:
     def key(self, entity: str, entity_id: str) -> str:
         return f"{self.prefix}:feat:{{{entity}:{entity_id}}}"
 
-    def write_states(self, states: Iterable[tuple[str, str, EntityState]], newest_ts: float | None) -> int:
-        """Write whole entity states (one pipeline) and advance the stream watermark."""
+    def write_states(self, states: Iterable[tuple[str, str, bytes]], newest_ts: float | None, applied: int) -> int:
+        """Write whole encoded entity states in one pipeline, advance the watermark, count events.
+
+        Args:
+            states: (entity, entity id, encoded EntityState); a later item for a key wins.
+            newest_ts: newest event time among the events these states include.
+            applied: how many events the batch applied (a progress counter, not used by features).
+        """
         pipe = self.client.pipeline(transaction=False)
         n = 0
-        for entity, entity_id, state in states:
-            pipe.set(self.key(entity, entity_id), encode_state(state), ex=STATE_TTL_S)
+        for entity, entity_id, blob in states:
+            pipe.set(self.key(entity, entity_id), blob, ex=STATE_TTL_S)
             n += 1
         if newest_ts is not None:
             self._advance(keys=[self._watermark_key], args=[repr(newest_ts)], client=pipe)
+        if applied:
+            pipe.hincrby(self._counter_key, "events", applied)
         pipe.execute()
         return n
 

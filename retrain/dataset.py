@@ -31,7 +31,9 @@ class TrainingSet:
         lo = -np.inf if start is None else start.timestamp()
         mask = (self.event_ts > lo) & (self.event_ts <= end.timestamp())
         idx = np.flatnonzero(mask)
-        return TrainingSet([self.transactions[i] for i in idx], self.features[idx], self.labels[idx], self.event_ts[idx])
+        return TrainingSet(
+            [self.transactions[i] for i in idx], self.features[idx], self.labels[idx], self.event_ts[idx]
+        )
 
     def __len__(self) -> int:
         return len(self.transactions)

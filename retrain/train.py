@@ -58,9 +58,7 @@ def fit(features: np.ndarray, labels: np.ndarray, config: TrainingConfig) -> xgb
 
 
 def to_onnx(model: xgb.XGBClassifier, n_features: int) -> bytes:
-    onnx_model = convert_xgboost(
-        model, initial_types=[("input", FloatTensorType([None, n_features]))], target_opset=15
-    )
+    onnx_model = convert_xgboost(model, initial_types=[("input", FloatTensorType([None, n_features]))], target_opset=15)
     return onnx_model.SerializeToString()
 
 

@@ -99,9 +99,7 @@ class CardVelocity(_Rule):
         if count is None:
             return self._not_evaluated(f"velocity unknown: feature {feature} unavailable")
         if count > self.max_transactions:
-            return self._hit(
-                f"{int(count)} transactions on this card in {self.window} (limit {self.max_transactions})"
-            )
+            return self._hit(f"{int(count)} transactions on this card in {self.window} (limit {self.max_transactions})")
         return None
 
 

@@ -8,7 +8,7 @@ a missing field or a constraint violation raises an error naming the field (``$.
 from __future__ import annotations
 
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import msgspec
@@ -27,7 +27,7 @@ Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
-class Channel(str, Enum):
+class Channel(StrEnum):
     CARD_PRESENT = "card_present"
     ECOMMERCE = "ecommerce"
 
@@ -59,7 +59,7 @@ class Transaction(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         return self.amount_minor / 100.0
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     APPROVE = "approve"
     FLAG = "flag"
     BLOCK = "block"
@@ -101,7 +101,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
         return self.transaction.transaction_id
 
 
-class LabelSource(str, Enum):
+class LabelSource(StrEnum):
     REVIEW = "review"  # an analyst's verdict on a flagged case
     CHARGEBACK = "chargeback"  # the issuer's report, days to weeks later
 

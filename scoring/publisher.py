@@ -31,7 +31,10 @@ class DecisionPublisher:
         for decision in decisions:
             try:
                 self.producer.produce(
-                    self.topic, key=decision.transaction_id.encode(), value=encode(decision), on_delivery=self._delivered
+                    self.topic,
+                    key=decision.transaction_id.encode(),
+                    value=encode(decision),
+                    on_delivery=self._delivered,
                 )
             except BufferError:
                 self.metrics.publish_failures.inc()

@@ -64,9 +64,7 @@ def _by_entity(txn: Transaction) -> list[tuple[str, tuple[str, Transaction]]]:
     return [(f"{entity}:{layout.key_of(txn)}", (entity, txn)) for entity, layout in LAYOUTS.items()]
 
 
-def _apply(
-    state: EntityState | None, routed: tuple[str, Transaction]
-) -> tuple[EntityState, tuple[float, bytes]]:
+def _apply(state: EntityState | None, routed: tuple[str, Transaction]) -> tuple[EntityState, tuple[float, bytes]]:
     entity, txn = routed
     state = state or EntityState()
     apply_transaction(state, LAYOUTS[entity], txn)

@@ -15,10 +15,10 @@ future do not leak into t's features at bucket granularity.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Aggregation(str, Enum):
+class Aggregation(StrEnum):
     COUNT = "count"
     SUM = "sum"  # of the amount, in major units
     DISTINCT = "distinct"  # number of distinct values of a transaction field
@@ -94,9 +94,7 @@ DERIVED_FEATURES: tuple[str, ...] = ("card_amount_to_mean_24h",)
 
 # The model's input, in column order. Changing it changes the model contract: a model records
 # the list it was trained on and the scorer refuses a model whose list differs.
-MODEL_FEATURES: tuple[str, ...] = (
-    CONTEXT_FEATURES + tuple(f.name for f in WINDOWED_FEATURES) + DERIVED_FEATURES
-)
+MODEL_FEATURES: tuple[str, ...] = CONTEXT_FEATURES + tuple(f.name for f in WINDOWED_FEATURES) + DERIVED_FEATURES
 
 
 def feature_by_name(name: str) -> WindowedFeature:

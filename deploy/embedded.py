@@ -137,8 +137,16 @@ class EmbeddedKafka(_Server):
     def _command(self) -> list[str]:
         url = f"tcp://127.0.0.1:{self.port}"
         # Always pass loopback URLs: tansu's default listener is 0.0.0.0:9092.
-        return [str(self.binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/"]
+        return [
+            str(self.binary),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
 
     def _ready(self) -> bool:
         try:
@@ -162,8 +170,21 @@ class EmbeddedRedis(_Server):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _command(self) -> list[str]:
-        return [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--daemonize", "no", "--dir", str(self.work_dir)]
+        return [
+            str(self.binary),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self.work_dir),
+        ]
 
     def _ready(self) -> bool:
         try:

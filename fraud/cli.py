@@ -54,6 +54,7 @@ def up(home: Home = None) -> None:
         settings.home / "services",
         kafka_bootstrap=settings.kafka_bootstrap,
         redis_url=settings.redis_url,
+        topics=settings.topics,
         tansu_bin=settings.tansu_bin,
     ) as services:
         settings.services_file.write_text(
@@ -91,15 +92,14 @@ def simulate(
         console.print(f"{name}: {path}")
     console.print(sim.summary())
     if to_kafka:
-        from deploy.kafka import DEFAULT_TOPICS, make_producer, produce_all
-
+        from deploy.kafka import make_producer, produce_all
         from schema import encode
 
         producer = make_producer(settings.require_kafka())
         n = produce_all(
-            producer, DEFAULT_TOPICS.transactions, ((t.card_id.encode(), encode(t)) for t in sim.transactions)
+            producer, settings.topics.transactions, ((t.card_id.encode(), encode(t)) for t in sim.transactions)
         )
-        console.print(f"produced {n} transactions to {DEFAULT_TOPICS.transactions}")
+        console.print(f"produced {n} transactions to {settings.topics.transactions}")
 
 
 @app.command()
@@ -110,7 +110,11 @@ def stream(home: Home = None) -> None:
 
     settings = _settings(home)
     config = StreamConfig(
-        kafka_bootstrap=settings.require_kafka(), redis_url=settings.require_redis(), key_prefix=settings.key_prefix
+        kafka_bootstrap=settings.require_kafka(),
+        redis_url=settings.require_redis(),
+        key_prefix=settings.key_prefix,
+        transactions_topic=settings.topics.transactions,
+        dead_letter_topic=settings.topics.dead_letter,
     )
     console.print(f"streaming features from {config.kafka_bootstrap} into {config.redis_url}")
     run_flow(build_flow(config))

@@ -7,11 +7,13 @@ Precedence: command-line flag > environment variable > the services file written
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from deploy.kafka import Topics
 from schema import DecisionThresholds
 
 
@@ -44,6 +46,7 @@ class Settings(BaseSettings):
     grpc_port: int = Field(50051, ge=0, le=65535)
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port (0 = off).")
     key_prefix: str = Field("fraud", description="Prefix of every Redis key this system writes.")
+    topic_suffix: str = Field("", description="Appended to every topic name, to run isolated copies on one broker.")
     flag_threshold: float = Field(0.7, ge=0.0, le=1.0)
     block_threshold: float = Field(0.9, ge=0.0, le=1.0)
     rules_file: Path | None = Field(None, description="Rule file (YAML); unset: the rules shipped.")
@@ -51,6 +54,11 @@ class Settings(BaseSettings):
     @property
     def thresholds(self) -> DecisionThresholds:
         return DecisionThresholds(flag=self.flag_threshold, block=self.block_threshold)
+
+    @property
+    def topics(self) -> Topics:
+        base = Topics()
+        return Topics(**{name: f"{topic}{self.topic_suffix}" for name, topic in asdict(base).items()})
 
     @property
     def data_dir(self) -> Path:

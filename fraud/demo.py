@@ -85,8 +85,7 @@ def _free_port() -> int:
 
 
 def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str, object]:
-    from deploy.kafka import DEFAULT_TOPICS, make_producer, produce_all
-
+    from deploy.kafka import make_producer, produce_all
     from simulator import SimulationConfig, simulate, write_simulation
     from streaming import OfflineFeatureBuilder, OnlineFeatureStore
 
@@ -127,9 +126,9 @@ def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str,
     store = OnlineFeatureStore(redis_client(settings.require_redis()), settings.key_prefix)
     try:
         produced = produce_all(
-            producer, DEFAULT_TOPICS.transactions, ((t.card_id.encode(), encode(t)) for t in history)
+            producer, settings.topics.transactions, ((t.card_id.encode(), encode(t)) for t in history)
         )
-        produce_all(producer, DEFAULT_TOPICS.transactions, ((None, raw) for raw in MALFORMED_EVENTS))
+        produce_all(producer, settings.topics.transactions, ((None, raw) for raw in MALFORMED_EVENTS))
         wait_for(
             lambda: store.counts().get("events", 0) >= produced,
             120,
@@ -148,7 +147,7 @@ def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str,
         stream.stop()
 
     console.rule("6. review")
-    published = read_decisions(settings.require_kafka(), idle_s=2.0)
+    published = read_decisions(settings, idle_s=2.0)
     opened = intake_decisions(settings, idle_s=2.0)
     truth = {g.transaction_id: g for g in sim.truth}
     reviewed = _stand_in_reviewer(settings, config.reviewed_cases, truth)
@@ -171,8 +170,7 @@ def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str,
 
 
 def _replay_live(config, settings, live, producer, store, produced, stream, scorer, console) -> list[Decision]:
-    from deploy.kafka import DEFAULT_TOPICS, produce_all
-
+    from deploy.kafka import produce_all
     from schema import decode_decision  # noqa: F401  (decisions come back over gRPC; full records via Kafka)
     from scoring import ScorerClient
 
@@ -187,7 +185,7 @@ def _replay_live(config, settings, live, producer, store, produced, stream, scor
                     raise RuntimeError(f"scorer refused {reply.transaction_id}: {reply.error}")
                 decided_ids.append(reply.transaction_id)
             applied += produce_all(
-                producer, DEFAULT_TOPICS.transactions, ((t.card_id.encode(), encode(t)) for t in chunk)
+                producer, settings.topics.transactions, ((t.card_id.encode(), encode(t)) for t in chunk)
             )
             wait_for(
                 lambda target=applied: store.counts().get("events", 0) >= target,
@@ -197,7 +195,7 @@ def _replay_live(config, settings, live, producer, store, produced, stream, scor
             )
             if (i // config.chunk) % 20 == 0:
                 console.print(f"  decided {len(decided_ids):>7,} / {len(live):,}")
-    by_id = {d.transaction_id: d for d in read_decisions(settings.require_kafka(), idle_s=2.0)}
+    by_id = {d.transaction_id: d for d in read_decisions(settings, idle_s=2.0)}
     missing = [t for t in decided_ids if t not in by_id]
     if missing:
         raise RuntimeError(f"{len(missing)} decisions never reached the `decisions` topic, e.g. {missing[:3]}")

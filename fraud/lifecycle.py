@@ -44,9 +44,9 @@ def redis_client(url: str) -> redis.Redis:
 
 
 def build_service(settings: Settings):
-    from deploy.kafka import DEFAULT_TOPICS, make_producer
     from prometheus_client import start_http_server
 
+    from deploy.kafka import make_producer
     from retrain import ModelRegistry
     from rules_engine import load_rules
     from scoring import DecisionEngine, DecisionPublisher, FraudScorerService, ScorerMetrics, ServerConfig
@@ -60,7 +60,7 @@ def build_service(settings: Settings):
         thresholds=settings.thresholds,
         metrics=metrics,
     )
-    publisher = DecisionPublisher(make_producer(settings.require_kafka()), DEFAULT_TOPICS.decisions, metrics)
+    publisher = DecisionPublisher(make_producer(settings.require_kafka()), settings.topics.decisions, metrics)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
     return FraudScorerService(engine, publisher, ServerConfig(host=settings.grpc_host, port=settings.grpc_port))
@@ -70,25 +70,27 @@ def record_review_label(
     settings: Settings, transaction_id: str, is_fraud: bool, reviewer: str, note: str, at: datetime | None = None
 ) -> Label:
     """Commit the label to the review store, then publish it to `labels`."""
-    from deploy.kafka import DEFAULT_TOPICS, make_producer, produce_all
-
+    from deploy.kafka import make_producer, produce_all
     from review_queue import ReviewStore
 
     with ReviewStore(settings.review_db) as store:
         label = store.record_label(transaction_id, is_fraud, reviewer, note, at=at)
     produce_all(
-        make_producer(settings.require_kafka()), DEFAULT_TOPICS.labels, [(label.transaction_id.encode(), encode(label))]
+        make_producer(settings.require_kafka()),
+        settings.topics.labels,
+        [(label.transaction_id.encode(), encode(label))],
     )
     return label
 
 
-def read_decisions(bootstrap: str, idle_s: float, group: str | None = None) -> list[Decision]:
+def read_decisions(settings: Settings, idle_s: float, group: str | None = None) -> list[Decision]:
     """Decisions on `decisions`: all of them (no group), or those new to consumer ``group``."""
-    from deploy.kafka import DEFAULT_TOPICS, consume_until_idle, make_consumer, read_topic
+    from deploy.kafka import consume_until_idle, make_consumer, read_topic
 
+    topic = settings.topics.decisions
     if group is None:
-        return [decode_decision(m.value()) for m in read_topic(bootstrap, DEFAULT_TOPICS.decisions, idle_s)]
-    consumer = make_consumer(bootstrap, group, [DEFAULT_TOPICS.decisions])
+        return [decode_decision(m.value()) for m in read_topic(settings.require_kafka(), topic, idle_s)]
+    consumer = make_consumer(settings.require_kafka(), group, [topic])
     try:
         return [decode_decision(m.value()) for m in consume_until_idle(consumer, idle_s=idle_s)]
     finally:
@@ -100,7 +102,7 @@ def intake_decisions(settings: Settings, idle_s: float) -> int:
     from review_queue import ReviewStore
     from schema import Outcome
 
-    decisions = read_decisions(settings.require_kafka(), idle_s, group="review-intake")
+    decisions = read_decisions(settings, idle_s, group="review-intake")
     with ReviewStore(settings.review_db) as store:
         return store.add_cases([d for d in decisions if d.outcome is Outcome.FLAG])
 
@@ -123,7 +125,7 @@ def drift_report(settings: Settings, threshold: float, metrics_port: int, decisi
     meta = registry.metadata(registry.champion() or "")
     reference = DriftReference.from_dict(meta["drift_reference"])
     if decisions is None:
-        decisions = read_decisions(settings.require_kafka(), idle_s=2.0)
+        decisions = read_decisions(settings, idle_s=2.0)
     results = compare(reference, decision_samples(decisions), threshold=threshold)
     if metrics_port:
         import time

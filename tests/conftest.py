@@ -1,0 +1,54 @@
+"""Shared fixtures: real servers (tansu broker, redis-server) started once per test session on free
+loopback ports and stopped afterwards. KAFKA_BOOTSTRAP / REDIS_URL, if set, are used instead.
+A server that cannot start is an error, never a skip."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from deploy import EmbeddedKafka, EmbeddedRedis, Topics, ensure_topics
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        yield os.environ["KAFKA_BOOTSTRAP"]
+        return
+    with EmbeddedKafka(tmp_path_factory.mktemp("kafka"), os.environ.get("CALF_TANSU_BIN")) as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str) -> Topics:
+    """Topics of this test only (uuid-suffixed), created on the session broker."""
+    suffix = uuid.uuid4().hex[:8]
+    named = Topics(
+        transactions=f"transactions-{suffix}",
+        decisions=f"decisions-{suffix}",
+        dead_letter=f"dead-letter-{suffix}",
+        labels=f"labels-{suffix}",
+    )
+    ensure_topics(kafka_bootstrap, named.all())
+    return named

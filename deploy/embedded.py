@@ -17,7 +17,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,10 +67,8 @@ def find_redis_server() -> Path:
 def _die_with_parent() -> None:
     # Linux: the child gets SIGTERM when its parent dies, so a crashed test run leaves no servers.
     PR_SET_PDEATHSIG = 1  # noqa: N806
-    try:
+    with suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 class _Server:

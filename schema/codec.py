@@ -30,26 +30,26 @@ def encode(obj: object) -> bytes:
     return _encoder.encode(obj)
 
 
+def _decode(decoder: msgspec.json.Decoder, raw: bytes | str):
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: check it first
+        raise InvalidEvent(str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"malformed JSON: {exc}") from exc
+
+
 def decode_transaction(raw: bytes | str) -> Transaction:
     """Decode and validate one transaction, raising InvalidEvent with the field and the problem."""
-    try:
-        return _transaction_decoder.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
-        raise InvalidEvent(str(exc)) from exc
+    return _decode(_transaction_decoder, raw)
 
 
 def decode_decision(raw: bytes | str) -> Decision:
-    try:
-        return _decision_decoder.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
-        raise InvalidEvent(str(exc)) from exc
+    return _decode(_decision_decoder, raw)
 
 
 def decode_label(raw: bytes | str) -> Label:
-    try:
-        return _label_decoder.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
-        raise InvalidEvent(str(exc)) from exc
+    return _decode(_label_decoder, raw)
 
 
 def write_jsonl(path: Path, items: Iterable[object]) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 from rich.console import Console
 
 from fraud.config import Settings
+from fraud.gateway import PacedGateway, wait_until_serving
 from fraud.lifecycle import (
     drift_report,
     intake_decisions,
@@ -30,8 +31,8 @@ from fraud.lifecycle import (
     redis_client,
     run_retrain,
 )
-from fraud.processes import ChildProcess, wait_for
-from schema import Decision, Outcome, encode
+from fraud.processes import ChildProcess
+from schema import Decision, Outcome
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ def _free_port() -> int:
 
 def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str, object]:
     from deploy.kafka import make_producer, produce_all
+    from scoring import ScorerClient
     from simulator import SimulationConfig, simulate, write_simulation
     from streaming import OfflineFeatureBuilder, OnlineFeatureStore
 
@@ -122,29 +124,29 @@ def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str,
     logs = settings.home / "logs"
     stream = ChildProcess("stream", ["stream"], env, logs)
     scorer = ChildProcess("serve", ["serve"], env, logs)
+
+    def alive() -> None:
+        stream.check_alive()
+        scorer.check_alive()
+
     producer = make_producer(settings.require_kafka())
     store = OnlineFeatureStore(redis_client(settings.require_redis()), settings.key_prefix)
     try:
-        produced = produce_all(
-            producer, settings.topics.transactions, ((t.card_id.encode(), encode(t)) for t in history)
-        )
-        produce_all(producer, settings.topics.transactions, ((None, raw) for raw in MALFORMED_EVENTS))
-        wait_for(
-            lambda: store.counts().get("events", 0) >= produced,
-            120,
-            "the stream to load history",
-            alive=stream.check_alive,
-        )
-        console.print(
-            f"stream applied {produced} historical transactions; "
-            f"{len(MALFORMED_EVENTS)} malformed events sent to dead-letter"
-        )
-
-        console.rule(f"5. live: {len(live)} transactions over {config.live_days} days, decided over gRPC")
-        decisions = _replay_live(config, settings, live, producer, store, produced, stream, scorer, console)
+        with ScorerClient(f"{settings.grpc_host}:{settings.grpc_port}", timeout_s=30) as client:
+            gateway = PacedGateway(client, producer, settings.topics.transactions, store, alive)
+            gateway.publish(history)
+            produce_all(producer, settings.topics.transactions, ((None, raw) for raw in MALFORMED_EVENTS))
+            console.print(
+                f"stream applied {len(history)} historical transactions; "
+                f"{len(MALFORMED_EVENTS)} malformed events sent to dead-letter"
+            )
+            console.rule(f"5. live: {len(live)} transactions over {config.live_days} days, decided over gRPC")
+            wait_until_serving(client, 60, alive)
+            decided = gateway.replay(live, config.chunk, lambda n: _progress(console, n, len(live)))
     finally:
         scorer.stop()
         stream.stop()
+    decisions = _published(settings, decided)
 
     console.rule("6. review")
     published = read_decisions(settings, idle_s=2.0)
@@ -169,45 +171,18 @@ def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str,
     return _summary(decisions, truth, opened, reviewed, first, second, drift, identical, published)
 
 
-def _replay_live(config, settings, live, producer, store, produced, stream, scorer, console) -> list[Decision]:
-    from deploy.kafka import produce_all
-    from schema import decode_decision  # noqa: F401  (decisions come back over gRPC; full records via Kafka)
-    from scoring import ScorerClient
+def _progress(console: Console, done: int, total: int) -> None:
+    if done % 5000 < 250 or done == total:
+        console.print(f"  decided {done:>7,} / {total:,}")
 
-    decided_ids: list[str] = []
-    with ScorerClient(f"{settings.grpc_host}:{settings.grpc_port}", timeout_s=30) as client:
-        wait_for(lambda: _ready(client), 60, "the scorer to serve", poll_s=0.2, alive=scorer.check_alive)
-        applied = produced
-        for i in range(0, len(live), config.chunk):
-            chunk = live[i : i + config.chunk]
-            for reply in client.decide_batch(chunk):
-                if reply.error:
-                    raise RuntimeError(f"scorer refused {reply.transaction_id}: {reply.error}")
-                decided_ids.append(reply.transaction_id)
-            applied += produce_all(
-                producer, settings.topics.transactions, ((t.card_id.encode(), encode(t)) for t in chunk)
-            )
-            wait_for(
-                lambda target=applied: store.counts().get("events", 0) >= target,
-                60,
-                "the stream to catch up",
-                alive=stream.check_alive,
-            )
-            if (i // config.chunk) % 20 == 0:
-                console.print(f"  decided {len(decided_ids):>7,} / {len(live):,}")
+
+def _published(settings: Settings, decided: list[str]) -> list[Decision]:
+    """The full decision records, as published to `decisions`, in decision order."""
     by_id = {d.transaction_id: d for d in read_decisions(settings, idle_s=2.0)}
-    missing = [t for t in decided_ids if t not in by_id]
+    missing = [t for t in decided if t not in by_id]
     if missing:
         raise RuntimeError(f"{len(missing)} decisions never reached the `decisions` topic, e.g. {missing[:3]}")
-    return [by_id[t] for t in decided_ids]
-
-
-def _ready(client) -> bool:
-    try:
-        client.wait_ready(0.2)
-        return True
-    except Exception:  # noqa: BLE001 - not up yet
-        return False
+    return [by_id[t] for t in decided]
 
 
 def _stand_in_reviewer(settings: Settings, n: int, truth) -> int:

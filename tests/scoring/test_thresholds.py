@@ -6,8 +6,14 @@ from schema import DecisionThresholds, Outcome
 
 @pytest.mark.parametrize(
     ("score", "outcome"),
-    [(0.0, Outcome.APPROVE), (0.6999, Outcome.APPROVE), (0.7, Outcome.FLAG), (0.8999, Outcome.FLAG),
-     (0.9, Outcome.BLOCK), (1.0, Outcome.BLOCK)],
+    [
+        (0.0, Outcome.APPROVE),
+        (0.6999, Outcome.APPROVE),
+        (0.7, Outcome.FLAG),
+        (0.8999, Outcome.FLAG),
+        (0.9, Outcome.BLOCK),
+        (1.0, Outcome.BLOCK),
+    ],
 )
 def test_default_thresholds_are_half_open_bands(score, outcome):
     assert DecisionThresholds().outcome(score) is outcome

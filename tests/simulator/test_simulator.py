@@ -79,8 +79,11 @@ def test_drift_raises_amounts_from_its_start_day():
     drifted = simulate(SimulationConfig(seed=3, days=4, n_customers=1000, drift_start_day=2, drift_amount_factor=2.0))
 
     def mean_late_amount(s):
-        late = [t.amount_minor for t, g in zip(s.transactions, s.truth, strict=True)
-                if not g.is_fraud and (t.event_time - s.transactions[0].event_time).days >= 2]
+        late = [
+            t.amount_minor
+            for t, g in zip(s.transactions, s.truth, strict=True)
+            if not g.is_fraud and (t.event_time - s.transactions[0].event_time).days >= 2
+        ]
         return sum(late) / len(late)
 
     assert mean_late_amount(drifted) > 1.5 * mean_late_amount(base)

@@ -70,6 +70,7 @@ def test_state_is_independent_of_arrival_order():
     random.Random(3).shuffle(mixed)
     for t in mixed:
         apply_transaction(shuffled, CARD, t)
+
     # Distinct lists may be in another order; compare as sets per bucket.
     def canon(state):
         return {

@@ -1,0 +1,212 @@
+"""The whole loop against real processes: broker, Redis, the bytewax stream, the gRPC scorer.
+
+One module-scoped run: train a first model on simulated history, start `fraud stream` and
+`fraud serve`, replay history into the stream, then decide a live day over gRPC while publishing
+each transaction to `transactions`. The tests then check what came out of it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.request
+import uuid
+from datetime import timedelta
+
+import grpc
+import pytest
+
+from deploy import ensure_topics, free_port, make_producer, read_topic
+from fraud.config import Settings
+from fraud.gateway import PacedGateway, wait_until_serving
+from fraud.lifecycle import intake_decisions, read_decisions, redis_client, run_retrain
+from fraud.processes import ChildProcess
+from retrain import ModelRegistry
+from review_queue import ReviewStore
+from schema import Outcome, decode_label
+from scoring import ScorerClient
+from scoring.proto import fraud_pb2 as pb
+from simulator import SimulationConfig, simulate, write_simulation
+from streaming import OfflineFeatureBuilder, OnlineFeatureStore
+from tests.factories import txn
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def burst(start, card="card-planted"):
+    """A card-testing burst: 12 tiny online payments in four minutes on one card."""
+    return [
+        txn(
+            900_000 + i,
+            at=start,
+            minutes=i / 3,
+            card=card,
+            amount_minor=99,
+            category="digital_goods",
+            merchant="merch-0005",
+            device="dev-x-planted",
+        )
+        for i in range(12)
+    ]
+
+
+@pytest.fixture(scope="module")
+def run(kafka_bootstrap, redis_url, tmp_path_factory):
+    suffix = f"-{uuid.uuid4().hex[:8]}"
+    home = tmp_path_factory.mktemp("e2e")
+    settings = Settings(
+        home=home,
+        kafka_bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        topic_suffix=suffix,
+        key_prefix=f"e2e{suffix}",
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+    )
+    ensure_topics(kafka_bootstrap, settings.topics.all())
+    sim = simulate(SimulationConfig(seed=5, days=6, n_customers=1500))
+    write_simulation(sim, settings.data_dir)
+    live_start = sim.transactions[0].event_time.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=5)
+    history = [t for t in sim.transactions if t.event_time < live_start]
+    live = sorted(
+        [t for t in sim.transactions if t.event_time >= live_start] + burst(live_start + timedelta(hours=9)),
+        key=lambda t: (t.event_time, t.transaction_id),
+    )
+    first = run_retrain(settings, history, sim.labels, live_start, label_maturity_days=1.0)
+
+    env = {
+        "KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "REDIS_URL": redis_url,
+        "FRAUD_HOME": str(home),
+        "FRAUD_TOPIC_SUFFIX": suffix,
+        "FRAUD_KEY_PREFIX": settings.key_prefix,
+        "FRAUD_GRPC_PORT": str(settings.grpc_port),
+        "FRAUD_METRICS_PORT": str(settings.metrics_port),
+    }
+    stream = ChildProcess("stream", ["stream"], env, home / "logs")
+    scorer = ChildProcess("serve", ["serve"], env, home / "logs")
+    store = OnlineFeatureStore(redis_client(redis_url), settings.key_prefix)
+    client = ScorerClient(f"127.0.0.1:{settings.grpc_port}", timeout_s=30)
+
+    def alive():
+        stream.check_alive()
+        scorer.check_alive()
+
+    try:
+        gateway = PacedGateway(client, make_producer(kafka_bootstrap), settings.topics.transactions, store, alive)
+        gateway.publish(history)
+        wait_until_serving(client, 60, alive)
+        decided = gateway.replay(live, chunk=200)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics").read().decode()
+        yield {
+            "settings": settings,
+            "sim": sim,
+            "live": live,
+            "history": history,
+            "decided": decided,
+            "first": first,
+            "client": client,
+            "metrics": metrics,
+            "env": env,
+            "decisions": {d.transaction_id: d for d in read_decisions(settings, idle_s=2.0)},
+        }
+    finally:
+        client.close()
+        scorer.stop()
+        stream.stop()
+
+
+def test_every_live_transaction_is_decided_and_published(run):
+    assert run["decided"] == [t.transaction_id for t in run["live"]]
+    assert set(run["decided"]) <= set(run["decisions"])
+    versions = {run["decisions"][t].model_version for t in run["decided"]}
+    assert versions == {run["first"].challenger}
+    assert all(run["decisions"][t].degraded_reason is None for t in run["decided"])
+
+
+def test_online_features_equal_the_offline_builder(run):
+    """Training-serving skew check: what the scorer used equals what training would compute."""
+    offline = OfflineFeatureBuilder().replay(run["history"] + run["live"])
+    mismatched = [t for t in run["decided"] if run["decisions"][t].features != offline[t]]
+    assert mismatched == []
+
+
+def test_card_testing_burst_trips_the_velocity_rule(run):
+    planted = [run["decisions"][t.transaction_id] for t in burst(run["live"][0].event_time)]
+    assert [d.features["card_txn_count_10m"] for d in planted] == [float(i) for i in range(1, 13)]
+    tripped = [d for d in planted if any(h.rule_id == "velocity_card_10m@1" for h in d.rule_hits)]
+    assert [d.features["card_txn_count_10m"] for d in tripped] == [9.0, 10.0, 11.0, 12.0]
+    assert all(d.outcome is not Outcome.APPROVE for d in tripped)
+
+
+def test_flagged_decisions_become_cases_and_a_label_is_recorded(run):
+    settings = run["settings"]
+    flagged = {t for t in run["decided"] if run["decisions"][t].outcome is Outcome.FLAG}
+    assert flagged
+    assert intake_decisions(settings, idle_s=1.0) == len(flagged)
+    with ReviewStore(settings.review_db) as store:
+        assert {c.transaction_id for c in store.open_cases(10_000)} == flagged
+        case = store.open_cases(1)[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "fraud", "review", "label", case.transaction_id, "--fraud", "--reviewer", "alice"],
+        env={**run["env"], "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    with ReviewStore(settings.review_db) as store:
+        assert store.get_case(case.transaction_id).status == "labelled"
+        (label,) = store.labels()
+        assert (label.transaction_id, label.is_fraud, label.author) == (case.transaction_id, True, "alice")
+    published = [decode_label(m.value()) for m in read_topic(settings.require_kafka(), settings.topics.labels)]
+    assert [lb.transaction_id for lb in published] == [case.transaction_id]
+
+
+def test_retrain_produces_a_new_model_version(run):
+    settings = run["settings"]
+    result = subprocess.run(
+        [sys.executable, "-m", "fraud", "retrain"],
+        env={**run["env"], "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    registry = ModelRegistry(settings.registry_dir)
+    assert registry.versions() == [run["first"].challenger, "xgb-0002"]
+    last = registry.history()[-1]
+    assert last["challenger"] == "xgb-0002" and last["champion_before"] == run["first"].challenger
+    assert last["challenger_pr_auc"] is not None and last["champion_pr_auc"] is not None
+
+
+def test_metrics_count_decisions_by_outcome_and_model(run):
+    version = run["first"].challenger
+    assert f'fraud_decisions_total{{model_version="{version}",outcome="approve"}}' in run["metrics"]
+    assert f'fraud_model_info{{version="{version}"}} 1.0' in run["metrics"]
+    assert "fraud_decision_latency_seconds_bucket" in run["metrics"]
+
+
+def test_invalid_requests_are_refused_naming_the_field(run):
+    client = run["client"]
+    bad = pb.Transaction(
+        transaction_id="bad-1",
+        event_time="2026-01-10T10:00:00Z",
+        card_id="c",
+        customer_id="u",
+        merchant_id="m",
+        merchant_category="grocery",
+        amount_minor=-5,
+        currency="EUR",
+        country="DE",
+        card_country="DE",
+        device_id="d",
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        client.decide(bad)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "amount_minor" in err.value.details()
+    good = txn(777_777, at=run["live"][-1].event_time, card="card-unary")
+    replies = client.decide_batch([bad, good])
+    assert "amount_minor" in replies[0].error and not replies[0].outcome
+    assert replies[1].outcome in {"approve", "flag", "block"} and replies[1].model_version
+    single = client.decide(good)
+    assert single.transaction_id == good.transaction_id and single.has_score

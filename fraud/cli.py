@@ -62,10 +62,10 @@ def up(home: Home = None) -> None:
         )
         console.print(f"Kafka bootstrap: [bold]{services.kafka_bootstrap}[/]  Redis: [bold]{services.redis_url}[/]")
         console.print(f"Services recorded in {settings.services_file}. Ctrl-C stops them.")
+        # Block both signals and wait for one, so Ctrl-C and `kill` alike stop the servers cleanly.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        except KeyboardInterrupt:
-            pass
         finally:
             settings.services_file.unlink(missing_ok=True)
     console.print("stopped")

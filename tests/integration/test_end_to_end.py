@@ -210,3 +210,12 @@ def test_invalid_requests_are_refused_naming_the_field(run):
     assert replies[1].outcome in {"approve", "flag", "block"} and replies[1].model_version
     single = client.decide(good)
     assert single.transaction_id == good.transaction_id and single.has_score
+
+
+def test_monitor_reports_drift_per_feature(run):
+    result = subprocess.run([sys.executable, "-m", "fraud", "monitor", "--threshold", "0.1"],
+                            env={**run["env"], "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for feature in ("card_txn_count_1h", "amount", "score"):
+        assert feature in result.stdout

@@ -1,0 +1,40 @@
+"""The `fraud` command: every subcommand explains itself; the file-based jobs run as a user runs them."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fraud.cli import app
+from retrain import ModelRegistry
+
+runner = CliRunner()
+SUBCOMMANDS = [["up"], ["simulate"], ["stream"], ["train"], ["serve"], ["retrain"], ["monitor"], ["demo"],
+               ["review"], ["review", "list"], ["review", "label"], ["review", "intake"]]
+
+
+@pytest.mark.parametrize("args", SUBCOMMANDS, ids=" ".join)
+def test_every_subcommand_has_help(args):
+    result = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and len(result.output) > 200
+
+
+def test_commands_needing_a_broker_say_how_to_get_one(tmp_path):
+    result = runner.invoke(app, ["stream", "--home", str(tmp_path)], env={"KAFKA_BOOTSTRAP": "", "REDIS_URL": ""})
+    assert result.exit_code != 0
+    assert "KAFKA_BOOTSTRAP" in str(result.exception) and "fraud up" in str(result.exception)
+
+
+@pytest.mark.slow
+def test_simulate_then_train_registers_a_served_model(tmp_path):
+    result = runner.invoke(app, ["simulate", "--home", str(tmp_path), "--days", "6", "--customers", "1500"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "data" / "transactions.jsonl").exists()
+    result = runner.invoke(app, ["train", "--home", str(tmp_path), "--label-maturity-days", "1"])
+    assert result.exit_code == 0, result.output
+    registry = ModelRegistry(tmp_path / "registry")
+    assert registry.champion() == "xgb-0001"
+    meta = registry.metadata("xgb-0001")
+    assert meta["onnx_parity_max_abs_diff"] < 1e-4 and meta["metrics"]["pr_auc"] > 0
+    assert json.loads((tmp_path / "registry" / "promotions.jsonl").read_text().splitlines()[0])["event"] == "promote"

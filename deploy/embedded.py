@@ -75,7 +75,7 @@ class _Server:
     name = "server"
 
     def __init__(self, work_dir: Path) -> None:
-        self.work_dir = Path(work_dir)
+        self.work_dir = Path(work_dir).resolve()  # the server runs with cwd=work_dir: relative paths would break
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.work_dir / f"{self.name}-{self.port}.log"

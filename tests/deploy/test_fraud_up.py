@@ -5,11 +5,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import redis
 from confluent_kafka.admin import AdminClient
 
+from deploy import EmbeddedRedis
 from fraud.processes import wait_for
 
 pytestmark = pytest.mark.integration
@@ -38,3 +40,10 @@ def test_up_starts_services_and_stops_them_cleanly(tmp_path, stop_signal):
     time.sleep(0.2)
     with pytest.raises(redis.ConnectionError):
         client.ping()
+
+
+def test_embedded_redis_starts_from_a_relative_directory(tmp_path, monkeypatch):
+    # `make demo` runs with the default home `var`, a relative path; the server runs with cwd set to it.
+    monkeypatch.chdir(tmp_path)
+    with EmbeddedRedis(Path("var") / "services") as server:
+        assert redis.Redis.from_url(server.url).ping()

@@ -103,10 +103,24 @@ def simulate(
 
 
 @app.command()
-def stream(home: Home = None) -> None:
-    """Run the bytewax feature dataflow: consume `transactions`, send malformed events to
-    `dead-letter` with the reason, keep per-card window aggregates in Redis. Runs until Ctrl-C."""
-    from streaming.dataflow import StreamConfig, build_flow, run_flow
+def stream(
+    home: Home = None,
+    recovery: Annotated[
+        bool | None, typer.Option("--recovery/--no-recovery", help="Resume from snapshots after a restart.")
+    ] = None,
+    snapshot_s: Annotated[float | None, typer.Option(help="Seconds between snapshots (default 10).")] = None,
+    allowed_lateness_s: Annotated[
+        float | None, typer.Option(help="Later than this behind its card's newest event: dead-letter `late`.")
+    ] = None,
+) -> None:
+    """Run the bytewax feature dataflow: consume `transactions` and `labels`, keep per card,
+    customer, merchant and device window aggregates in Redis, send malformed and late events to
+    `dead-letter` with the reason. Runs until Ctrl-C; with recovery on (the default) a restart
+    resumes from the last snapshot without counting anything twice."""
+    from prometheus_client import start_http_server
+
+    from streaming.dataflow import Recovery, StreamConfig, build_flow, prepare_recovery, run_flow
+    from streaming.metrics import StreamMetrics
 
     settings = _settings(home)
     config = StreamConfig(
@@ -114,10 +128,20 @@ def stream(home: Home = None) -> None:
         redis_url=settings.require_redis(),
         key_prefix=settings.key_prefix,
         transactions_topic=settings.topics.transactions,
+        labels_topic=settings.topics.labels,
         dead_letter_topic=settings.topics.dead_letter,
+        allowed_lateness_s=allowed_lateness_s if allowed_lateness_s is not None else settings.allowed_lateness_s,
     )
+    metrics = StreamMetrics()
+    if settings.stream_metrics_port:
+        start_http_server(settings.stream_metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    snapshots = None
+    if recovery if recovery is not None else settings.stream_recovery:
+        snapshots = Recovery(settings.stream_recovery_dir, snapshot_s or settings.snapshot_interval_s)
+        resumed = prepare_recovery(snapshots, config)
+        console.print(f"recovery {'resumed from' if resumed else 'started in'} {snapshots.directory}")
     console.print(f"streaming features from {config.kafka_bootstrap} into {config.redis_url}")
-    run_flow(build_flow(config))
+    run_flow(build_flow(config, metrics), snapshots)
 
 
 @app.command()

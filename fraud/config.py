@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=0, le=65535)
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port (0 = off).")
+    stream_metrics_port: int = Field(9465, ge=0, le=65535, description="The feature stream's /metrics port (0 = off).")
+    allowed_lateness_s: float = Field(
+        300.0, ge=0.0, description="How far behind its card's newest event a transaction may arrive and still count."
+    )
+    stream_recovery: bool = Field(True, description="Snapshot the feature stream so a restart resumes exactly.")
+    snapshot_interval_s: float = Field(10.0, gt=0.0, description="Seconds between feature-stream snapshots.")
     key_prefix: str = Field("fraud", description="Prefix of every Redis key this system writes.")
     topic_suffix: str = Field("", description="Appended to every topic name, to run isolated copies on one broker.")
     flag_threshold: float = Field(0.7, ge=0.0, le=1.0)
@@ -71,6 +77,10 @@ class Settings(BaseSettings):
     @property
     def review_db(self) -> Path:
         return self.home / "review.sqlite3"
+
+    @property
+    def stream_recovery_dir(self) -> Path:
+        return self.home / "recovery" / f"stream{self.topic_suffix}"
 
     @property
     def services_file(self) -> Path:

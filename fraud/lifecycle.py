@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import redis
 
@@ -75,6 +76,9 @@ def record_review_label(
 
     with ReviewStore(settings.review_db) as store:
         label = store.record_label(transaction_id, is_fraud, reviewer, note, at=at)
+        case = store.get_case(transaction_id)
+    if case is not None:  # the stream attributes the label to the merchant without a lookup
+        label = msgspec.structs.replace(label, merchant_id=case.decision.transaction.merchant_id)
     produce_all(
         make_producer(settings.require_kafka()),
         settings.topics.labels,

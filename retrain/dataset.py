@@ -42,8 +42,9 @@ class TrainingSet:
 def build_training_set(transactions: Iterable[Transaction], labels: Iterable[Label], as_of: datetime) -> TrainingSet:
     """Features and labels for every transaction up to ``as_of``, using only what was known then."""
     history = [t for t in transactions if t.event_time <= as_of]
-    ordered, features = feature_matrix(history)
-    verdicts = resolve_labels(labels, known_at=as_of)
+    known = [lb for lb in labels if lb.known_at <= as_of]
+    ordered, features = feature_matrix(history, known)  # label-rate features: each label from its known_at
+    verdicts = resolve_labels(known, known_at=as_of)
     y = np.fromiter((verdicts.get(t.transaction_id, False) for t in ordered), dtype=np.int8, count=len(ordered))
     ts = np.fromiter((t.event_ts for t in ordered), dtype=np.float64, count=len(ordered))
     return TrainingSet(ordered, features, y, ts)

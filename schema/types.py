@@ -115,6 +115,9 @@ class Label(msgspec.Struct, frozen=True, kw_only=True):
     known_at: AwareTime
     author: NonEmptyStr
     note: str = ""
+    # The labelled transaction's merchant, set by whoever publishes the label, so the feature stream
+    # can update merchant fraud rates without looking the transaction up.
+    merchant_id: str | None = None
 
 
 class GroundTruth(msgspec.Struct, frozen=True, kw_only=True):

@@ -151,6 +151,7 @@ def _chargebacks(
                 source=LabelSource.CHARGEBACK,
                 known_at=txn.event_time + timedelta(days=float(delay_days)),
                 author="issuer",
+                merchant_id=txn.merchant_id,
             )
         )
     return sorted(labels, key=lambda lb: (lb.known_at, lb.transaction_id))

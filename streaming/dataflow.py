@@ -1,19 +1,33 @@
 """The bytewax dataflow that keeps the online feature store current.
 
-    transactions (Kafka) -> validate -+-> invalid -> dead-letter (Kafka), with the reason
-                                      +-> valid -> per entity key: EntityState (stateful_map)
-                                                -> Redis: whole state per entity, one pipeline per batch
+    transactions -> validate -+-> invalid ----------------------------------+-> dead-letter (reason)
+                              +-> by card: admission -+-> late -------------+
+                                                      +-> duplicate: counted, dropped (applied once already)
+                                                      +-> admitted -> one copy per entity --+
+    labels -> validate -> by merchant ------------------------------------------------------+
+                                                                                            v
+                             per entity key: EntityState (stateful_map) -> Redis: whole state per entity,
+                                                                           one pipeline per batch
 
 This is the only module that imports bytewax (STACK-NOTES: the project is community-maintained
 now; keep the surface small so it can be swapped). Per-entity state uses ``stateful_map`` with
 time buckets, not bytewax's windowing operators, which are too slow at card cardinality.
+
+Exactly-once effect in Redis: with recovery on, bytewax snapshots the operator state and the Kafka
+offsets together; after a crash it resumes from the last snapshot and replays the events after it.
+The state is a deterministic function of the admitted events, and Redis holds whole states
+written with SET, so the replay rewrites the same values instead of adding to them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import NamedTuple
 
 import bytewax.operators as op
 import redis
@@ -21,13 +35,20 @@ from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from schema import DeadLetter, InvalidEvent, Transaction, decode_transaction, encode
+from schema import DeadLetter, InvalidEvent, Label, Transaction, decode_label, decode_transaction, encode
+from streaming.admission import DEFAULT_ALLOWED_LATENESS_S, Admission, CardAdmission, admit, late_reason
+from streaming.metrics import StreamMetrics
+from streaming.offline import label_entity_ids
 from streaming.online import OnlineFeatureStore
-from streaming.windows import LAYOUTS, EntityState, apply_transaction, encode_state
+from streaming.windows import LAYOUTS, EntityState, apply_label, apply_transaction
 
 RawMessage = KafkaSourceMessage[bytes | None, bytes | None]
+Letter = KafkaSinkMessage[bytes | None, bytes]
+EntityEvent = tuple[str, Transaction | Label]  # (entity, event)
+StateUpdate = tuple[Transaction | Label, EntityState]  # (event, state after it)
 
 
 @dataclass(frozen=True)
@@ -35,92 +56,215 @@ class StreamConfig:
     kafka_bootstrap: str
     redis_url: str
     transactions_topic: str = "transactions"
+    labels_topic: str = "labels"
     dead_letter_topic: str = "dead-letter"
     key_prefix: str = "fraud"
+    allowed_lateness_s: float = DEFAULT_ALLOWED_LATENESS_S
     # The stream's own consumer settings; offsets live in bytewax recovery state, not Kafka.
     kafka_batch_size: int = 1000
 
 
-def _validate(msg: RawMessage) -> Transaction | KafkaSinkMessage[bytes | None, bytes]:
-    """A valid transaction, or the dead-letter record explaining why not."""
-    try:
-        if msg.value is None:
-            raise InvalidEvent("empty message (no value)")
-        return decode_transaction(msg.value)
-    except InvalidEvent as exc:
-        letter = DeadLetter(
-            reason=str(exc),
-            source_topic=msg.topic or "",
-            partition=msg.partition if msg.partition is not None else -1,
-            offset=msg.offset if msg.offset is not None else -1,
-            payload=(msg.value or b"").decode("utf-8", errors="replace"),
-            received_at=datetime.now(UTC),
-        )
-        return KafkaSinkMessage(key=msg.key, value=encode(letter))
+class Sourced(NamedTuple):
+    """A valid transaction and where it was read from (for a dead letter, should it be late)."""
+
+    txn: Transaction
+    topic: str
+    partition: int
+    offset: int
 
 
-def _by_entity(txn: Transaction) -> list[tuple[str, tuple[str, Transaction]]]:
+def _letter(reason: str, msg: RawMessage | None, payload: bytes, source: tuple[str, int, int] | None = None) -> Letter:
+    topic, partition, offset = source or (msg.topic or "", _or(msg.partition), _or(msg.offset))
+    letter = DeadLetter(
+        reason=reason,
+        source_topic=topic,
+        partition=partition,
+        offset=offset,
+        payload=payload.decode("utf-8", errors="replace"),
+        received_at=datetime.now(UTC),
+    )
+    return KafkaSinkMessage(key=msg.key if msg is not None else None, value=encode(letter))
+
+
+def _or(value: int | None) -> int:
+    return value if value is not None else -1
+
+
+class _Steps:
+    """The per-item logic of the flow, with the metrics it counts."""
+
+    def __init__(self, config: StreamConfig, metrics: StreamMetrics) -> None:
+        self.config = config
+        self.metrics = metrics
+
+    def validate_transaction(self, msg: RawMessage) -> Sourced | Letter:
+        try:
+            if msg.value is None:
+                raise InvalidEvent("empty message (no value)")
+            return Sourced(decode_transaction(msg.value), msg.topic or "", _or(msg.partition), _or(msg.offset))
+        except InvalidEvent as exc:
+            self.metrics.transactions.labels("invalid").inc()
+            self.metrics.dead_letters.labels("invalid").inc()
+            return _letter(str(exc), msg, msg.value or b"")
+
+    def admission(
+        self, state: CardAdmission | None, item: Sourced
+    ) -> tuple[CardAdmission, tuple[Admission, Sourced, str | None]]:
+        state = state or CardAdmission()
+        verdict = admit(state, item.txn, self.config.allowed_lateness_s)
+        self.metrics.transactions.labels(verdict.value).inc()
+        reason = late_reason(state, item.txn, self.config.allowed_lateness_s) if verdict is Admission.LATE else None
+        return state, (verdict, item, reason)
+
+    def late_letter(self, keyed: tuple[str, tuple[Admission, Sourced, str | None]]) -> Letter:
+        _, (_, item, reason) = keyed
+        self.metrics.dead_letters.labels("late").inc()
+        return _letter(reason or "late", None, encode(item.txn), (item.topic, item.partition, item.offset))
+
+    def validate_label(self, msg: RawMessage) -> Label | Letter:
+        try:
+            if msg.value is None:
+                raise InvalidEvent("empty message (no value)")
+            return decode_label(msg.value)
+        except InvalidEvent as exc:
+            self.metrics.labels.labels("invalid").inc()
+            self.metrics.dead_letters.labels("invalid").inc()
+            return _letter(str(exc), msg, msg.value or b"")
+
+    def label_items(self, label: Label) -> list[tuple[str, EntityEvent]]:
+        entities = label_entity_ids(label, None)
+        self.metrics.labels.labels("applied" if entities else "unattributed").inc()
+        return [(f"{entity}:{entity_id}", (entity, label)) for entity, entity_id in entities.items()]
+
+
+def _transaction_items(keyed: tuple[str, tuple[Admission, Sourced, str | None]]) -> list[tuple[str, EntityEvent]]:
     # One routed copy per entity the transaction touches; the key doubles as the Redis hash tag.
+    _, (_, item, _) = keyed
+    txn = item.txn
     return [(f"{entity}:{layout.key_of(txn)}", (entity, txn)) for entity, layout in LAYOUTS.items()]
 
 
-def _apply(state: EntityState | None, routed: tuple[str, Transaction]) -> tuple[EntityState, tuple[float, bytes]]:
-    entity, txn = routed
+def _apply(state: EntityState | None, event: EntityEvent) -> tuple[EntityState, StateUpdate]:
+    entity, item = event
     state = state or EntityState()
-    apply_transaction(state, LAYOUTS[entity], txn)
-    return state, (txn.event_ts, encode_state(state))
+    if isinstance(item, Transaction):
+        apply_transaction(state, LAYOUTS[entity], item)
+    else:
+        apply_label(state, LAYOUTS[entity], item)
+    # The state itself goes downstream, not a copy: the sink encodes each key's newest state once
+    # per batch, which is all Redis needs.
+    return state, (item, state)
 
 
-class _RedisStatePartition(StatelessSinkPartition[tuple[str, tuple[float, bytes]]]):
-    def __init__(self, store: OnlineFeatureStore) -> None:
+class _RedisStatePartition(StatelessSinkPartition[tuple[str, StateUpdate]]):
+    def __init__(self, store: OnlineFeatureStore, metrics: StreamMetrics) -> None:
         self.store = store
+        self.metrics = metrics
 
-    def write_batch(self, items: list[tuple[str, tuple[float, bytes]]]) -> None:
-        # Coalesce: within a batch only each entity's latest state needs writing.
-        latest: dict[str, bytes] = {}
-        newest = None
-        for key, (ts, blob) in items:
-            latest[key] = blob
-            newest = ts if newest is None or ts > newest else newest
-        states = ((k.split(":", 1)[0], k.split(":", 1)[1], blob) for k, blob in latest.items())
-        self.store.write_states(states, newest, applied=len(items))
+    def write_batch(self, items: list[tuple[str, StateUpdate]]) -> None:
+        latest: dict[str, EntityState] = {}
+        event_times: list[float] = []
+        labels = 0
+        for key, (event, state) in items:
+            latest[key] = state
+            if isinstance(event, Label):
+                labels += 1
+            elif key.startswith("card:"):  # each transaction once, by its card copy
+                event_times.append(event.event_ts)
+        states = ((*key.split(":", 1), state) for key, state in latest.items())
+        self.store.write_states(
+            states, max(event_times, default=None), transactions=len(event_times), labels=labels
+        )
+        visible = time.time()
+        for ts in event_times:
+            self.metrics.freshness.observe(max(visible - ts, 0.0))
+        self.metrics.redis_writes.inc(len(latest))
 
     def close(self) -> None:
         self.store.client.close()
 
 
-class RedisStateSink(DynamicSink[tuple[str, tuple[float, bytes]]]):
-    def __init__(self, redis_url: str, key_prefix: str) -> None:
+class RedisStateSink(DynamicSink[tuple[str, StateUpdate]]):
+    def __init__(self, redis_url: str, key_prefix: str, metrics: StreamMetrics) -> None:
         self.redis_url = redis_url
         self.key_prefix = key_prefix
+        self.metrics = metrics
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisStatePartition:
-        return _RedisStatePartition(OnlineFeatureStore(redis.Redis.from_url(self.redis_url), self.key_prefix))
+        client = redis.Redis.from_url(self.redis_url)
+        return _RedisStatePartition(OnlineFeatureStore(client, self.key_prefix), self.metrics)
 
 
-def build_flow(config: StreamConfig, on_dead_letter: Callable[[], None] | None = None) -> Dataflow:
+def build_flow(config: StreamConfig, metrics: StreamMetrics | None = None) -> Dataflow:
     """The feature dataflow for ``config``; run it with ``run_flow``."""
+    metrics = metrics or StreamMetrics()
+    steps = _Steps(config, metrics)
     flow = Dataflow("fraud-features")
-    source = kop.input(
-        "transactions",
-        flow,
-        brokers=[config.kafka_bootstrap],
-        topics=[config.transactions_topic],
-        tail=True,
-        batch_size=config.kafka_batch_size,
+    kafka = {"brokers": [config.kafka_bootstrap], "tail": True, "batch_size": config.kafka_batch_size}
+
+    transactions = kop.input("transactions", flow, topics=[config.transactions_topic], **kafka)
+    checked = op.branch(
+        "is_valid", op.map("validate", transactions.oks, steps.validate_transaction), lambda x: isinstance(x, Sourced)
     )
-    checked = op.map("validate", source.oks, _validate)
-    split = op.branch("is_valid", checked, lambda item: isinstance(item, Transaction))
-    invalid = split.falses
-    if on_dead_letter is not None:
-        invalid = op.inspect("count_dead_letters", invalid, lambda _step, _item: on_dead_letter())
-    kop.output("dead_letters", invalid, brokers=[config.kafka_bootstrap], topic=config.dead_letter_topic)
-    keyed = op.flat_map("by_entity", split.trues, _by_entity)
-    states = op.stateful_map("entity_windows", keyed, _apply)
-    op.output("online_store", states, RedisStateSink(config.redis_url, config.key_prefix))
+    by_card = op.key_on("by_card", checked.trues, lambda item: item.txn.card_id)
+    judged = op.stateful_map("admission", by_card, steps.admission)
+    admitted = op.filter("admitted", judged, lambda kv: kv[1][0] is Admission.ADMITTED)
+    late = op.map("late", op.filter("is_late", judged, lambda kv: kv[1][0] is Admission.LATE), steps.late_letter)
+    txn_items = op.flat_map("by_entity", admitted, _transaction_items)
+
+    labels = kop.input("labels", flow, topics=[config.labels_topic], **kafka)
+    label_checked = op.branch(
+        "label_is_valid", op.map("validate_label", labels.oks, steps.validate_label), lambda x: isinstance(x, Label)
+    )
+    label_items = op.flat_map("label_by_entity", label_checked.trues, steps.label_items)
+
+    dead = op.merge("dead", checked.falses, late, label_checked.falses)
+    kop.output("dead_letters", dead, brokers=[config.kafka_bootstrap], topic=config.dead_letter_topic)
+    entity_events = op.merge("entity_events", txn_items, label_items)
+    states = op.stateful_map("entity_state", entity_events, _apply)
+    op.output("online_store", states, RedisStateSink(config.redis_url, config.key_prefix, metrics))
     return flow
 
 
-def run_flow(flow: Dataflow) -> None:
+@dataclass(frozen=True)
+class Recovery:
+    """Where bytewax keeps snapshots, and how often it takes them.
+
+    A snapshot stores operator state and Kafka offsets together; after a crash the flow resumes
+    from the newest one and replays at most ``snapshot_interval_s`` of input.
+    """
+
+    directory: Path
+    snapshot_interval_s: float = 10.0
+
+
+def prepare_recovery(recovery: Recovery, config: StreamConfig) -> bool:
+    """Create the recovery store, or keep the existing one if it belongs to this same stream.
+
+    Recovery state holds Kafka offsets: resumed against another broker (an embedded one restarts
+    empty) it would silently skip or misread the log, so a store made for other inputs is
+    replaced. Returns True when an existing store will be resumed.
+    """
+    inputs = ("kafka_bootstrap", "transactions_topic", "labels_topic")
+    identity = {k: v for k, v in asdict(config).items() if k in inputs}
+    marker = recovery.directory / "stream.json"
+    if marker.exists() and json.loads(marker.read_text()) == identity:
+        return True
+    shutil.rmtree(recovery.directory, ignore_errors=True)
+    recovery.directory.mkdir(parents=True)
+    init_db_dir(recovery.directory, 1)
+    marker.write_text(json.dumps(identity))
+    return False
+
+
+def run_flow(flow: Dataflow, recovery: Recovery | None = None) -> None:
     """Run the flow in this process until interrupted (Ctrl-C / SIGINT)."""
-    cli_main(flow, workers_per_process=1)
+    if recovery is None:
+        cli_main(flow, workers_per_process=1)
+        return
+    cli_main(
+        flow,
+        workers_per_process=1,
+        epoch_interval=timedelta(seconds=recovery.snapshot_interval_s),
+        recovery_config=RecoveryConfig(str(recovery.directory)),
+    )

@@ -1,19 +1,25 @@
 """The offline feature builder: replays history through the online feature code.
 
 For each transaction, in event-time order, the features are read from the entity states as they
-stood *before* it (so nothing later can leak in) and then the transaction is applied. This is the
-same sequence the decision path follows online: read the stored state, fold in the transaction.
+stood *before* it (so nothing later can leak in) and then the transaction is applied; each label
+is applied at its ``known_at``, so it reaches no feature read before that moment. This is the same
+sequence the decision path follows online: read the stored state, fold in the transaction.
+
+Transactions are given in the order they arrived (a log's order; for a file written in event
+order that is the same) so that the stream's admission rule (``streaming.admission``: late and
+duplicate events are not applied) picks exactly the events the online store holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from schema import FeatureVector, Transaction
+from schema import FeatureVector, Label, Transaction
+from streaming.admission import DEFAULT_ALLOWED_LATENESS_S, admitted_in_arrival_order
 from streaming.features import MODEL_FEATURES
-from streaming.windows import LAYOUTS, EntityState, apply_transaction, feature_vector
+from streaming.windows import LAYOUTS, EntityState, apply_label, apply_transaction, feature_vector
 
 
 def event_order(txn: Transaction) -> tuple[float, str]:
@@ -21,32 +27,72 @@ def event_order(txn: Transaction) -> tuple[float, str]:
     return (txn.event_ts, txn.transaction_id)
 
 
+def label_entity_ids(label: Label, transaction: Transaction | None) -> dict[str, str]:
+    """The entities a label updates: the labelled transaction's merchant (from the label or the log)."""
+    merchant = label.merchant_id or (transaction.merchant_id if transaction is not None else None)
+    return {"merchant": merchant} if merchant else {}
+
+
 class OfflineFeatureBuilder:
-    """Point-in-time feature replay over a transaction history."""
+    """Point-in-time feature replay over a transaction history and its label log."""
 
     def __init__(self) -> None:
         self.states: dict[tuple[str, str], EntityState] = {}
 
-    def features_then_apply(self, txn: Transaction) -> FeatureVector:
-        """Features as of ``txn`` (history before it, plus itself), then record ``txn``."""
+    def features(self, txn: Transaction) -> FeatureVector:
+        """Features as of ``txn``: the history before it, plus itself."""
         before = {entity: self.states.get((entity, layout.key_of(txn))) for entity, layout in LAYOUTS.items()}
-        vector = feature_vector(before, txn)
+        return feature_vector(before, txn)
+
+    def apply(self, txn: Transaction) -> None:
         for entity, layout in LAYOUTS.items():
-            state = self.states.setdefault((entity, layout.key_of(txn)), EntityState())
-            apply_transaction(state, layout, txn)
-        return vector
+            apply_transaction(self.states.setdefault((entity, layout.key_of(txn)), EntityState()), layout, txn)
 
-    def replay(self, transactions: Iterable[Transaction]) -> dict[str, FeatureVector]:
-        """Point-in-time features for every transaction, by transaction id."""
-        return {t.transaction_id: self.features_then_apply(t) for t in sorted(transactions, key=event_order)}
+    def apply_label(self, label: Label, transaction: Transaction | None = None) -> None:
+        for entity, entity_id in label_entity_ids(label, transaction).items():
+            apply_label(self.states.setdefault((entity, entity_id), EntityState()), LAYOUTS[entity], label)
+
+    def replay(
+        self,
+        transactions: Sequence[Transaction],
+        labels: Iterable[Label] = (),
+        allowed_lateness_s: float = DEFAULT_ALLOWED_LATENESS_S,
+    ) -> dict[str, FeatureVector]:
+        """Point-in-time features for every transaction, by transaction id.
+
+        Args:
+            transactions: in arrival order; every one gets features, the admitted ones are applied.
+            labels: the label log; each label counts from its ``known_at`` on.
+            allowed_lateness_s: the stream's admission setting.
+        """
+        admitted = {id(t) for t in admitted_in_arrival_order(list(transactions), allowed_lateness_s)}
+        by_id = {t.transaction_id: t for t in transactions}
+        timeline: list[tuple[float, int, str, Transaction | Label]] = [
+            (lb.known_at.timestamp(), 0, lb.transaction_id, lb) for lb in labels
+        ]
+        # Labels known at t are applied before transactions at t: a label counts from its known_at on.
+        timeline += [(t.event_ts, 1, t.transaction_id, t) for t in transactions]
+        timeline.sort(key=lambda item: item[:3])
+        vectors: dict[str, FeatureVector] = {}
+        for _, _, _, item in timeline:
+            if isinstance(item, Label):
+                self.apply_label(item, by_id.get(item.transaction_id))
+                continue
+            vectors.setdefault(item.transaction_id, self.features(item))
+            if id(item) in admitted:
+                self.apply(item)
+        return vectors
 
 
-def feature_matrix(transactions: Iterable[Transaction]) -> tuple[list[Transaction], np.ndarray]:
+def feature_matrix(
+    transactions: Iterable[Transaction], labels: Iterable[Label] = ()
+) -> tuple[list[Transaction], np.ndarray]:
     """Replay history; returns the transactions in event order and their feature matrix."""
-    ordered = sorted(transactions, key=event_order)
-    builder = OfflineFeatureBuilder()
+    transactions = list(transactions)
+    vectors = OfflineFeatureBuilder().replay(transactions, labels)
+    ordered = sorted({t.transaction_id: t for t in transactions}.values(), key=event_order)
     matrix = np.empty((len(ordered), len(MODEL_FEATURES)), dtype=np.float32)
     for i, txn in enumerate(ordered):
-        vector = builder.features_then_apply(txn)
+        vector = vectors[txn.transaction_id]
         matrix[i] = [vector[name] for name in MODEL_FEATURES]
     return ordered, matrix

@@ -15,11 +15,13 @@ import redis
 
 from schema import FeatureVector, Transaction
 from streaming.offline import event_order
-from streaming.windows import LAYOUTS, EntityState, apply_transaction, decode_state, feature_vector
+from streaming.windows import LAYOUTS, EntityState, apply_transaction, decode_state, encode_state, feature_vector
 
 # An entity idle this long (wall clock) after its last update is evicted: its windows are all
-# empty by then. One day beyond the longest window.
-STATE_TTL_S = 2 * 86400
+# empty by then. One day beyond the entity's longest window.
+STATE_TTL_S: dict[str, int] = {
+    entity: max((*layout.retention_s.values(), layout.label_retention_s)) + 86400 for entity, layout in LAYOUTS.items()
+}
 
 
 @dataclass(frozen=True)
@@ -45,23 +47,32 @@ class OnlineFeatureStore:
     def key(self, entity: str, entity_id: str) -> str:
         return f"{self.prefix}:feat:{{{entity}:{entity_id}}}"
 
-    def write_states(self, states: Iterable[tuple[str, str, bytes]], newest_ts: float | None, applied: int) -> int:
-        """Write whole encoded entity states in one pipeline, advance the watermark, count events.
+    def write_states(
+        self,
+        states: Iterable[tuple[str, str, EntityState]],
+        newest_ts: float | None,
+        transactions: int = 0,
+        labels: int = 0,
+    ) -> int:
+        """Write whole entity states in one pipeline, advance the watermark, count progress.
 
         Args:
-            states: (entity, entity id, encoded EntityState); a later item for a key wins.
-            newest_ts: newest event time among the events these states include.
-            applied: how many events the batch applied (a progress counter, not used by features).
+            states: (entity, entity id, state); a later item for a key wins.
+            newest_ts: newest transaction event time among the events these states include.
+            transactions, labels: how many of each the batch applied (progress counters that
+                operators and the paced gateway read; not used by any feature).
         """
         pipe = self.client.pipeline(transaction=False)
         n = 0
-        for entity, entity_id, blob in states:
-            pipe.set(self.key(entity, entity_id), blob, ex=STATE_TTL_S)
+        for entity, entity_id, state in states:
+            pipe.set(self.key(entity, entity_id), encode_state(state), ex=STATE_TTL_S[entity])
             n += 1
         if newest_ts is not None:
             self._advance(keys=[self._watermark_key], args=[repr(newest_ts)], client=pipe)
-        if applied:
-            pipe.hincrby(self._counter_key, "events", applied)
+        if transactions:
+            pipe.hincrby(self._counter_key, "events", transactions)
+        if labels:
+            pipe.hincrby(self._counter_key, "labels", labels)
         pipe.execute()
         return n
 

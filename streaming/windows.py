@@ -11,8 +11,9 @@ Why buckets rather than bytewax's sliding windows: those fall to ~3k events/s at
 (STACK-NOTES), while bucket totals cost a few dict operations per event at any cardinality.
 
 The state is order-independent: applying the same set of events in any order gives the same
-state (bucket totals commute, and expiry only ever drops buckets no window can reach from the
-newest event seen). That is what makes a replay after a restart converge to the same values.
+state (bucket totals and maxima commute, a label keeps its earliest known time, and expiry only
+ever drops what no window can reach from the newest event seen). That is what makes a replay
+after a restart converge to the same values.
 """
 
 from __future__ import annotations
@@ -23,13 +24,19 @@ from datetime import UTC
 
 import msgspec
 
-from schema import Channel, FeatureVector, Transaction
+from schema import Channel, FeatureVector, Label, Transaction
 from streaming.features import (
     ENTITY_KEY_FIELD,
+    LABEL_FEATURES,
     MERCHANT_CATEGORIES,
     MODEL_FEATURES,
+    RATIO_FEATURES,
+    RECENCY_FEATURES,
     WINDOWED_FEATURES,
     Aggregation,
+    LabelRateFeature,
+    RecencyFeature,
+    Window,
     WindowedFeature,
 )
 
@@ -37,15 +44,22 @@ from streaming.features import (
 class Bucket(msgspec.Struct, array_like=True):
     count: int = 0
     amount_minor: int = 0
+    max_minor: int = 0
     distinct: dict[str, list[str]] = msgspec.field(default_factory=dict)
 
 
 class EntityState(msgspec.Struct, array_like=True):
-    """One entity's buckets: resolution (s) -> bucket start (Unix s) -> totals."""
+    """One entity's recent history.
+
+    ``buckets``: resolution (s) -> bucket start (Unix s) -> totals of the transactions in it.
+    ``fraud_known``: transaction id -> when it first became known as fraud (label-rate features).
+    """
 
     buckets: dict[int, dict[int, Bucket]] = msgspec.field(default_factory=dict)
-    newest_ts: float = 0.0  # newest event time applied; the stream's progress for this entity
+    newest_ts: float = 0.0  # newest transaction event time applied
     events: int = 0
+    fraud_known: dict[str, float] = msgspec.field(default_factory=dict)
+    labels_newest_ts: float = 0.0  # newest label known_at applied
 
 
 @dataclass(frozen=True)
@@ -54,9 +68,14 @@ class EntityLayout:
 
     entity: str
     key_field: str
+    windows: tuple[Window, ...]  # every window read for this entity, each aggregated once per read
     features: tuple[WindowedFeature, ...]
+    label_features: tuple[LabelRateFeature, ...]
+    recency_features: tuple[RecencyFeature, ...]
     retention_s: dict[int, int]  # resolution -> longest window read at that resolution
     distinct_fields: dict[int, tuple[str, ...]]  # resolution -> fields whose values are kept
+    distinct_by_window: dict[Window, tuple[str, ...]]  # window -> fields counted distinct in it
+    label_retention_s: int  # longest label window; 0 when the entity has no label features
 
     def key_of(self, txn: Transaction) -> str:
         return getattr(txn, self.key_field)
@@ -64,19 +83,29 @@ class EntityLayout:
 
 def _layout(entity: str) -> EntityLayout:
     features = tuple(f for f in WINDOWED_FEATURES if f.entity == entity)
+    label_features = tuple(f for f in LABEL_FEATURES if f.entity == entity)
+    windows = {f.window for f in features} | {f.window for f in label_features}  # label rates need counts
     retention: dict[int, int] = {}
-    distinct: dict[int, set[str]] = {}
+    for w in windows:
+        retention[w.resolution_s] = max(retention.get(w.resolution_s, 0), w.length_s)
+    distinct: dict[Window, set[str]] = {}
     for f in features:
-        r = f.window.resolution_s
-        retention[r] = max(retention.get(r, 0), f.window.length_s)
         if f.aggregation is Aggregation.DISTINCT:
-            distinct.setdefault(r, set()).add(f.field or "")
+            distinct.setdefault(f.window, set()).add(f.field or "")
+    by_resolution: dict[int, set[str]] = {}
+    for w, fields in distinct.items():
+        by_resolution.setdefault(w.resolution_s, set()).update(fields)
     return EntityLayout(
         entity=entity,
         key_field=ENTITY_KEY_FIELD[entity],
+        windows=tuple(sorted(windows, key=lambda w: (w.length_s, w.resolution_s))),
         features=features,
+        label_features=label_features,
+        recency_features=tuple(f for f in RECENCY_FEATURES if f.entity == entity),
         retention_s=retention,
-        distinct_fields={r: tuple(sorted(fs)) for r, fs in distinct.items()},
+        distinct_fields={r: tuple(sorted(fs)) for r, fs in by_resolution.items()},
+        distinct_by_window={w: tuple(sorted(fs)) for w, fs in distinct.items()},
+        label_retention_s=max((f.window.length_s for f in label_features), default=0),
     )
 
 
@@ -86,48 +115,105 @@ LAYOUTS: dict[str, EntityLayout] = {entity: _layout(entity) for entity in ENTITY
 def apply_transaction(state: EntityState, layout: EntityLayout, txn: Transaction) -> None:
     """Add one transaction to an entity's buckets and drop buckets no window can reach any more."""
     ts = txn.event_ts
+    previous_newest = state.newest_ts
     state.newest_ts = max(state.newest_ts, ts)
     state.events += 1
+    amount = txn.amount_minor
     for resolution, retention in layout.retention_s.items():
         by_start = state.buckets.setdefault(resolution, {})
+        newest_start = int(state.newest_ts // resolution) * resolution
+        horizon = newest_start - retention
+        # Expire relative to the newest event, never to wall-clock time: the state must depend on
+        # the events alone so that a replay reproduces it exactly. Only a crossed bucket boundary
+        # can expire anything, so most events skip the scan.
+        if newest_start != int(previous_newest // resolution) * resolution:
+            for old in [s for s in by_start if s <= horizon]:
+                del by_start[old]
         start = int(ts // resolution) * resolution
+        if start <= horizon:
+            continue  # older than any window can reach from the newest event
         bucket = by_start.get(start)
         if bucket is None:
             bucket = by_start[start] = Bucket()
         bucket.count += 1
-        bucket.amount_minor += txn.amount_minor
+        bucket.amount_minor += amount
+        if amount > bucket.max_minor:
+            bucket.max_minor = amount
         for field in layout.distinct_fields.get(resolution, ()):
             values = bucket.distinct.setdefault(field, [])
             value = getattr(txn, field)
             if value not in values:
                 values.append(value)
-        # Expire relative to the newest event, never to wall-clock time: the state must depend on
-        # the events alone so that a replay reproduces it exactly.
-        horizon = int(state.newest_ts // resolution) * resolution - retention
-        for old in [s for s in by_start if s <= horizon]:
-            del by_start[old]
 
 
-def windowed_features(state: EntityState | None, layout: EntityLayout, txn: Transaction) -> FeatureVector:
-    """The entity's windowed features at ``txn``'s event time, counting ``txn`` itself."""
+def apply_label(state: EntityState, layout: EntityLayout, label: Label) -> None:
+    """Record a fraud label for an entity's label-rate features (non-fraud labels change nothing)."""
+    if not layout.label_retention_s or not label.is_fraud:
+        return
+    known = label.known_at.timestamp()
+    state.labels_newest_ts = max(state.labels_newest_ts, known)
+    horizon = state.labels_newest_ts - layout.label_retention_s
+    earlier = state.fraud_known.get(label.transaction_id)
+    if known > horizon and (earlier is None or known < earlier):
+        state.fraud_known[label.transaction_id] = known
+    for tx in [tx for tx, at in state.fraud_known.items() if at <= horizon]:
+        del state.fraud_known[tx]
+
+
+@dataclass
+class _WindowTotals:
+    count: int
+    amount_minor: int
+    max_minor: int
+    distinct: dict[str, set[str]]
+
+
+def _window_totals(state: EntityState | None, layout: EntityLayout, window: Window, txn: Transaction) -> _WindowTotals:
+    """Totals of the window read at ``txn``'s event time, counting ``txn`` itself."""
+    resolution = window.resolution_s
+    newest_start = int(txn.event_ts // resolution) * resolution
+    oldest_excluded = newest_start - window.length_s
+    fields = layout.distinct_by_window.get(window, ())
+    totals = _WindowTotals(1, txn.amount_minor, txn.amount_minor, {f: {getattr(txn, f)} for f in fields})
+    buckets = state.buckets.get(resolution, {}) if state is not None else {}
+    for start, b in buckets.items():
+        if oldest_excluded < start <= newest_start:
+            totals.count += b.count
+            totals.amount_minor += b.amount_minor
+            if b.max_minor > totals.max_minor:
+                totals.max_minor = b.max_minor
+            for f in fields:
+                totals.distinct[f].update(b.distinct.get(f, ()))
+    return totals
+
+
+def _aggregate(feature: WindowedFeature, totals: _WindowTotals) -> float:
+    match feature.aggregation:
+        case Aggregation.COUNT:
+            return float(totals.count)
+        case Aggregation.SUM:
+            return totals.amount_minor / 100.0
+        case Aggregation.MEAN:
+            return totals.amount_minor / 100.0 / totals.count
+        case Aggregation.MAX:
+            return totals.max_minor / 100.0
+        case Aggregation.DISTINCT:
+            return float(len(totals.distinct[feature.field or ""]))
+    raise ValueError(f"unknown aggregation {feature.aggregation!r}")
+
+
+def entity_features(state: EntityState | None, layout: EntityLayout, txn: Transaction) -> FeatureVector:
+    """One entity's features at ``txn``'s event time, from its state before ``txn``, counting ``txn``."""
     ts = txn.event_ts
-    values: FeatureVector = {}
-    for feature in layout.features:
-        resolution = feature.window.resolution_s
-        newest_start = int(ts // resolution) * resolution
-        oldest_excluded = newest_start - feature.window.length_s
-        buckets = state.buckets.get(resolution, {}) if state is not None else {}
-        in_window = [b for s, b in buckets.items() if oldest_excluded < s <= newest_start]
-        if feature.aggregation is Aggregation.COUNT:
-            values[feature.name] = float(1 + sum(b.count for b in in_window))
-        elif feature.aggregation is Aggregation.SUM:
-            values[feature.name] = (txn.amount_minor + sum(b.amount_minor for b in in_window)) / 100.0
-        else:
-            field = feature.field or ""
-            seen = {getattr(txn, field)}
-            for b in in_window:
-                seen.update(b.distinct.get(field, ()))
-            values[feature.name] = float(len(seen))
+    totals = {w: _window_totals(state, layout, w, txn) for w in layout.windows}
+    values: FeatureVector = {f.name: _aggregate(f, totals[f.window]) for f in layout.features}
+    for f in layout.label_features:
+        known = state.fraud_known.values() if state is not None else ()
+        frauds = sum(1 for at in known if ts - f.window.length_s < at <= ts)
+        values[f.name] = frauds / totals[f.window].count
+    for f in layout.recency_features:
+        has_history = state is not None and state.events > 0
+        values[f.name] = min(max(ts - state.newest_ts, 0.0), f.cap_s) if has_history else f.cap_s
     return values
 
 
@@ -154,9 +240,10 @@ def feature_vector(states: Mapping[str, EntityState | None], txn: Transaction) -
     """
     values = context_features(txn)
     for entity, layout in LAYOUTS.items():
-        values.update(windowed_features(states.get(entity), layout, txn))
-    mean_24h = values["card_amount_sum_24h"] / values["card_txn_count_24h"]
-    values["card_amount_to_mean_24h"] = values["amount"] / mean_24h if mean_24h > 0 else 1.0
+        values.update(entity_features(states.get(entity), layout, txn))
+    for ratio in RATIO_FEATURES:
+        mean = values[ratio.denominator]
+        values[ratio.name] = values["amount"] / mean if mean > 0 else 1.0
     return {name: values[name] for name in MODEL_FEATURES}
 
 

@@ -19,7 +19,9 @@ def features_after(history, current):
 def test_first_transaction_counts_itself():
     f = feature_vector({}, txn(amount_minor=1234))
     assert f["card_txn_count_1h"] == 1.0 and f["card_amount_sum_24h"] == 12.34
-    assert f["card_distinct_merchants_24h"] == 1.0 and f["card_amount_to_mean_24h"] == 1.0
+    assert f["card_distinct_merchants_24h"] == 1.0 and f["card_amount_to_mean_30d"] == 1.0
+    assert f["card_seconds_since_previous"] == 30 * 86400  # no previous transaction: the cap
+    assert f["merchant_fraud_rate_7d"] == 0.0 and f["device_txn_count_1m"] == 1.0
 
 
 def test_ten_minute_window_boundary_is_bucket_aligned():
@@ -44,8 +46,8 @@ def test_expired_buckets_are_dropped_from_state():
     state = EntityState()
     apply_transaction(state, CARD, txn(1, minutes=0))
     apply_transaction(state, CARD, txn(2, minutes=60 * 24 * 3))
-    starts = [s for buckets in state.buckets.values() for s in buckets]
-    assert min(starts) > T0.timestamp()  # the day-0 buckets are gone
+    assert min(state.buckets[3600]) > T0.timestamp()  # the 24h window's day-0 buckets are gone
+    assert min(state.buckets[86400]) <= T0.timestamp()  # the 30-day window still reaches day 0
     assert state.events == 2
 
 

@@ -1,0 +1,46 @@
+"""Prometheus metrics of the feature stream.
+
+Counters are at-least-once: after a crash the replayed interval is counted again (the Redis state
+is not: see ``docs/features.md``).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+# Freshness is sub-second when healthy and minutes when the stream falls behind: fine buckets low,
+# coarse ones high, so percentiles can be read off both regimes.
+FRESHNESS_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
+    300.0,
+)
+
+
+class StreamMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        kw = {"registry": self.registry}
+        self.transactions = Counter(
+            "fraud_stream_transactions",
+            "Transactions seen by the feature stream, by admission outcome (admitted, late, duplicate, invalid).",
+            ["outcome"],
+            **kw,
+        )
+        self.labels = Counter(
+            "fraud_stream_labels",
+            "Labels seen by the feature stream (applied, unattributed: no merchant, invalid).",
+            ["outcome"],
+            **kw,
+        )
+        self.dead_letters = Counter(
+            "fraud_stream_dead_letters", "Events sent to dead-letter, by reason (invalid, late).", ["reason"], **kw
+        )
+        self.freshness = Histogram(
+            "fraud_feature_freshness_seconds",
+            "Seconds from a transaction's event time until its aggregates are visible in Redis.",
+            buckets=FRESHNESS_BUCKETS,
+            **kw,
+        )
+        self.redis_writes = Counter(
+            "fraud_stream_entity_writes", "Entity states written to Redis (after coalescing).", **kw
+        )

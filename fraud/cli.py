@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shutil
 import signal
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +58,9 @@ def up(home: Home = None) -> None:
         topics=settings.topics,
         tansu_bin=settings.tansu_bin,
     ) as services:
+        if not settings.kafka_bootstrap:
+            # A new in-memory broker: any stream snapshot holds offsets of a log that no longer exists.
+            shutil.rmtree(settings.home / "recovery", ignore_errors=True)
         settings.services_file.write_text(
             json.dumps({"kafka_bootstrap": services.kafka_bootstrap, "redis_url": services.redis_url})
         )

@@ -70,6 +70,7 @@ def run_demo(config: DemoConfig, console: Console) -> dict[str, object]:
             redis_url=services.redis_url,
             grpc_port=_free_port(),
             metrics_port=_free_port(),
+            stream_metrics_port=_free_port(),
         )
         console.rule("1. services")
         console.print(f"broker {services.kafka_bootstrap}, redis {services.redis_url}")
@@ -120,6 +121,7 @@ def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str,
         "FRAUD_HOME": str(settings.home),
         "FRAUD_GRPC_PORT": str(settings.grpc_port),
         "FRAUD_METRICS_PORT": str(settings.metrics_port),
+        "FRAUD_STREAM_METRICS_PORT": str(settings.stream_metrics_port),
     }
     logs = settings.home / "logs"
     stream = ChildProcess("stream", ["stream"], env, logs)
@@ -133,8 +135,10 @@ def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str,
     store = OnlineFeatureStore(redis_client(settings.require_redis()), settings.key_prefix)
     try:
         with ScorerClient(f"{settings.grpc_host}:{settings.grpc_port}", timeout_s=30) as client:
-            gateway = PacedGateway(client, producer, settings.topics.transactions, store, alive)
-            gateway.publish(history)
+            gateway = PacedGateway(
+                client, producer, settings.topics.transactions, settings.topics.labels, store, alive
+            )
+            gateway.publish(history, [lb for lb in sim.labels if lb.known_at < live_start])
             produce_all(producer, settings.topics.transactions, ((None, raw) for raw in MALFORMED_EVENTS))
             console.print(
                 f"stream applied {len(history)} historical transactions; "
@@ -142,7 +146,8 @@ def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str,
             )
             console.rule(f"5. live: {len(live)} transactions over {config.live_days} days, decided over gRPC")
             wait_until_serving(client, 60, alive)
-            decided = gateway.replay(live, config.chunk, lambda n: _progress(console, n, len(live)))
+            live_labels = [lb for lb in sim.labels if lb.known_at >= live_start]
+            decided = gateway.replay(live, config.chunk, live_labels, lambda n: _progress(console, n, len(live)))
     finally:
         scorer.stop()
         stream.stop()
@@ -166,7 +171,7 @@ def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str,
 
     console.print(render_drift_table(drift, config.drift_threshold))
 
-    offline = OfflineFeatureBuilder().replay(sim.transactions)
+    offline = OfflineFeatureBuilder().replay(sim.transactions, sim.labels)
     identical = sum(1 for d in decisions if d.features == offline[d.transaction_id])
     return _summary(decisions, truth, opened, reviewed, first, second, drift, identical, published)
 

@@ -3,7 +3,9 @@
 A real gateway asks for a decision, then publishes the payment to `transactions`, and the feature
 stream applies it within a fraction of a second. Replaying days of history in seconds would put
 the stream minutes of simulated time behind the scorer; this gateway keeps the two in step (each
-chunk waits until the stream has applied the previous one), as real time would.
+chunk waits until the stream has applied the previous one), as real time would. Labels go to
+`labels` at their ``known_at``, in step with the payments, so the merchant fraud rates online see
+exactly the labels known at each payment, as the offline builder does.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from confluent_kafka import Producer
 
 from deploy.kafka import produce_all
 from fraud.processes import wait_for
-from schema import Transaction, encode
+from schema import Label, Transaction, encode
 from scoring import ScorerClient
 from streaming import OnlineFeatureStore
 
@@ -25,6 +27,7 @@ class PacedGateway:
         client: ScorerClient,
         producer: Producer,
         transactions_topic: str,
+        labels_topic: str,
         store: OnlineFeatureStore,
         alive: Callable[[], None] | None = None,
         timeout_s: float = 60.0,
@@ -32,35 +35,62 @@ class PacedGateway:
         self.client = client
         self.producer = producer
         self.topic = transactions_topic
+        self.labels_topic = labels_topic
         self.store = store
         self.alive = alive
         self.timeout_s = timeout_s
-        self.applied_target = store.counts().get("events", 0)
+        counts = store.counts()
+        self.applied_target = counts.get("events", 0)
+        self.labels_target = counts.get("labels", 0)
 
-    def publish(self, transactions: Sequence[Transaction]) -> None:
-        """Publish payments to `transactions` and wait until the stream has applied them."""
+    def publish(self, transactions: Sequence[Transaction], labels: Sequence[Label] = ()) -> None:
+        """Publish labels and payments and wait until the stream has applied them."""
+        produce_all(self.producer, self.labels_topic, ((lb.transaction_id.encode(), encode(lb)) for lb in labels))
+        self.labels_target += sum(1 for lb in labels if lb.merchant_id)  # the stream counts attributed ones
         self.applied_target += produce_all(
             self.producer, self.topic, ((t.card_id.encode(), encode(t)) for t in transactions)
         )
-        wait_for(
-            lambda: self.store.counts().get("events", 0) >= self.applied_target,
-            self.timeout_s,
-            "the feature stream to apply published transactions",
-            alive=self.alive,
-        )
+
+        def applied() -> bool:
+            counts = self.store.counts()
+            return counts.get("events", 0) >= self.applied_target and counts.get("labels", 0) >= self.labels_target
+
+        wait_for(applied, self.timeout_s, "the feature stream to apply published events", alive=self.alive)
 
     def replay(
-        self, transactions: Sequence[Transaction], chunk: int, progress: Callable[[int], None] | None = None
+        self,
+        transactions: Sequence[Transaction],
+        chunk: int,
+        labels: Sequence[Label] = (),
+        progress: Callable[[int], None] | None = None,
     ) -> list[str]:
-        """Decide every transaction over gRPC (DecideBatch, ``chunk`` at a time), then publish it."""
+        """Decide every transaction over gRPC (DecideBatch, up to ``chunk`` at a time), then publish it.
+
+        Transactions must be in event order. Each label is published before the first transaction
+        at or after its ``known_at`` is decided: chunks end where a label becomes known.
+        """
+        pending = sorted(labels, key=lambda lb: lb.known_at)
         decided: list[str] = []
-        for i in range(0, len(transactions), chunk):
-            part = transactions[i : i + chunk]
+        i = j = 0
+        while i < len(transactions):
+            first = transactions[i].event_ts
+            due = j
+            while due < len(pending) and pending[due].known_at.timestamp() <= first:
+                due += 1
+            if due > j:
+                self.publish([], pending[j:due])
+                j = due
+            next_label = pending[j].known_at.timestamp() if j < len(pending) else float("inf")
+            end = i + 1
+            while end < min(i + chunk, len(transactions)) and transactions[end].event_ts < next_label:
+                end += 1
+            part = transactions[i:end]
             for reply in self.client.decide_batch(part):
                 if reply.error:
                     raise RuntimeError(f"scorer refused {reply.transaction_id}: {reply.error}")
                 decided.append(reply.transaction_id)
             self.publish(part)
+            i = end
             if progress is not None:
                 progress(len(decided))
         return decided

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from deploy import Topics
+from deploy import Topics, free_port
 from fraud.processes import ChildProcess
 
 
@@ -16,6 +16,7 @@ def fraud_env(kafka_bootstrap: str, redis_url: str, topics: Topics, home: Path, 
         "REDIS_URL": redis_url,
         "FRAUD_TOPIC_SUFFIX": suffix,
         "FRAUD_HOME": str(home),
+        "FRAUD_STREAM_METRICS_PORT": str(free_port()),
         **extra,
     }
     assert all(v for v in env.values()), env

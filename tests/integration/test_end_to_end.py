@@ -22,7 +22,7 @@ from fraud.lifecycle import intake_decisions, read_decisions, redis_client, run_
 from fraud.processes import ChildProcess
 from retrain import ModelRegistry
 from review_queue import ReviewStore
-from schema import Outcome, decode_label
+from schema import LabelSource, Outcome, decode_label
 from scoring import ScorerClient
 from scoring.proto import fraud_pb2 as pb
 from simulator import SimulationConfig, simulate, write_simulation
@@ -81,6 +81,7 @@ def run(kafka_bootstrap, redis_url, tmp_path_factory):
         "FRAUD_KEY_PREFIX": settings.key_prefix,
         "FRAUD_GRPC_PORT": str(settings.grpc_port),
         "FRAUD_METRICS_PORT": str(settings.metrics_port),
+        "FRAUD_STREAM_METRICS_PORT": str(free_port()),
     }
     stream = ChildProcess("stream", ["stream"], env, home / "logs")
     scorer = ChildProcess("serve", ["serve"], env, home / "logs")
@@ -92,10 +93,12 @@ def run(kafka_bootstrap, redis_url, tmp_path_factory):
         scorer.check_alive()
 
     try:
-        gateway = PacedGateway(client, make_producer(kafka_bootstrap), settings.topics.transactions, store, alive)
-        gateway.publish(history)
+        gateway = PacedGateway(
+            client, make_producer(kafka_bootstrap), settings.topics.transactions, settings.topics.labels, store, alive
+        )
+        gateway.publish(history, [lb for lb in sim.labels if lb.known_at < live_start])
         wait_until_serving(client, 60, alive)
-        decided = gateway.replay(live, chunk=200)
+        decided = gateway.replay(live, 200, [lb for lb in sim.labels if lb.known_at >= live_start])
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics").read().decode()
         yield {
             "settings": settings,
@@ -125,9 +128,11 @@ def test_every_live_transaction_is_decided_and_published(run):
 
 def test_online_features_equal_the_offline_builder(run):
     """Training-serving skew check: what the scorer used equals what training would compute."""
-    offline = OfflineFeatureBuilder().replay(run["history"] + run["live"])
+    offline = OfflineFeatureBuilder().replay(run["history"] + run["live"], run["sim"].labels)
     mismatched = [t for t in run["decided"] if run["decisions"][t].features != offline[t]]
     assert mismatched == []
+    # The label path is exercised: chargebacks published in step reached merchant fraud rates online.
+    assert sum(run["decisions"][t].features["merchant_fraud_rate_30d"] > 0 for t in run["decided"]) > 100
 
 
 def test_card_testing_burst_trips_the_velocity_rule(run):
@@ -159,7 +164,9 @@ def test_flagged_decisions_become_cases_and_a_label_is_recorded(run):
         (label,) = store.labels()
         assert (label.transaction_id, label.is_fraud, label.author) == (case.transaction_id, True, "alice")
     published = [decode_label(m.value()) for m in read_topic(settings.require_kafka(), settings.topics.labels)]
-    assert [lb.transaction_id for lb in published] == [case.transaction_id]
+    reviews = [lb for lb in published if lb.source is LabelSource.REVIEW]
+    assert [lb.transaction_id for lb in reviews] == [case.transaction_id]
+    assert reviews[0].merchant_id == case.decision.transaction.merchant_id  # the stream can attribute it
 
 
 def test_retrain_produces_a_new_model_version(run):

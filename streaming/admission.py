@@ -62,13 +62,17 @@ def late_reason(state: CardAdmission, txn: Transaction, allowed_lateness_s: floa
     )
 
 
+def admissions_in_arrival_order(
+    transactions: list[Transaction], allowed_lateness_s: float = DEFAULT_ALLOWED_LATENESS_S
+) -> list[Admission]:
+    """The stream's verdict on each transaction when they arrive in the given order (offline replay)."""
+    cards: dict[str, CardAdmission] = {}
+    return [admit(cards.setdefault(t.card_id, CardAdmission()), t, allowed_lateness_s) for t in transactions]
+
+
 def admitted_in_arrival_order(
     transactions: list[Transaction], allowed_lateness_s: float = DEFAULT_ALLOWED_LATENESS_S
 ) -> list[Transaction]:
-    """The transactions the stream admits when they arrive in the given order (offline replay)."""
-    cards: dict[str, CardAdmission] = {}
-    return [
-        t
-        for t in transactions
-        if admit(cards.setdefault(t.card_id, CardAdmission()), t, allowed_lateness_s) is Admission.ADMITTED
-    ]
+    """The transactions the stream admits when they arrive in the given order."""
+    verdicts = admissions_in_arrival_order(transactions, allowed_lateness_s)
+    return [t for t, v in zip(transactions, verdicts, strict=True) if v is Admission.ADMITTED]

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from schema import FeatureVector, Label, Transaction
-from streaming.admission import DEFAULT_ALLOWED_LATENESS_S, admitted_in_arrival_order
+from streaming.admission import DEFAULT_ALLOWED_LATENESS_S, Admission, admissions_in_arrival_order
 from streaming.features import MODEL_FEATURES
 from streaming.windows import LAYOUTS, EntityState, apply_label, apply_transaction, feature_vector
 
@@ -65,21 +65,23 @@ class OfflineFeatureBuilder:
             labels: the label log; each label counts from its ``known_at`` on.
             allowed_lateness_s: the stream's admission setting.
         """
-        admitted = {id(t) for t in admitted_in_arrival_order(list(transactions), allowed_lateness_s)}
+        transactions = list(transactions)
+        verdicts = admissions_in_arrival_order(transactions, allowed_lateness_s)
         by_id = {t.transaction_id: t for t in transactions}
-        timeline: list[tuple[float, int, str, Transaction | Label]] = [
-            (lb.known_at.timestamp(), 0, lb.transaction_id, lb) for lb in labels
+        # (time, kind, id, arrival index, event). Labels known at t go before transactions at t: a
+        # label counts from its known_at on.
+        timeline: list[tuple[float, int, str, int, Transaction | Label]] = [
+            (lb.known_at.timestamp(), 0, lb.transaction_id, i, lb) for i, lb in enumerate(labels)
         ]
-        # Labels known at t are applied before transactions at t: a label counts from its known_at on.
-        timeline += [(t.event_ts, 1, t.transaction_id, t) for t in transactions]
-        timeline.sort(key=lambda item: item[:3])
+        timeline += [(t.event_ts, 1, t.transaction_id, i, t) for i, t in enumerate(transactions)]
+        timeline.sort(key=lambda item: item[:4])
         vectors: dict[str, FeatureVector] = {}
-        for _, _, _, item in timeline:
+        for _, _, _, index, item in timeline:
             if isinstance(item, Label):
                 self.apply_label(item, by_id.get(item.transaction_id))
                 continue
             vectors.setdefault(item.transaction_id, self.features(item))
-            if id(item) in admitted:
+            if verdicts[index] is Admission.ADMITTED:
                 self.apply(item)
         return vectors
 

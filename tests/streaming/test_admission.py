@@ -33,6 +33,8 @@ def test_offline_replay_applies_the_streams_admission():
     on_time = [txn(1, minutes=0), txn(2, minutes=30)]
     late = txn(3, minutes=1)  # arrives after minute 30: 29 min behind, not applied
     after = txn(4, minutes=31)
-    f = OfflineFeatureBuilder().replay([*on_time, late, after, after])
+    builder = OfflineFeatureBuilder()
+    f = builder.replay([*on_time, late, after, after])  # the same object twice: a duplicate delivery
     assert f[after.transaction_id]["card_txn_count_1h"] == 3.0  # minutes 0, 30 and itself; not the late one
     assert f[late.transaction_id]["card_txn_count_1h"] == 2.0  # it was still decided: minute 0 and itself
+    assert builder.states[("card", "card-000001")].events == 3

@@ -71,15 +71,19 @@ class PacedGateway:
         """
         pending = sorted(labels, key=lambda lb: lb.known_at)
         decided: list[str] = []
-        i = j = 0
+        j = 0
+
+        def due_by(ts: float) -> list[Label]:
+            nonlocal j
+            start = j
+            while j < len(pending) and pending[j].known_at.timestamp() <= ts:
+                j += 1
+            return pending[start:j]
+
+        i = 0
+        if transactions:
+            self.publish([], due_by(transactions[0].event_ts))
         while i < len(transactions):
-            first = transactions[i].event_ts
-            due = j
-            while due < len(pending) and pending[due].known_at.timestamp() <= first:
-                due += 1
-            if due > j:
-                self.publish([], pending[j:due])
-                j = due
             next_label = pending[j].known_at.timestamp() if j < len(pending) else float("inf")
             end = i + 1
             while end < min(i + chunk, len(transactions)) and transactions[end].event_ts < next_label:
@@ -89,7 +93,8 @@ class PacedGateway:
                 if reply.error:
                     raise RuntimeError(f"scorer refused {reply.transaction_id}: {reply.error}")
                 decided.append(reply.transaction_id)
-            self.publish(part)
+            # The payments just decided, and the labels known before the next one, in one round.
+            self.publish(part, due_by(transactions[end].event_ts) if end < len(transactions) else [])
             i = end
             if progress is not None:
                 progress(len(decided))

@@ -27,13 +27,15 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import bytewax.operators as op
+import msgspec
 import redis
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
@@ -42,8 +44,8 @@ from schema import DeadLetter, InvalidEvent, Label, Transaction, decode_label, d
 from streaming.admission import DEFAULT_ALLOWED_LATENESS_S, Admission, CardAdmission, admit, late_reason
 from streaming.metrics import StreamMetrics
 from streaming.offline import label_entity_ids
-from streaming.online import OnlineFeatureStore
-from streaming.windows import LAYOUTS, EntityState, apply_label, apply_transaction
+from streaming.online import STATE_TTL_S, OnlineFeatureStore
+from streaming.windows import LAYOUTS, EntityState, apply_label, apply_transaction, decode_state, encode_state
 
 RawMessage = KafkaSourceMessage[bytes | None, bytes | None]
 Letter = KafkaSinkMessage[bytes | None, bytes]
@@ -156,6 +158,40 @@ def _apply(state: EntityState | None, event: EntityEvent) -> tuple[EntityState, 
     return state, (item, state)
 
 
+# The worker forgets a key after as long without events as Redis keeps it: by then every window of
+# it is empty, so memory stays flat on an endless stream whose cards come and go.
+WORKER_IDLE_TTL_S = float(max(STATE_TTL_S.values()))
+
+
+class _ExpiringState(StatefulLogic[Any, Any, bytes]):
+    """Per-key state for ``op.stateful``: a mapper like ``stateful_map``'s, snapshots as compact
+    msgpack bytes (cheaper than the deep copy ``stateful_map`` makes), dropped after idling."""
+
+    def __init__(self, mapper, encode_fn, state: Any, idle_ttl_s: float) -> None:
+        self.mapper = mapper
+        self.encode_fn = encode_fn
+        self.state = state
+        self.idle_ttl_s = idle_ttl_s
+        self.touched = time.time()
+
+    def on_item(self, value: Any) -> tuple[list[Any], bool]:
+        self.state, out = self.mapper(self.state, value)
+        self.touched = time.time()
+        return [out], StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        return [], StatefulLogic.DISCARD
+
+    def notify_at(self) -> datetime:
+        return datetime.fromtimestamp(self.touched + self.idle_ttl_s, UTC)
+
+    def snapshot(self) -> bytes:
+        return self.encode_fn(self.state)
+
+
+_admission_codec = (msgspec.msgpack.Encoder().encode, msgspec.msgpack.Decoder(CardAdmission).decode)
+
+
 class _RedisStatePartition(StatelessSinkPartition[tuple[str, StateUpdate]]):
     def __init__(self, store: OnlineFeatureStore, metrics: StreamMetrics) -> None:
         self.store = store
@@ -207,7 +243,16 @@ def build_flow(config: StreamConfig, metrics: StreamMetrics | None = None) -> Da
         "is_valid", op.map("validate", transactions.oks, steps.validate_transaction), lambda x: isinstance(x, Sourced)
     )
     by_card = op.key_on("by_card", checked.trues, lambda item: item.txn.card_id)
-    judged = op.stateful_map("admission", by_card, steps.admission)
+    judged = op.stateful(
+        "admission",
+        by_card,
+        lambda resume: _ExpiringState(
+            steps.admission,
+            _admission_codec[0],
+            _admission_codec[1](resume) if resume is not None else None,
+            WORKER_IDLE_TTL_S,
+        ),
+    )
     admitted = op.filter("admitted", judged, lambda kv: kv[1][0] is Admission.ADMITTED)
     late = op.map("late", op.filter("is_late", judged, lambda kv: kv[1][0] is Admission.LATE), steps.late_letter)
     txn_items = op.flat_map("by_entity", admitted, _transaction_items)
@@ -221,7 +266,13 @@ def build_flow(config: StreamConfig, metrics: StreamMetrics | None = None) -> Da
     dead = op.merge("dead", checked.falses, late, label_checked.falses)
     kop.output("dead_letters", dead, brokers=[config.kafka_bootstrap], topic=config.dead_letter_topic)
     entity_events = op.merge("entity_events", txn_items, label_items)
-    states = op.stateful_map("entity_state", entity_events, _apply)
+    states = op.stateful(
+        "entity_state",
+        entity_events,
+        lambda resume: _ExpiringState(
+            _apply, encode_state, decode_state(resume) if resume is not None else None, WORKER_IDLE_TTL_S
+        ),
+    )
     op.output("online_store", states, RedisStateSink(config.redis_url, config.key_prefix, metrics))
     return flow
 

@@ -56,6 +56,9 @@ class EntityState(msgspec.Struct, array_like=True):
     """
 
     buckets: dict[int, dict[int, Bucket]] = msgspec.field(default_factory=dict)
+    # resolution -> the sum of its buckets (count, amount, max): the window read at the newest
+    # bucket, the common case, without a pass over the buckets. A function of ``buckets`` alone.
+    totals: dict[int, Bucket] = msgspec.field(default_factory=dict)
     newest_ts: float = 0.0  # newest transaction event time applied
     events: int = 0
     fraud_known: dict[str, float] = msgspec.field(default_factory=dict)
@@ -63,48 +66,76 @@ class EntityState(msgspec.Struct, array_like=True):
 
 
 @dataclass(frozen=True)
+class WindowPlan:
+    """One window of one entity and everything read from it, aggregated in one pass per read."""
+
+    resolution_s: int
+    length_s: int
+    distinct_fields: tuple[str, ...]
+    features: tuple[tuple[str, Aggregation, str | None], ...]  # (name, aggregation, field)
+    label_rates: tuple[str, ...]  # label-rate features whose denominator is this window's count
+    uses_totals: bool  # the window is the longest at its resolution and counts nothing distinct
+
+
+@dataclass(frozen=True)
 class EntityLayout:
-    """What state one entity needs, derived from the feature declaration."""
+    """What state one entity needs and how it is read, derived from the feature declaration."""
 
     entity: str
     key_field: str
-    windows: tuple[Window, ...]  # every window read for this entity, each aggregated once per read
-    features: tuple[WindowedFeature, ...]
-    label_features: tuple[LabelRateFeature, ...]
+    plans: tuple[WindowPlan, ...]
     recency_features: tuple[RecencyFeature, ...]
-    retention_s: dict[int, int]  # resolution -> longest window read at that resolution
-    distinct_fields: dict[int, tuple[str, ...]]  # resolution -> fields whose values are kept
-    distinct_by_window: dict[Window, tuple[str, ...]]  # window -> fields counted distinct in it
+    # (resolution, retention = longest window at it, fields kept distinct) for each bucket size
+    resolutions: tuple[tuple[int, int, tuple[str, ...]], ...]
     label_retention_s: int  # longest label window; 0 when the entity has no label features
 
     def key_of(self, txn: Transaction) -> str:
         return getattr(txn, self.key_field)
 
+    @property
+    def retention_s(self) -> dict[int, int]:
+        return {r: keep for r, keep, _ in self.resolutions}
+
+
+def _plan(
+    window: Window, features: list[WindowedFeature], label_features: list[LabelRateFeature], retention: int
+) -> WindowPlan:
+    distinct = tuple(sorted({f.field or "" for f in features if f.aggregation is Aggregation.DISTINCT}))
+    return WindowPlan(
+        resolution_s=window.resolution_s,
+        length_s=window.length_s,
+        distinct_fields=distinct,
+        features=tuple((f.name, f.aggregation, f.field) for f in features),
+        label_rates=tuple(f.name for f in label_features),
+        uses_totals=window.length_s == retention and not distinct,
+    )
+
 
 def _layout(entity: str) -> EntityLayout:
-    features = tuple(f for f in WINDOWED_FEATURES if f.entity == entity)
-    label_features = tuple(f for f in LABEL_FEATURES if f.entity == entity)
-    windows = {f.window for f in features} | {f.window for f in label_features}  # label rates need counts
+    features = [f for f in WINDOWED_FEATURES if f.entity == entity]
+    label_features = [f for f in LABEL_FEATURES if f.entity == entity]
+    windows = sorted({f.window for f in features} | {f.window for f in label_features}, key=lambda w: w.length_s)
     retention: dict[int, int] = {}
     for w in windows:
         retention[w.resolution_s] = max(retention.get(w.resolution_s, 0), w.length_s)
-    distinct: dict[Window, set[str]] = {}
-    for f in features:
-        if f.aggregation is Aggregation.DISTINCT:
-            distinct.setdefault(f.window, set()).add(f.field or "")
-    by_resolution: dict[int, set[str]] = {}
-    for w, fields in distinct.items():
-        by_resolution.setdefault(w.resolution_s, set()).update(fields)
+    plans = tuple(
+        _plan(
+            w,
+            [f for f in features if f.window == w],
+            [f for f in label_features if f.window == w],
+            retention[w.resolution_s],
+        )
+        for w in windows
+    )
+    distinct: dict[int, set[str]] = {}
+    for plan in plans:
+        distinct.setdefault(plan.resolution_s, set()).update(plan.distinct_fields)
     return EntityLayout(
         entity=entity,
         key_field=ENTITY_KEY_FIELD[entity],
-        windows=tuple(sorted(windows, key=lambda w: (w.length_s, w.resolution_s))),
-        features=features,
-        label_features=label_features,
+        plans=plans,
         recency_features=tuple(f for f in RECENCY_FEATURES if f.entity == entity),
-        retention_s=retention,
-        distinct_fields={r: tuple(sorted(fs)) for r, fs in by_resolution.items()},
-        distinct_by_window={w: tuple(sorted(fs)) for w, fs in distinct.items()},
+        resolutions=tuple((r, keep, tuple(sorted(distinct[r]))) for r, keep in sorted(retention.items())),
         label_retention_s=max((f.window.length_s for f in label_features), default=0),
     )
 
@@ -119,16 +150,19 @@ def apply_transaction(state: EntityState, layout: EntityLayout, txn: Transaction
     state.newest_ts = max(state.newest_ts, ts)
     state.events += 1
     amount = txn.amount_minor
-    for resolution, retention in layout.retention_s.items():
-        by_start = state.buckets.setdefault(resolution, {})
+    for resolution, retention, distinct_fields in layout.resolutions:
+        by_start = state.buckets.get(resolution)
+        if by_start is None:
+            by_start = state.buckets[resolution] = {}
+            state.totals[resolution] = Bucket()
+        total = state.totals[resolution]
         newest_start = int(state.newest_ts // resolution) * resolution
         horizon = newest_start - retention
         # Expire relative to the newest event, never to wall-clock time: the state must depend on
         # the events alone so that a replay reproduces it exactly. Only a crossed bucket boundary
         # can expire anything, so most events skip the scan.
         if newest_start != int(previous_newest // resolution) * resolution:
-            for old in [s for s in by_start if s <= horizon]:
-                del by_start[old]
+            _expire(by_start, total, horizon)
         start = int(ts // resolution) * resolution
         if start <= horizon:
             continue  # older than any window can reach from the newest event
@@ -137,13 +171,28 @@ def apply_transaction(state: EntityState, layout: EntityLayout, txn: Transaction
             bucket = by_start[start] = Bucket()
         bucket.count += 1
         bucket.amount_minor += amount
+        total.count += 1
+        total.amount_minor += amount
         if amount > bucket.max_minor:
             bucket.max_minor = amount
-        for field in layout.distinct_fields.get(resolution, ()):
+            if amount > total.max_minor:
+                total.max_minor = amount
+        for field in distinct_fields:
             values = bucket.distinct.setdefault(field, [])
             value = getattr(txn, field)
             if value not in values:
                 values.append(value)
+
+
+def _expire(by_start: dict[int, Bucket], total: Bucket, horizon: int) -> None:
+    expired = [s for s in by_start if s <= horizon]
+    if not expired:
+        return
+    for start in expired:
+        old = by_start.pop(start)
+        total.count -= old.count
+        total.amount_minor -= old.amount_minor
+    total.max_minor = max((b.max_minor for b in by_start.values()), default=0)
 
 
 def apply_label(state: EntityState, layout: EntityLayout, label: Label) -> None:
@@ -160,57 +209,52 @@ def apply_label(state: EntityState, layout: EntityLayout, label: Label) -> None:
         del state.fraud_known[tx]
 
 
-@dataclass
-class _WindowTotals:
-    count: int
-    amount_minor: int
-    max_minor: int
-    distinct: dict[str, set[str]]
-
-
-def _window_totals(state: EntityState | None, layout: EntityLayout, window: Window, txn: Transaction) -> _WindowTotals:
-    """Totals of the window read at ``txn``'s event time, counting ``txn`` itself."""
-    resolution = window.resolution_s
-    newest_start = int(txn.event_ts // resolution) * resolution
-    oldest_excluded = newest_start - window.length_s
-    fields = layout.distinct_by_window.get(window, ())
-    totals = _WindowTotals(1, txn.amount_minor, txn.amount_minor, {f: {getattr(txn, f)} for f in fields})
-    buckets = state.buckets.get(resolution, {}) if state is not None else {}
-    for start, b in buckets.items():
-        if oldest_excluded < start <= newest_start:
-            totals.count += b.count
-            totals.amount_minor += b.amount_minor
-            if b.max_minor > totals.max_minor:
-                totals.max_minor = b.max_minor
-            for f in fields:
-                totals.distinct[f].update(b.distinct.get(f, ()))
-    return totals
-
-
-def _aggregate(feature: WindowedFeature, totals: _WindowTotals) -> float:
-    match feature.aggregation:
-        case Aggregation.COUNT:
-            return float(totals.count)
-        case Aggregation.SUM:
-            return totals.amount_minor / 100.0
-        case Aggregation.MEAN:
-            return totals.amount_minor / 100.0 / totals.count
-        case Aggregation.MAX:
-            return totals.max_minor / 100.0
-        case Aggregation.DISTINCT:
-            return float(len(totals.distinct[feature.field or ""]))
-    raise ValueError(f"unknown aggregation {feature.aggregation!r}")
-
-
 def entity_features(state: EntityState | None, layout: EntityLayout, txn: Transaction) -> FeatureVector:
-    """One entity's features at ``txn``'s event time, from its state before ``txn``, counting ``txn``."""
+    """One entity's features at ``txn``'s event time, from its state before ``txn``, counting ``txn``.
+
+    This runs for every entity of every decision: one pass over each window's buckets, no
+    intermediate objects.
+    """
     ts = txn.event_ts
-    totals = {w: _window_totals(state, layout, w, txn) for w in layout.windows}
-    values: FeatureVector = {f.name: _aggregate(f, totals[f.window]) for f in layout.features}
-    for f in layout.label_features:
-        known = state.fraud_known.values() if state is not None else ()
-        frauds = sum(1 for at in known if ts - f.window.length_s < at <= ts)
-        values[f.name] = frauds / totals[f.window].count
+    values: FeatureVector = {}
+    for plan in layout.plans:
+        resolution = plan.resolution_s
+        newest_start = int(ts // resolution) * resolution
+        oldest_excluded = newest_start - plan.length_s
+        count, amount, largest = 1, txn.amount_minor, txn.amount_minor
+        distinct = {f: {getattr(txn, f)} for f in plan.distinct_fields}
+        buckets = state.buckets.get(resolution) if state is not None else None
+        if buckets and plan.uses_totals and newest_start == int(state.newest_ts // resolution) * resolution:
+            # Read at the newest bucket: the window is every bucket kept, already summed.
+            total = state.totals[resolution]
+            count += total.count
+            amount += total.amount_minor
+            largest = max(largest, total.max_minor)
+        elif buckets:
+            for start, b in buckets.items():
+                if oldest_excluded < start <= newest_start:
+                    count += b.count
+                    amount += b.amount_minor
+                    if b.max_minor > largest:
+                        largest = b.max_minor
+                    for f in plan.distinct_fields:
+                        distinct[f].update(b.distinct.get(f, ()))
+        for name, aggregation, field in plan.features:
+            if aggregation is Aggregation.COUNT:
+                values[name] = float(count)
+            elif aggregation is Aggregation.SUM:
+                values[name] = amount / 100.0
+            elif aggregation is Aggregation.MEAN:
+                values[name] = amount / 100.0 / count
+            elif aggregation is Aggregation.MAX:
+                values[name] = largest / 100.0
+            else:
+                values[name] = float(len(distinct[field or ""]))
+        if plan.label_rates:
+            known = state.fraud_known.values() if state is not None else ()
+            frauds = sum(1 for at in known if ts - plan.length_s < at <= ts)
+            for name in plan.label_rates:
+                values[name] = frauds / count
     for f in layout.recency_features:
         has_history = state is not None and state.events > 0
         values[f.name] = min(max(ts - state.newest_ts, 0.0), f.cap_s) if has_history else f.cap_s

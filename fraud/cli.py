@@ -116,6 +116,12 @@ def stream(
     allowed_lateness_s: Annotated[
         float | None, typer.Option(help="Later than this behind its card's newest event: dead-letter `late`.")
     ] = None,
+    process_id: Annotated[
+        int | None, typer.Option(help="This process's index in a bytewax cluster (with --addresses).")
+    ] = None,
+    addresses: Annotated[
+        str | None, typer.Option(help="Every cluster process as host:port;host:port (same list for all).")
+    ] = None,
 ) -> None:
     """Run the bytewax feature dataflow: consume `transactions` and `labels`, keep per card,
     customer, merchant and device window aggregates in Redis, send malformed and late events to
@@ -123,7 +129,7 @@ def stream(
     resumes from the last snapshot without counting anything twice."""
     from prometheus_client import start_http_server
 
-    from streaming.dataflow import Recovery, StreamConfig, build_flow, prepare_recovery, run_flow
+    from streaming.dataflow import Cluster, Recovery, StreamConfig, build_flow, prepare_recovery, run_flow
     from streaming.metrics import StreamMetrics
 
     settings = _settings(home)
@@ -136,16 +142,18 @@ def stream(
         dead_letter_topic=settings.topics.dead_letter,
         allowed_lateness_s=allowed_lateness_s if allowed_lateness_s is not None else settings.allowed_lateness_s,
     )
+    cluster = Cluster(process_id or 0, tuple(addresses.split(";"))) if addresses else None
     metrics = StreamMetrics()
     if settings.stream_metrics_port:
-        start_http_server(settings.stream_metrics_port, addr="127.0.0.1", registry=metrics.registry)
+        port = settings.stream_metrics_port + (cluster.process_id if cluster else 0)  # one port per process
+        start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
     snapshots = None
     if recovery if recovery is not None else settings.stream_recovery:
         snapshots = Recovery(settings.stream_recovery_dir, snapshot_s or settings.snapshot_interval_s)
         resumed = prepare_recovery(snapshots, config)
         console.print(f"recovery {'resumed from' if resumed else 'started in'} {snapshots.directory}")
     console.print(f"streaming features from {config.kafka_bootstrap} into {config.redis_url}")
-    run_flow(build_flow(config, metrics), snapshots)
+    run_flow(build_flow(config, metrics), snapshots, cluster)
 
 
 @app.command()
@@ -274,6 +282,66 @@ def monitor(
     from monitoring import render_drift_table
 
     console.print(render_drift_table(results, threshold))
+
+
+@app.command(name="bench-stream")
+def bench_stream(
+    home: Home = None,
+    events: Annotated[int, typer.Option(help="Transactions to stream in all.")] = 5_000_000,
+    rate: Annotated[float, typer.Option(help="Offered load, transactions per second (open loop).")] = 10_000.0,
+    processes: Annotated[int, typer.Option(help="bytewax processes working together on the stream.")] = 1,
+    partitions: Annotated[int, typer.Option(help="Partitions of the bench's transactions topic.")] = 4,
+    cards: Annotated[int, typer.Option(help="Distinct cards (customers = cards / 1.3).")] = 200_000,
+    merchants: Annotated[int, typer.Option(help="Distinct merchants (Zipf-skewed popularity).")] = 20_000,
+    interval_s: Annotated[float, typer.Option(help="Seconds between progress samples.")] = 5.0,
+    warmup_s: Annotated[float, typer.Option(help="Seconds left out of the summary's rates and percentiles.")] = 15.0,
+    snapshot_s: Annotated[float, typer.Option(help="Recovery snapshot interval; 0 turns recovery off.")] = 10.0,
+    time_scale: Annotated[
+        float, typer.Option(help="Simulated seconds per wall second (> 1 makes windows expire within the run).")
+    ] = 1.0,
+    out: Annotated[Path | None, typer.Option(help="JSON result (default HOME/bench/stream-<time>.json).")] = None,
+) -> None:
+    """Benchmark the feature stream: an open-loop generator produces payments at --rate while the
+    bytewax dataflow applies them to Redis; prints events/s, feature freshness p50/p99 (event time
+    to visible in Redis), Redis memory and worker RSS/CPU every few seconds, then a summary.
+    Uses KAFKA_BOOTSTRAP / REDIS_URL if set, else starts its own broker and Redis."""
+    from deploy import running_services
+    from fraud.bench_stream import BenchConfig, run_bench, write_result
+
+    settings = _settings(home)
+    config = BenchConfig(
+        events=events, rate=rate, processes=processes, partitions=partitions, cards=cards, merchants=merchants,
+        interval_s=interval_s, warmup_s=warmup_s, snapshot_s=snapshot_s or None, time_scale=time_scale,
+    )
+    path = out or settings.home / "bench" / f"stream-{datetime.now():%Y%m%d-%H%M%S}.json"
+    with running_services(
+        settings.home / "bench" / "services",
+        kafka_bootstrap=settings.kafka_bootstrap,
+        redis_url=settings.redis_url,
+        topics=settings.topics,
+        tansu_bin=settings.tansu_bin,
+    ) as services:
+        console.print(f"setup: {config}")
+        console.print(f"broker {services.kafka_bootstrap}, redis {services.redis_url}")
+        table_header = "elapsed  produced   applied  applied/s  fresh p50  fresh p99  redis MB  worker RSS MB  CPU %"
+        console.print(table_header)
+
+        def report(s) -> None:
+            console.print(
+                f"{s.elapsed_s:>6.0f}s {s.produced:>9,} {s.applied:>9,} {s.applied_per_s:>10,.0f} "
+                f"{_fmt_s(s.freshness_p50_s):>10} {_fmt_s(s.freshness_p99_s):>10} {s.redis_used_mb:>9.1f} "
+                f"{'/'.join(f'{r:.0f}' for r in s.worker_rss_mb):>14} {'/'.join(f'{c:.0f}' for c in s.worker_cpu_pct)}"
+            )
+
+        result = run_bench(config, services.kafka_bootstrap, services.redis_url, report)
+    write_result(result, path)
+    console.print(f"machine: {result.machine}")
+    console.print(json.dumps(result.summary, indent=2))
+    console.print(f"written to {path}")
+
+
+def _fmt_s(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 1000:.0f} ms"
 
 
 @app.command()

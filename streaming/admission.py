@@ -31,7 +31,7 @@ class Admission(StrEnum):
     DUPLICATE = "duplicate"
 
 
-class CardAdmission(msgspec.Struct, array_like=True):
+class CardAdmission(msgspec.Struct, array_like=True, gc=False):
     """Per card: the newest admitted event time and the ids admitted within the allowed lateness."""
 
     newest_ts: float | None = None

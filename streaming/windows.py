@@ -41,14 +41,14 @@ from streaming.features import (
 )
 
 
-class Bucket(msgspec.Struct, array_like=True):
+class Bucket(msgspec.Struct, array_like=True, gc=False):
     count: int = 0
     amount_minor: int = 0
     max_minor: int = 0
     distinct: dict[str, list[str]] = msgspec.field(default_factory=dict)
 
 
-class EntityState(msgspec.Struct, array_like=True):
+class EntityState(msgspec.Struct, array_like=True, gc=False):
     """One entity's recent history.
 
     ``buckets``: resolution (s) -> bucket start (Unix s) -> totals of the transactions in it.

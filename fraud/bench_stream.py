@@ -1,0 +1,367 @@
+"""`fraud bench-stream`: the feature stream under sustained load.
+
+An open-loop generator process produces synthetic card payments to Kafka at a fixed rate, each
+stamped with its event time at the moment it is produced. The bytewax feature dataflow (1 or more
+cooperating processes) applies them to Redis. Every few seconds the bench samples: events
+applied (from the stream's own progress counter in Redis), feature freshness (from the stream's
+Prometheus histogram: seconds from a transaction's event time until its aggregates are visible in
+Redis), Redis memory, and each stream worker's RSS and CPU. Percentiles are interpolated within
+histogram buckets, so they are exact to the bucket edges (see ``streaming.metrics``).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import re
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import redis
+
+from fraud.processes import ChildProcess, wait_for
+
+CARD_PRESENT, ECOMMERCE = "card_present", "ecommerce"
+CATEGORIES = ("grocery", "fuel", "restaurants", "electronics", "travel", "digital_goods", "fashion", "pharmacy")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    events: int = 5_000_000
+    rate: float = 10_000.0  # transactions per second offered
+    processes: int = 1  # bytewax processes
+    partitions: int = 4
+    cards: int = 200_000
+    merchants: int = 20_000
+    interval_s: float = 5.0
+    warmup_s: float = 15.0
+    snapshot_s: float | None = 10.0  # None: recovery off
+    time_scale: float = 1.0  # simulated seconds per wall second; > 1 exercises window expiry
+    seed: int = 1
+
+
+@dataclass
+class Sample:
+    elapsed_s: float
+    produced: int
+    applied: int
+    applied_per_s: float
+    freshness_p50_s: float | None
+    freshness_p99_s: float | None
+    redis_used_mb: float
+    worker_rss_mb: list[float]
+    worker_cpu_pct: list[float]
+
+
+@dataclass
+class BenchResult:
+    config: BenchConfig
+    machine: dict[str, object]
+    samples: list[Sample] = field(default_factory=list)
+    summary: dict[str, object] = field(default_factory=dict)
+
+
+# --- load generator (its own process) ----------------------------------------------------------
+
+
+def _generate(bootstrap: str, topic: str, config: BenchConfig, produced: mp.Value, behind: mp.Value) -> None:
+    """Produce ``config.events`` payments at ``config.rate``, open loop: the schedule never waits
+    for the system under test. ``behind`` records the worst lag behind schedule, in seconds."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 1_000_000})
+    rng = np.random.default_rng(config.seed)
+    n_customers = max(1, int(config.cards / 1.3))
+    # Activity is skewed (a few cards and merchants see most payments), as in real portfolios.
+    card_weights = rng.pareto(1.5, config.cards) + 1
+    card_weights /= card_weights.sum()
+    merchant_weights = 1 / np.arange(1, config.merchants + 1) ** 0.9
+    merchant_weights /= merchant_weights.sum()
+    encoder = msgspec.json.Encoder()
+    start_wall = time.time()
+    sent = 0
+    chunk = 2048
+    while sent < config.events:
+        cards = rng.choice(config.cards, chunk, p=card_weights)
+        merchants = rng.choice(config.merchants, chunk, p=merchant_weights)
+        amounts = np.maximum(1, rng.lognormal(8.0, 1.1, chunk)).astype(int)
+        for j in range(chunk):
+            if sent >= config.events:
+                break
+            due = start_wall + sent / config.rate
+            now = time.time()
+            if due > now:
+                time.sleep(due - now)
+                now = time.time()
+            elif now - due > behind.value:
+                behind.value = now - due
+            card = int(cards[j])
+            event_ts = start_wall + (now - start_wall) * config.time_scale
+            payload = {
+                "transaction_id": f"bench-{config.seed}-{sent}",
+                "event_time": datetime.fromtimestamp(event_ts, UTC).isoformat(),
+                "card_id": f"card-{card}",
+                "customer_id": f"cust-{card % n_customers}",
+                "merchant_id": f"merch-{int(merchants[j])}",
+                "merchant_category": CATEGORIES[int(merchants[j]) % len(CATEGORIES)],
+                "amount_minor": int(amounts[j]),
+                "currency": "EUR",
+                "country": "DE" if card % 17 else "FR",
+                "card_country": "DE",
+                "device_id": f"dev-{card}-{sent % 2 if card % 5 == 0 else 0}",
+                "channel": ECOMMERCE if card % 3 == 0 else CARD_PRESENT,
+            }
+            while True:
+                try:
+                    producer.produce(topic, key=payload["card_id"].encode(), value=encoder.encode(payload))
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+            sent += 1
+            if sent % 1000 == 0:
+                producer.poll(0)
+                produced.value = sent
+    producer.flush(60)
+    produced.value = sent
+
+
+# --- measurements ------------------------------------------------------------------------------
+
+_BUCKET = re.compile(r'^fraud_feature_freshness_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
+
+
+def _freshness_buckets(ports: list[int]) -> dict[float, float]:
+    """Cumulative freshness histogram summed over the stream processes: upper bound -> count."""
+    total: dict[float, float] = {}
+    for port in ports:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        for le, count in _BUCKET.findall(text):
+            bound = float("inf") if le == "+Inf" else float(le)
+            total[bound] = total.get(bound, 0.0) + float(count)
+    return total
+
+
+def histogram_quantile(q: float, cumulative: dict[float, float]) -> float | None:
+    """The q-quantile of a cumulative histogram, interpolated linearly within its bucket."""
+    bounds = sorted(cumulative)
+    if not bounds or cumulative[bounds[-1]] <= 0:
+        return None
+    target = q * cumulative[bounds[-1]]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound in bounds:
+        count = cumulative[bound]
+        if count >= target:
+            if bound == float("inf"):
+                return lower_bound
+            share = (target - lower_count) / (count - lower_count) if count > lower_count else 1.0
+            return lower_bound + share * (bound - lower_bound)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def _delta(now: dict[float, float], before: dict[float, float]) -> dict[float, float]:
+    return {b: c - before.get(b, 0.0) for b, c in now.items()}
+
+
+def _proc_stats(pid: int) -> tuple[float, float]:
+    """(RSS in MB, CPU seconds used) of a process, from /proc."""
+    rss_kb = 0.0
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                rss_kb = float(line.split()[1])
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return rss_kb / 1024, cpu_s
+
+
+def machine_info() -> dict[str, object]:
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    from importlib.metadata import version
+
+    import bytewax  # noqa: F401 - version below
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "bytewax": version("bytewax"),
+        "redis_py": version("redis"),
+        "confluent_kafka": version("confluent-kafka"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _stream_cluster(config: BenchConfig, env: dict[str, str], home: Path, metrics_port: int) -> Iterator[list]:
+    from deploy.embedded import free_port
+
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(config.processes))
+    procs = []
+    snapshot = ["--snapshot-s", str(config.snapshot_s)] if config.snapshot_s else ["--no-recovery"]
+    try:
+        for i in range(config.processes):
+            cluster = ["--process-id", str(i), "--addresses", addresses] if config.processes > 1 else []
+            procs.append(
+                ChildProcess(
+                    f"stream-{i}",
+                    ["stream", *snapshot, *cluster],
+                    {**env, "FRAUD_STREAM_METRICS_PORT": str(metrics_port)},
+                    home / "logs",
+                )
+            )
+        yield procs
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def run_bench(
+    config: BenchConfig,
+    kafka_bootstrap: str,
+    redis_url: str,
+    report: Callable[[Sample], None] | None = None,
+) -> BenchResult:
+    """Run the stream benchmark against the given broker and Redis; returns every sample."""
+    from deploy.embedded import free_port
+    from deploy.kafka import ensure_topics
+    from streaming.dataflow import Recovery, StreamConfig, prepare_recovery
+
+    run_id = uuid.uuid4().hex[:8]
+    suffix, prefix = f"-bench-{run_id}", f"bench{run_id}"
+    topics = {name: f"{name}{suffix}" for name in ("transactions", "labels", "dead-letter", "decisions")}
+    ensure_topics(kafka_bootstrap, topics.values(), partitions=config.partitions)
+    home = Path(tempfile.mkdtemp(prefix="fraud-bench-"))
+    env = {
+        "KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "REDIS_URL": redis_url,
+        "FRAUD_HOME": str(home),
+        "FRAUD_TOPIC_SUFFIX": suffix,
+        "FRAUD_KEY_PREFIX": prefix,
+    }
+    if config.snapshot_s:  # made once here: the processes must not race to create it
+        stream_config = StreamConfig(
+            kafka_bootstrap=kafka_bootstrap,
+            redis_url=redis_url,
+            transactions_topic=topics["transactions"],
+            labels_topic=topics["labels"],
+        )
+        prepare_recovery(Recovery(home / "recovery" / f"stream{suffix}", config.snapshot_s), stream_config)
+    metrics_port = free_port()
+    ports = [metrics_port + i for i in range(config.processes)]
+    client = redis.Redis.from_url(redis_url)
+    counter_key = f"{prefix}:stream:counts"
+    result = BenchResult(config=config, machine=machine_info())
+
+    with _stream_cluster(config, env, home, metrics_port) as procs:
+
+        def alive() -> None:
+            for p in procs:
+                p.check_alive()
+
+        def serving() -> bool:
+            try:
+                _freshness_buckets(ports)
+                return True
+            except OSError:
+                return False
+
+        wait_for(serving, 120, "the stream processes' metrics endpoints", poll_s=0.2, alive=alive)
+        time.sleep(2.0)  # let the Kafka sources get their partitions
+        spawn = mp.get_context("spawn")  # a clean interpreter: no inherited client threads
+        produced, behind = spawn.Value("q", 0), spawn.Value("d", 0.0)
+        generator = spawn.Process(
+            target=_generate, args=(kafka_bootstrap, topics["transactions"], config, produced, behind), daemon=True
+        )
+        started = time.monotonic()
+        generator.start()
+        previous = (started, 0, _freshness_buckets(ports), [_proc_stats(p.proc.pid)[1] for p in procs])
+        steady_from: tuple[float, int, dict[float, float]] | None = None
+        while True:
+            time.sleep(config.interval_s)
+            alive()
+            now = time.monotonic()
+            applied = int(client.hget(counter_key, "events") or 0)
+            buckets = _freshness_buckets(ports)
+            stats = [_proc_stats(p.proc.pid) for p in procs]
+            interval = _delta(buckets, previous[2])
+            sample = Sample(
+                elapsed_s=round(now - started, 1),
+                produced=int(produced.value),
+                applied=applied,
+                applied_per_s=round((applied - previous[1]) / (now - previous[0]), 1),
+                freshness_p50_s=_round(histogram_quantile(0.5, interval)) if config.time_scale == 1 else None,
+                freshness_p99_s=_round(histogram_quantile(0.99, interval)) if config.time_scale == 1 else None,
+                redis_used_mb=round(int(client.info("memory")["used_memory"]) / 2**20, 1),
+                worker_rss_mb=[round(rss, 1) for rss, _ in stats],
+                worker_cpu_pct=[
+                    round(100 * (cpu - before) / (now - previous[0]), 1)
+                    for (_, cpu), before in zip(stats, previous[3], strict=True)
+                ],
+            )
+            result.samples.append(sample)
+            if report is not None:
+                report(sample)
+            if steady_from is None and now - started >= config.warmup_s:
+                steady_from = (now, applied, buckets)
+            previous = (now, applied, buckets, [cpu for _, cpu in stats])
+            done_producing = not generator.is_alive()
+            if done_producing and applied >= produced.value:
+                break
+            if done_producing and now - started > config.events / config.rate * 3 + 120:
+                raise TimeoutError(f"the stream applied {applied} of {produced.value} events")
+        generator.join()
+
+    end = time.monotonic()
+    steady = steady_from or (started, 0, {})
+    steady_hist = _delta(buckets, steady[2])
+    producing = [s for s in result.samples if s.produced < config.events]
+    result.summary = {
+        "events": int(produced.value),
+        "offered_rate": config.rate,
+        "generator_max_behind_schedule_s": round(behind.value, 3),
+        "applied_rate_steady": round((result.samples[-1].applied - steady[1]) / max(end - steady[0], 1e-9), 1),
+        "applied_rate_while_producing": round(
+            float(np.mean([s.applied_per_s for s in producing if s.elapsed_s >= config.warmup_s] or [0.0])), 1
+        ),
+        "freshness_s": {
+            q: _round(histogram_quantile(v, steady_hist)) if config.time_scale == 1 else None
+            for q, v in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999))
+        },
+        "redis_used_mb_last": result.samples[-1].redis_used_mb,
+        "worker_rss_mb_last": result.samples[-1].worker_rss_mb,
+        "worker_cpu_pct_mean": [
+            round(float(np.mean([s.worker_cpu_pct[i] for s in result.samples])), 1) for i in range(config.processes)
+        ],
+    }
+    client.close()
+    return result
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def write_result(result: BenchResult, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(result), indent=2, default=str))

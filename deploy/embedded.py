@@ -64,7 +64,7 @@ def find_redis_server() -> Path:
     return _executable(path)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Linux: the child gets SIGTERM when its parent dies, so a crashed test run leaves no servers.
     PR_SET_PDEATHSIG = 1  # noqa: N806
     with suppress(OSError):
@@ -90,7 +90,7 @@ class _Server:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                self._command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.work_dir, preexec_fn=_die_with_parent
+                self._command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.work_dir, preexec_fn=die_with_parent
             )
         deadline = time.monotonic() + timeout
         while not self._ready():

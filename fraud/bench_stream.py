@@ -80,6 +80,9 @@ def _generate(bootstrap: str, topic: str, config: BenchConfig, produced: mp.Valu
     for the system under test. ``behind`` records the worst lag behind schedule, in seconds."""
     from confluent_kafka import Producer
 
+    from deploy.embedded import die_with_parent
+
+    die_with_parent()  # a bench stopped by Ctrl-C or kill must not leave a generator producing
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 1_000_000})
     rng = np.random.default_rng(config.seed)
     n_customers = max(1, int(config.cards / 1.3))

@@ -80,6 +80,8 @@ class DecisionEngine:
             hits = self.rules.evaluate(txn, vector)
             outcome = max([self.thresholds.outcome(float(score)), *(h.action for h in hits)], key=_severity)
             staleness = None if batch.stream_watermark is None else txn.event_ts - batch.stream_watermark
+            if staleness is not None:
+                self.metrics.feature_staleness.observe(max(staleness, 0.0))
             decisions.append(
                 Decision(
                     transaction=txn,

@@ -30,6 +30,13 @@ class ScorerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.feature_staleness = Histogram(
+            "fraud_feature_staleness_seconds",
+            "Per decision: the payment's event time minus the newest event the feature stream had applied "
+            "(how far the stored aggregates lag the payment; the payment itself is always folded in)",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
+            registry=r,
+        )
         self.model_info = Gauge("fraud_model_info", "1 for the model version being served", ["version"], registry=r)
         self.publish_failures = Counter(
             "fraud_decision_publish_failures", "Decisions that could not be handed to Kafka", registry=r

@@ -6,6 +6,7 @@ each transaction to `transactions`. The tests then check what came out of it."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import urllib.request
@@ -191,6 +192,8 @@ def test_metrics_count_decisions_by_outcome_and_model(run):
     assert f'fraud_decisions_total{{model_version="{version}",outcome="approve"}}' in run["metrics"]
     assert f'fraud_model_info{{version="{version}"}} 1.0' in run["metrics"]
     assert "fraud_decision_latency_seconds_bucket" in run["metrics"]
+    staleness_count = re.search(r"^fraud_feature_staleness_seconds_count (\S+)$", run["metrics"], re.M)
+    assert staleness_count and float(staleness_count.group(1)) >= len(run["decided"])
 
 
 def test_invalid_requests_are_refused_naming_the_field(run):

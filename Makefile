@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint proto clean
+.PHONY: demo test test-fast lint proto clean bench-stream
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not integration"
+
+# The feature stream under sustained load: 5M transactions, 1 and 2 bytewax processes (long: tens of
+# minutes on 2 cores). Results as JSON under var/bench/; see docs/features.md.
+BENCH_STREAM_RATE ?= 2500
+bench-stream: $(STAMP)
+	$(BIN)/fraud bench-stream --events 5000000 --rate $(BENCH_STREAM_RATE) --processes 1 --interval-s 30 --time-scale 100
+	$(BIN)/fraud bench-stream --events 600000 --rate $(BENCH_STREAM_RATE) --processes 1
+	$(BIN)/fraud bench-stream --events 600000 --rate $(BENCH_STREAM_RATE) --processes 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

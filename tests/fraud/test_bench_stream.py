@@ -1,0 +1,31 @@
+"""`fraud bench-stream`: percentiles from histogram buckets, and a short real run end to end."""
+
+import pytest
+
+from fraud.bench_stream import BenchConfig, histogram_quantile, run_bench
+
+
+def test_histogram_quantile_interpolates_within_the_bucket():
+    cumulative = {0.1: 50.0, 0.2: 90.0, 1.0: 100.0, float("inf"): 100.0}
+    assert histogram_quantile(0.5, cumulative) == pytest.approx(0.1)
+    assert histogram_quantile(0.7, cumulative) == pytest.approx(0.15)
+    assert histogram_quantile(0.95, cumulative) == pytest.approx(0.6)
+    assert histogram_quantile(0.99, {}) is None
+
+
+def test_histogram_quantile_beyond_the_last_bound_reports_the_bound():
+    assert histogram_quantile(0.99, {1.0: 10.0, float("inf"): 20.0}) == 1.0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_short_bench_applies_every_event_and_reports_freshness(kafka_bootstrap, redis_url):
+    config = BenchConfig(events=6000, rate=1500, cards=500, merchants=50, interval_s=1.0, warmup_s=1.0, snapshot_s=5)
+    samples = []
+    result = run_bench(config, kafka_bootstrap, redis_url, samples.append)
+    assert result.summary["events"] == 6000
+    assert result.samples[-1].applied == 6000 and samples == result.samples
+    fresh = result.summary["freshness_s"]
+    assert fresh["p50"] is not None and 0 < fresh["p50"] <= fresh["p99"]
+    assert result.samples[-1].redis_used_mb > 0 and result.samples[-1].worker_rss_mb[0] > 0
+    assert result.machine["cores"] and result.machine["bytewax"]

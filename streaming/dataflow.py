@@ -65,6 +65,8 @@ class StreamConfig:
     allowed_lateness_s: float = DEFAULT_ALLOWED_LATENESS_S
     # The stream's own consumer settings; offsets live in bytewax recovery state, not Kafka.
     kafka_batch_size: int = 1000
+    fetch_min_bytes: int = 1_000_000
+    fetch_wait_ms: int = 200
 
 
 class Sourced(NamedTuple):
@@ -246,7 +248,15 @@ def build_flow(config: StreamConfig, metrics: StreamMetrics | None = None) -> Da
     metrics = metrics or StreamMetrics()
     steps = _Steps(config, metrics)
     flow = Dataflow("fraud-features")
-    kafka = {"brokers": [config.kafka_bootstrap], "tail": True, "batch_size": config.kafka_batch_size}
+    kafka = {
+        "brokers": [config.kafka_bootstrap],
+        "tail": True,
+        "batch_size": config.kafka_batch_size,
+        # Fetch in chunks rather than message by message: the broker's cost is per fetch request
+        # (tansu: ~75% of a core to serve 4k msg/s to a tailing consumer with librdkafka's defaults,
+        # ~23% with these), for at most fetch_wait_ms of added freshness lag when traffic is thin.
+        "add_config": {"fetch.min.bytes": str(config.fetch_min_bytes), "fetch.wait.max.ms": str(config.fetch_wait_ms)},
+    }
 
     transactions = kop.input("transactions", flow, topics=[config.transactions_topic], **kafka)
     checked = op.branch(

@@ -1,17 +1,19 @@
 """The bytewax dataflow that keeps the online feature store current.
 
-    transactions -> validate -+-> invalid ----------------------------------+-> dead-letter (reason)
-                              +-> by card: admission -+-> late -------------+
-                                                      +-> duplicate: counted, dropped (applied once already)
-                                                      +-> admitted -> one copy per entity --+
-    labels -> validate -> by merchant ------------------------------------------------------+
-                                                                                            v
-                             per entity key: EntityState (stateful_map) -> Redis: whole state per entity,
-                                                                           one pipeline per batch
+    transactions -> validate a batch -+-> invalid ------------------------------+-> dead-letter (reason)
+                                      +-> by card shard: admission -+-> late ---+
+                                                                    +-> duplicate: counted, dropped
+                                                                    +-> admitted -> by entity shard --+
+    labels -> validate a batch -> by entity shard (the merchant) -------------------------------------+
+                                                                                                      v
+                          per entity shard: EntityState of each card/customer/merchant/device -> Redis:
+                          whole state per entity, one script call per 500 entities per batch
 
 This is the only module that imports bytewax (STACK-NOTES: the project is community-maintained
-now; keep the surface small so it can be swapped). Per-entity state uses ``stateful_map`` with
-time buckets, not bytewax's windowing operators, which are too slow at card cardinality.
+now; keep the surface small so it can be swapped). State is grouped into shards
+(``streaming.shards``) processed a batch at a time, not one dataflow key per entity: bytewax's
+per-item cost made four keyed updates per payment the bottleneck. Windows are time buckets, not
+bytewax's windowing operators, which are too slow at card cardinality.
 
 Exactly-once effect in Redis: with recovery on, bytewax snapshots the operator state and the Kafka
 offsets together; after a crash it resumes from the last snapshot and replays the events after it.
@@ -31,27 +33,25 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import bytewax.operators as op
-import msgspec
 import redis
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
-from bytewax.operators import StatefulLogic
+from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from schema import DeadLetter, InvalidEvent, Label, Transaction, decode_label, decode_transaction, encode
-from streaming.admission import DEFAULT_ALLOWED_LATENESS_S, Admission, CardAdmission, admit, late_reason
+from streaming.admission import DEFAULT_ALLOWED_LATENESS_S, Admission, late_reason
 from streaming.metrics import StreamMetrics
 from streaming.offline import label_entity_ids
 from streaming.online import STATE_TTL_S, OnlineFeatureStore
-from streaming.windows import LAYOUTS, EntityState, apply_label, apply_transaction, decode_state, encode_state
+from streaming.shards import AdmissionShard, EntityEvent, EntityShard, entity_events, shard_of
+from streaming.windows import EntityState
 
 RawMessage = KafkaSourceMessage[bytes | None, bytes | None]
 Letter = KafkaSinkMessage[bytes | None, bytes]
-EntityEvent = tuple[str, Transaction | Label]  # (entity, event)
-StateUpdate = tuple[Transaction | Label, EntityState]  # (event, state after it)
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,8 @@ class StreamConfig:
     kafka_batch_size: int = 1000
     fetch_min_bytes: int = 1_000_000
     fetch_wait_ms: int = 200
+    # State shards (see streaming.shards); fixed for the life of a recovery store.
+    shards: int = 16
 
 
 class Sourced(NamedTuple):
@@ -96,7 +98,7 @@ def _or(value: int | None) -> int:
 
 
 class _Steps:
-    """The per-item logic of the flow, with the metrics it counts."""
+    """The per-batch logic of the flow, with the metrics it counts."""
 
     def __init__(self, config: StreamConfig, metrics: StreamMetrics) -> None:
         self.config = config
@@ -112,19 +114,18 @@ class _Steps:
             self.metrics.dead_letters.labels("invalid").inc()
             return _letter(str(exc), msg, msg.value or b"")
 
-    def admission(
-        self, state: CardAdmission | None, item: Sourced
-    ) -> tuple[CardAdmission, tuple[Admission, Sourced, str | None]]:
-        state = state or CardAdmission()
-        verdict = admit(state, item.txn, self.config.allowed_lateness_s)
-        self.metrics.transactions.labels(verdict.value).inc()
-        reason = late_reason(state, item.txn, self.config.allowed_lateness_s) if verdict is Admission.LATE else None
-        return state, (verdict, item, reason)
-
-    def late_letter(self, keyed: tuple[str, tuple[Admission, Sourced, str | None]]) -> Letter:
-        _, (_, item, reason) = keyed
-        self.metrics.dead_letters.labels("late").inc()
-        return _letter(reason or "late", None, encode(item.txn), (item.topic, item.partition, item.offset))
+    def transactions_by_card_shard(self, msgs: list[RawMessage]) -> list[Letter | tuple[str, list[Sourced]]]:
+        """Validate a batch; dead letters for the invalid, the valid grouped by their card's shard."""
+        out: list[Letter | tuple[str, list[Sourced]]] = []
+        groups: dict[str, list[Sourced]] = {}
+        for msg in msgs:
+            item = self.validate_transaction(msg)
+            if isinstance(item, Sourced):
+                groups.setdefault(shard_of(item.txn.card_id, self.config.shards), []).append(item)
+            else:
+                out.append(item)
+        out.extend(groups.items())
+        return out
 
     def validate_label(self, msg: RawMessage) -> Label | Letter:
         try:
@@ -136,93 +137,121 @@ class _Steps:
             self.metrics.dead_letters.labels("invalid").inc()
             return _letter(str(exc), msg, msg.value or b"")
 
-    def label_items(self, label: Label) -> list[tuple[str, EntityEvent]]:
-        entities = label_entity_ids(label, None)
-        self.metrics.labels.labels("applied" if entities else "unattributed").inc()
-        return [(f"{entity}:{entity_id}", (entity, label)) for entity, entity_id in entities.items()]
+    def labels_by_entity_shard(self, msgs: list[RawMessage]) -> list[Letter | tuple[str, list[EntityEvent]]]:
+        out: list[Letter | tuple[str, list[EntityEvent]]] = []
+        groups: dict[str, list[EntityEvent]] = {}
+        for msg in msgs:
+            label = self.validate_label(msg)
+            if not isinstance(label, Label):
+                out.append(label)
+                continue
+            entities = label_entity_ids(label, None)
+            self.metrics.labels.labels("applied" if entities else "unattributed").inc()
+            for entity, entity_id in entities.items():
+                shard = shard_of(f"{entity}:{entity_id}", self.config.shards)
+                groups.setdefault(shard, []).append((entity, entity_id, label))
+        out.extend(groups.items())
+        return out
 
-
-def _transaction_items(keyed: tuple[str, tuple[Admission, Sourced, str | None]]) -> list[tuple[str, EntityEvent]]:
-    # One routed copy per entity the transaction touches; the key doubles as the Redis hash tag.
-    _, (_, item, _) = keyed
-    txn = item.txn
-    return [(f"{entity}:{layout.key_of(txn)}", (entity, txn)) for entity, layout in LAYOUTS.items()]
-
-
-def _apply(state: EntityState | None, event: EntityEvent) -> tuple[EntityState, StateUpdate]:
-    entity, item = event
-    state = state or EntityState()
-    if isinstance(item, Transaction):
-        apply_transaction(state, LAYOUTS[entity], item)
-    else:
-        apply_label(state, LAYOUTS[entity], item)
-    # The state itself goes downstream, not a copy: the sink encodes each key's newest state once
-    # per batch, which is all Redis needs.
-    return state, (item, state)
+    def admitted_by_entity_shard(
+        self, keyed: tuple[str, tuple[list[Transaction], list[Letter]]]
+    ) -> list[Letter | tuple[str, list[EntityEvent]]]:
+        _, (admitted, letters) = keyed
+        groups: dict[str, list[EntityEvent]] = {}
+        for txn in admitted:
+            for event in entity_events(txn):
+                groups.setdefault(shard_of(f"{event[0]}:{event[1]}", self.config.shards), []).append(event)
+        return [*letters, *groups.items()]
 
 
 # The worker forgets a key after as long without events as Redis keeps it: by then every window of
 # it is empty, so memory stays flat on an endless stream whose cards come and go.
 WORKER_IDLE_TTL_S = float(max(STATE_TTL_S.values()))
+IDLE_SWEEP_S = 3600.0
 
 
-class _ExpiringState(StatefulLogic[Any, Any, bytes]):
-    """Per-key state for ``op.stateful``: a mapper like ``stateful_map``'s, snapshots as compact
-    msgpack bytes (cheaper than the deep copy ``stateful_map`` makes), dropped after idling."""
+class _ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
+    """bytewax adapter for a shard: snapshots as msgpack bytes, sweeps idle keys hourly."""
 
-    def __init__(self, mapper, encode_fn, state: Any, idle_ttl_s: float) -> None:
-        self.mapper = mapper
-        self.encode_fn = encode_fn
-        self.state = state
-        self.idle_ttl_s = idle_ttl_s
-        self._refreshed = time.monotonic()
-        self._expires_at = self._expiry()
-
-    def _expiry(self) -> datetime:
-        return datetime.fromtimestamp(time.time() + self.idle_ttl_s, UTC)
-
-    def on_item(self, value: Any) -> tuple[list[Any], bool]:
-        self.state, out = self.mapper(self.state, value)
-        # Push the expiry out at most once an hour: exact to the hour is plenty for a 31-day TTL,
-        # and it spares a datetime per event.
-        now = time.monotonic()
-        if now - self._refreshed > 3600:
-            self._refreshed = now
-            self._expires_at = self._expiry()
-        return [out], StatefulLogic.RETAIN
+    def __init__(self, shard: AdmissionShard | EntityShard) -> None:
+        self.shard = shard
+        self._next_sweep = datetime.now(UTC) + timedelta(seconds=IDLE_SWEEP_S)
 
     def on_notify(self) -> tuple[list[Any], bool]:
-        return [], StatefulLogic.DISCARD
+        self.shard.forget_idle(WORKER_IDLE_TTL_S)
+        self._next_sweep = datetime.now(UTC) + timedelta(seconds=IDLE_SWEEP_S)
+        return [], StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime:
-        return self._expires_at
+        return self._next_sweep
 
     def snapshot(self) -> bytes:
-        return self.encode_fn(self.state)
+        return self.shard.encode()
 
 
-_admission_codec = (msgspec.msgpack.Encoder().encode, msgspec.msgpack.Decoder(CardAdmission).decode)
+class _AdmissionLogic(_ShardLogic):
+    def __init__(self, steps: _Steps, resume: bytes | None) -> None:
+        super().__init__(AdmissionShard.decode(resume) if resume is not None else AdmissionShard())
+        self.steps = steps
+
+    def on_batch(self, groups: list[list[Sourced]]) -> tuple[list[Any], bool]:
+        lateness = self.steps.config.allowed_lateness_s
+        metrics = self.steps.metrics
+        admitted: list[Transaction] = []
+        letters: list[Letter] = []
+        now = time.time()
+        tally = {verdict: 0 for verdict in Admission}
+        for group in groups:
+            for item in group:
+                verdict = self.shard.admit(item.txn, lateness, now)
+                tally[verdict] += 1
+                if verdict is Admission.ADMITTED:
+                    admitted.append(item.txn)
+                elif verdict is Admission.LATE:
+                    reason = late_reason(self.shard.state_of(item.txn.card_id), item.txn, lateness)
+                    metrics.dead_letters.labels("late").inc()
+                    letters.append(_letter(reason, None, encode(item.txn), (item.topic, item.partition, item.offset)))
+        for verdict, n in tally.items():
+            if n:
+                metrics.transactions.labels(verdict.value).inc(n)
+        return [(admitted, letters)], StatefulBatchLogic.RETAIN
 
 
-class _RedisStatePartition(StatelessSinkPartition[tuple[str, StateUpdate]]):
+class ShardUpdate(NamedTuple):
+    states: dict[str, EntityState]  # "entity:id" -> state after the batch
+    event_times: list[float]  # of the transactions applied (each once, by its card)
+    labels: int
+
+
+class _EntityLogic(_ShardLogic):
+    def __init__(self, resume: bytes | None) -> None:
+        super().__init__(EntityShard.decode(resume) if resume is not None else EntityShard())
+
+    def on_batch(self, groups: list[list[EntityEvent]]) -> tuple[list[Any], bool]:
+        events = [event for group in groups for event in group]
+        changed = self.shard.apply(events, time.time())
+        # The states themselves go downstream, not copies: the sink encodes each key's newest state
+        # once per batch, which is all Redis needs.
+        event_times = [e[2].event_ts for e in events if e[0] == "card" and isinstance(e[2], Transaction)]
+        labels = sum(1 for e in events if isinstance(e[2], Label))
+        return [ShardUpdate(changed, event_times, labels)], StatefulBatchLogic.RETAIN
+
+
+class _RedisStatePartition(StatelessSinkPartition[tuple[str, ShardUpdate]]):
     def __init__(self, store: OnlineFeatureStore, metrics: StreamMetrics) -> None:
         self.store = store
         self.metrics = metrics
 
-    def write_batch(self, items: list[tuple[str, StateUpdate]]) -> None:
+    def write_batch(self, items: list[tuple[str, ShardUpdate]]) -> None:
         latest: dict[str, EntityState] = {}
         event_times: list[float] = []
         labels = 0
-        for key, (event, state) in items:
-            latest[key] = state
-            if isinstance(event, Label):
-                labels += 1
-            elif key.startswith("card:"):  # each transaction once, by its card copy
-                event_times.append(event.event_ts)
+        for _, update in items:
+            latest.update(update.states)
+            event_times.extend(update.event_times)
+            labels += update.labels
         states = ((*key.split(":", 1), state) for key, state in latest.items())
-        self.store.write_states(
-            states, max(event_times, default=None), transactions=len(event_times), labels=labels
-        )
+        self.store.write_states(states, max(event_times, default=None), transactions=len(event_times), labels=labels)
         visible = time.time()
         for ts in event_times:
             self.metrics.freshness.observe(max(visible - ts, 0.0))
@@ -232,7 +261,7 @@ class _RedisStatePartition(StatelessSinkPartition[tuple[str, StateUpdate]]):
         self.store.client.close()
 
 
-class RedisStateSink(DynamicSink[tuple[str, StateUpdate]]):
+class RedisStateSink(DynamicSink[tuple[str, ShardUpdate]]):
     def __init__(self, redis_url: str, key_prefix: str, metrics: StreamMetrics) -> None:
         self.redis_url = redis_url
         self.key_prefix = key_prefix
@@ -241,6 +270,10 @@ class RedisStateSink(DynamicSink[tuple[str, StateUpdate]]):
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisStatePartition:
         client = redis.Redis.from_url(self.redis_url)
         return _RedisStatePartition(OnlineFeatureStore(client, self.key_prefix), self.metrics)
+
+
+def _is_letter(item: object) -> bool:
+    return isinstance(item, KafkaSinkMessage)
 
 
 def build_flow(config: StreamConfig, metrics: StreamMetrics | None = None) -> Dataflow:
@@ -260,39 +293,20 @@ def build_flow(config: StreamConfig, metrics: StreamMetrics | None = None) -> Da
 
     transactions = kop.input("transactions", flow, topics=[config.transactions_topic], **kafka)
     checked = op.branch(
-        "is_valid", op.map("validate", transactions.oks, steps.validate_transaction), lambda x: isinstance(x, Sourced)
+        "invalid", op.flat_map_batch("validate", transactions.oks, steps.transactions_by_card_shard), _is_letter
     )
-    by_card = op.key_on("by_card", checked.trues, lambda item: item.txn.card_id)
-    judged = op.stateful(
-        "admission",
-        by_card,
-        lambda resume: _ExpiringState(
-            steps.admission,
-            _admission_codec[0],
-            _admission_codec[1](resume) if resume is not None else None,
-            WORKER_IDLE_TTL_S,
-        ),
-    )
-    admitted = op.filter("admitted", judged, lambda kv: kv[1][0] is Admission.ADMITTED)
-    late = op.map("late", op.filter("is_late", judged, lambda kv: kv[1][0] is Admission.LATE), steps.late_letter)
-    txn_items = op.flat_map("by_entity", admitted, _transaction_items)
+    judged = op.stateful_batch("admission", checked.falses, lambda resume: _AdmissionLogic(steps, resume))
+    routed = op.branch("late", op.flat_map("by_entity", judged, steps.admitted_by_entity_shard), _is_letter)
 
     labels = kop.input("labels", flow, topics=[config.labels_topic], **kafka)
     label_checked = op.branch(
-        "label_is_valid", op.map("validate_label", labels.oks, steps.validate_label), lambda x: isinstance(x, Label)
+        "invalid_label", op.flat_map_batch("validate_labels", labels.oks, steps.labels_by_entity_shard), _is_letter
     )
-    label_items = op.flat_map("label_by_entity", label_checked.trues, steps.label_items)
 
-    dead = op.merge("dead", checked.falses, late, label_checked.falses)
+    dead = op.merge("dead", checked.trues, routed.trues, label_checked.trues)
     kop.output("dead_letters", dead, brokers=[config.kafka_bootstrap], topic=config.dead_letter_topic)
-    entity_events = op.merge("entity_events", txn_items, label_items)
-    states = op.stateful(
-        "entity_state",
-        entity_events,
-        lambda resume: _ExpiringState(
-            _apply, encode_state, decode_state(resume) if resume is not None else None, WORKER_IDLE_TTL_S
-        ),
-    )
+    entity_events = op.merge("entity_events", routed.falses, label_checked.falses)
+    states = op.stateful_batch("entity_state", entity_events, _EntityLogic)
     op.output("online_store", states, RedisStateSink(config.redis_url, config.key_prefix, metrics))
     return flow
 

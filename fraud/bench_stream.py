@@ -49,6 +49,9 @@ class BenchConfig:
     snapshot_s: float | None = 10.0  # None: recovery off
     time_scale: float = 1.0  # simulated seconds per wall second; > 1 exercises window expiry
     seed: int = 1
+    # Produce everything before the stream starts and time how fast it drains the backlog: the
+    # stream's capacity with the generator off the CPU (freshness is meaningless then).
+    preload: bool = False
 
 
 @dataclass
@@ -102,9 +105,11 @@ def _generate(bootstrap: str, topic: str, config: BenchConfig, produced: mp.Valu
         for j in range(chunk):
             if sent >= config.events:
                 break
-            due = start_wall + sent / config.rate
+            due = start_wall + sent / config.rate if not config.preload else 0.0
             now = time.time()
-            if due > now:
+            if config.preload:
+                pass
+            elif due > now:
                 time.sleep(due - now)
                 now = time.time()
             elif now - due > behind.value:
@@ -276,6 +281,14 @@ def run_bench(
     counter_key = f"{prefix}:stream:counts"
     result = BenchResult(config=config, machine=machine_info())
 
+    spawn = mp.get_context("spawn")  # a clean interpreter: no inherited client threads
+    produced, behind = spawn.Value("q", 0), spawn.Value("d", 0.0)
+    generator = spawn.Process(
+        target=_generate, args=(kafka_bootstrap, topics["transactions"], config, produced, behind), daemon=True
+    )
+    if config.preload:
+        generator.start()
+        generator.join()
     with _stream_cluster(config, env, home, metrics_port) as procs:
 
         def alive() -> None:
@@ -290,16 +303,15 @@ def run_bench(
                 return False
 
         wait_for(serving, 120, "the stream processes' metrics endpoints", poll_s=0.2, alive=alive)
-        time.sleep(2.0)  # let the Kafka sources get their partitions
-        spawn = mp.get_context("spawn")  # a clean interpreter: no inherited client threads
-        produced, behind = spawn.Value("q", 0), spawn.Value("d", 0.0)
-        generator = spawn.Process(
-            target=_generate, args=(kafka_bootstrap, topics["transactions"], config, produced, behind), daemon=True
-        )
         started = time.monotonic()
-        generator.start()
+        if not config.preload:
+            time.sleep(2.0)  # let the Kafka sources get their partitions
+            started = time.monotonic()
+            generator.start()
         previous = (started, 0, _freshness_buckets(ports), [_proc_stats(p.proc.pid)[1] for p in procs])
-        steady_from: tuple[float, int, dict[float, float]] | None = None
+        steady_from: tuple[float, int, dict[float, float]] | None = (
+            (started, 0, previous[2]) if config.warmup_s <= 0 else None
+        )
         while True:
             time.sleep(config.interval_s)
             alive()
@@ -313,8 +325,8 @@ def run_bench(
                 produced=int(produced.value),
                 applied=applied,
                 applied_per_s=round((applied - previous[1]) / (now - previous[0]), 1),
-                freshness_p50_s=_round(histogram_quantile(0.5, interval)) if config.time_scale == 1 else None,
-                freshness_p99_s=_round(histogram_quantile(0.99, interval)) if config.time_scale == 1 else None,
+                freshness_p50_s=_round(histogram_quantile(0.5, interval)) if _timely(config) else None,
+                freshness_p99_s=_round(histogram_quantile(0.99, interval)) if _timely(config) else None,
                 redis_used_mb=round(int(client.info("memory")["used_memory"]) / 2**20, 1),
                 worker_rss_mb=[round(rss, 1) for rss, _ in stats],
                 worker_cpu_pct=[
@@ -333,7 +345,8 @@ def run_bench(
                 break
             if done_producing and now - started > config.events / config.rate * 3 + 120:
                 raise TimeoutError(f"the stream applied {applied} of {produced.value} events")
-        generator.join()
+        if generator.is_alive() or generator.exitcode is None:
+            generator.join()
 
     end = time.monotonic()
     steady = steady_from or (started, 0, {})
@@ -348,7 +361,7 @@ def run_bench(
             float(np.mean([s.applied_per_s for s in producing if s.elapsed_s >= config.warmup_s] or [0.0])), 1
         ),
         "freshness_s": {
-            q: _round(histogram_quantile(v, steady_hist)) if config.time_scale == 1 else None
+            q: _round(histogram_quantile(v, steady_hist)) if _timely(config) else None
             for q, v in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999))
         },
         "redis_used_mb_last": result.samples[-1].redis_used_mb,
@@ -359,6 +372,11 @@ def run_bench(
     }
     client.close()
     return result
+
+
+def _timely(config: BenchConfig) -> bool:
+    """Whether event time tracks the wall clock, so that freshness means something."""
+    return config.time_scale == 1 and not config.preload
 
 
 def _round(value: float | None) -> float | None:

@@ -299,6 +299,9 @@ def bench_stream(
     time_scale: Annotated[
         float, typer.Option(help="Simulated seconds per wall second (> 1 makes windows expire within the run).")
     ] = 1.0,
+    preload: Annotated[
+        bool, typer.Option("--preload", help="Produce everything first, then time the drain (capacity, no freshness).")
+    ] = False,
     out: Annotated[Path | None, typer.Option(help="JSON result (default HOME/bench/stream-<time>.json).")] = None,
 ) -> None:
     """Benchmark the feature stream: an open-loop generator produces payments at --rate while the
@@ -312,6 +315,7 @@ def bench_stream(
     config = BenchConfig(
         events=events, rate=rate, processes=processes, partitions=partitions, cards=cards, merchants=merchants,
         interval_s=interval_s, warmup_s=warmup_s, snapshot_s=snapshot_s or None, time_scale=time_scale,
+        preload=preload,
     )
     path = out or settings.home / "bench" / f"stream-{datetime.now():%Y%m%d-%H%M%S}.json"
     with running_services(

@@ -328,9 +328,10 @@ def prepare_recovery(recovery: Recovery, config: StreamConfig) -> bool:
 
     Recovery state holds Kafka offsets: resumed against another broker (an embedded one restarts
     empty) it would silently skip or misread the log, so a store made for other inputs is
-    replaced. Returns True when an existing store will be resumed.
+    replaced (so is one made with another shard count: its state would sit in the wrong shards).
+    Returns True when an existing store will be resumed.
     """
-    inputs = ("kafka_bootstrap", "transactions_topic", "labels_topic")
+    inputs = ("kafka_bootstrap", "transactions_topic", "labels_topic", "shards")
     identity = {k: v for k, v in asdict(config).items() if k in inputs}
     marker = recovery.directory / "stream.json"
     if marker.exists() and json.loads(marker.read_text()) == identity:

@@ -230,7 +230,7 @@ def _summary(decisions, truth, opened, reviewed, first, second, drift, identical
             "challenger": second.challenger_metrics["pr_auc"],
         },
         "top_drift": [(r.feature, round(r.kl, 3)) for r in drift if r.kl is not None][:3],
-        "drifted_features": [r.feature for r in drift if r.drifted],
+        "drifted_features": f"{sum(r.drifted for r in drift)} of {len(drift)} (table above)",
         "online_offline_identical": f"{identical}/{len(decisions)}",
     }
 

@@ -195,6 +195,7 @@ class EmbeddedRedis(_Server):
 class Services:
     kafka_bootstrap: str
     redis_url: str
+    broker_pid: int | None = None  # set when the broker is embedded (benchmarks report its CPU)
 
 
 @contextmanager
@@ -207,9 +208,11 @@ def running_services(
 ) -> Iterator[Services]:
     """External services where given, embedded ones otherwise; topics created; stopped on exit."""
     with ExitStack() as stack:
+        broker_pid = None
         if kafka_bootstrap is None:
-            kafka_bootstrap = stack.enter_context(EmbeddedKafka(work_dir, tansu_bin)).bootstrap
+            broker = stack.enter_context(EmbeddedKafka(work_dir, tansu_bin))
+            kafka_bootstrap, broker_pid = broker.bootstrap, broker.proc.pid
         if redis_url is None:
             redis_url = stack.enter_context(EmbeddedRedis(work_dir)).url
         ensure_topics(kafka_bootstrap, topics.all())
-        yield Services(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url)
+        yield Services(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, broker_pid=broker_pid)

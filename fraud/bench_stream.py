@@ -65,6 +65,7 @@ class Sample:
     redis_used_mb: float
     worker_rss_mb: list[float]
     worker_cpu_pct: list[float]
+    broker_cpu_pct: float | None = None  # the embedded broker shares these cores; None when external
 
 
 @dataclass
@@ -249,6 +250,7 @@ def run_bench(
     kafka_bootstrap: str,
     redis_url: str,
     report: Callable[[Sample], None] | None = None,
+    broker_pid: int | None = None,
 ) -> BenchResult:
     """Run the stream benchmark against the given broker and Redis; returns every sample."""
     from deploy.embedded import free_port
@@ -309,6 +311,7 @@ def run_bench(
             started = time.monotonic()
             generator.start()
         previous = (started, 0, _freshness_buckets(ports), [_proc_stats(p.proc.pid)[1] for p in procs])
+        broker_cpu = _proc_stats(broker_pid)[1] if broker_pid else 0.0
         steady_from: tuple[float, int, dict[float, float]] | None = (
             (started, 0, previous[2]) if config.warmup_s <= 0 else None
         )
@@ -334,6 +337,10 @@ def run_bench(
                     for (_, cpu), before in zip(stats, previous[3], strict=True)
                 ],
             )
+            if broker_pid:
+                used = _proc_stats(broker_pid)[1]
+                sample.broker_cpu_pct = round(100 * (used - broker_cpu) / (now - previous[0]), 1)
+                broker_cpu = used
             result.samples.append(sample)
             if report is not None:
                 report(sample)
@@ -366,6 +373,9 @@ def run_bench(
         },
         "redis_used_mb_last": result.samples[-1].redis_used_mb,
         "worker_rss_mb_last": result.samples[-1].worker_rss_mb,
+        "broker_cpu_pct_mean": (
+            round(float(np.mean([s.broker_cpu_pct for s in result.samples])), 1) if broker_pid else None
+        ),
         "worker_cpu_pct_mean": [
             round(float(np.mean([s.worker_cpu_pct[i] for s in result.samples])), 1) for i in range(config.processes)
         ],

@@ -327,21 +327,29 @@ def bench_stream(
     ) as services:
         console.print(f"setup: {config}")
         console.print(f"broker {services.kafka_bootstrap}, redis {services.redis_url}")
-        table_header = "elapsed  produced   applied  applied/s  fresh p50  fresh p99  redis MB  worker RSS MB  CPU %"
-        console.print(table_header)
+        table_header = (
+            "elapsed  produced   applied  applied/s  fresh p50  fresh p99  redis MB  worker RSS MB  CPU %  broker CPU %"
+        )
+        console.print(table_header, soft_wrap=True)
 
         def report(s) -> None:
             console.print(
                 f"{s.elapsed_s:>6.0f}s {s.produced:>9,} {s.applied:>9,} {s.applied_per_s:>10,.0f} "
                 f"{_fmt_s(s.freshness_p50_s):>10} {_fmt_s(s.freshness_p99_s):>10} {s.redis_used_mb:>9.1f} "
-                f"{'/'.join(f'{r:.0f}' for r in s.worker_rss_mb):>14} {'/'.join(f'{c:.0f}' for c in s.worker_cpu_pct)}"
+                f"{'/'.join(f'{r:.0f}' for r in s.worker_rss_mb):>14} "
+                f"{'/'.join(f'{c:.0f}' for c in s.worker_cpu_pct):>6} {_fmt_pct(s.broker_cpu_pct):>12}",
+                soft_wrap=True,  # one line per sample, whatever the terminal width
             )
 
-        result = run_bench(config, services.kafka_bootstrap, services.redis_url, report)
+        result = run_bench(config, services.kafka_bootstrap, services.redis_url, report, services.broker_pid)
     write_result(result, path)
     console.print(f"machine: {result.machine}")
     console.print(json.dumps(result.summary, indent=2))
     console.print(f"written to {path}")
+
+
+def _fmt_pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _fmt_s(value: float | None) -> str:

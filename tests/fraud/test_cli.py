@@ -10,7 +10,7 @@ from retrain import ModelRegistry
 
 runner = CliRunner()
 SUBCOMMANDS = [["up"], ["simulate"], ["stream"], ["train"], ["serve"], ["retrain"], ["monitor"], ["demo"],
-               ["review"], ["review", "list"], ["review", "label"], ["review", "intake"]]
+               ["bench-stream"], ["review"], ["review", "list"], ["review", "label"], ["review", "intake"]]
 
 
 @pytest.mark.parametrize("args", SUBCOMMANDS, ids=" ".join)

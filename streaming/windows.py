@@ -188,11 +188,14 @@ def _expire(by_start: dict[int, Bucket], total: Bucket, horizon: int) -> None:
     expired = [s for s in by_start if s <= horizon]
     if not expired:
         return
+    lost_max = False
     for start in expired:
         old = by_start.pop(start)
         total.count -= old.count
         total.amount_minor -= old.amount_minor
-    total.max_minor = max((b.max_minor for b in by_start.values()), default=0)
+        lost_max = lost_max or old.max_minor >= total.max_minor
+    if lost_max:  # only then can the maximum have changed
+        total.max_minor = max((b.max_minor for b in by_start.values()), default=0)
 
 
 def apply_label(state: EntityState, layout: EntityLayout, label: Label) -> None:

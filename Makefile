@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 # and 2 bytewax processes, then memory over 5M payments with simulated time running 2000x so every
 # window fills and expires. Long: the last run takes an hour or more against the embedded broker
 # (point KAFKA_BOOTSTRAP at a real cluster to take the broker off this machine's cores).
-BENCH_STREAM = $(BIN)/fraud bench-stream --cards 50000 --merchants 5000
+BENCH_STREAM = $(BIN)/fraud bench-stream
 bench-stream: $(STAMP)
 	$(BENCH_STREAM) --events 150000 --preload --processes 1
 	$(BENCH_STREAM) --events 150000 --preload --processes 2

@@ -287,12 +287,12 @@ def monitor(
 @app.command(name="bench-stream")
 def bench_stream(
     home: Home = None,
-    events: Annotated[int, typer.Option(help="Transactions to stream in all.")] = 5_000_000,
-    rate: Annotated[float, typer.Option(help="Offered load, transactions per second (open loop).")] = 10_000.0,
+    events: Annotated[int, typer.Option(help="Transactions to stream in all (make bench-stream: 5M).")] = 300_000,
+    rate: Annotated[float, typer.Option(help="Offered load, transactions per second (open loop).")] = 2_000.0,
     processes: Annotated[int, typer.Option(help="bytewax processes working together on the stream.")] = 1,
     partitions: Annotated[int, typer.Option(help="Partitions of the bench's transactions topic.")] = 4,
-    cards: Annotated[int, typer.Option(help="Distinct cards (customers = cards / 1.3).")] = 200_000,
-    merchants: Annotated[int, typer.Option(help="Distinct merchants (Zipf-skewed popularity).")] = 20_000,
+    cards: Annotated[int, typer.Option(help="Distinct cards (customers = cards / 1.3).")] = 50_000,
+    merchants: Annotated[int, typer.Option(help="Distinct merchants (Zipf-skewed popularity).")] = 5_000,
     interval_s: Annotated[float, typer.Option(help="Seconds between progress samples.")] = 5.0,
     warmup_s: Annotated[float, typer.Option(help="Seconds left out of the summary's rates and percentiles.")] = 15.0,
     snapshot_s: Annotated[float, typer.Option(help="Recovery snapshot interval; 0 turns recovery off.")] = 10.0,

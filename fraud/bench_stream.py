@@ -38,12 +38,12 @@ CATEGORIES = ("grocery", "fuel", "restaurants", "electronics", "travel", "digita
 
 @dataclass(frozen=True)
 class BenchConfig:
-    events: int = 5_000_000
-    rate: float = 10_000.0  # transactions per second offered
+    events: int = 300_000
+    rate: float = 2_000.0  # transactions per second offered
     processes: int = 1  # bytewax processes
     partitions: int = 4
-    cards: int = 200_000
-    merchants: int = 20_000
+    cards: int = 50_000
+    merchants: int = 5_000
     interval_s: float = 5.0
     warmup_s: float = 15.0
     snapshot_s: float | None = 10.0  # None: recovery off

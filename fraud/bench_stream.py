@@ -352,8 +352,7 @@ def run_bench(
                 break
             if done_producing and now - started > config.events / config.rate * 3 + 120:
                 raise TimeoutError(f"the stream applied {applied} of {produced.value} events")
-        if generator.is_alive() or generator.exitcode is None:
-            generator.join()
+        generator.join()
 
     end = time.monotonic()
     steady = steady_from or (started, 0, {})

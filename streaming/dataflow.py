@@ -27,10 +27,11 @@ import gc
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import bytewax.operators as op
 import redis
@@ -41,6 +42,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
+from prometheus_client import Counter
 
 from schema import DeadLetter, InvalidEvent, Label, Transaction, decode_label, decode_transaction, encode
 from streaming.admission import DEFAULT_ALLOWED_LATENESS_S, Admission, late_reason
@@ -52,6 +54,7 @@ from streaming.windows import EntityState
 
 RawMessage = KafkaSourceMessage[bytes | None, bytes | None]
 Letter = KafkaSinkMessage[bytes | None, bytes]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -104,15 +107,22 @@ class _Steps:
         self.config = config
         self.metrics = metrics
 
-    def validate_transaction(self, msg: RawMessage) -> Sourced | Letter:
+    def _decode(self, msg: RawMessage, decode: Callable[[bytes], T], seen: Counter) -> T | Letter:
+        """The decoded event, or its dead letter (counted in ``seen`` and as a dead letter)."""
         try:
             if msg.value is None:
                 raise InvalidEvent("empty message (no value)")
-            return Sourced(decode_transaction(msg.value), msg.topic or "", _or(msg.partition), _or(msg.offset))
+            return decode(msg.value)
         except InvalidEvent as exc:
-            self.metrics.transactions.labels("invalid").inc()
+            seen.labels("invalid").inc()
             self.metrics.dead_letters.labels("invalid").inc()
             return _letter(str(exc), msg, msg.value or b"")
+
+    def validate_transaction(self, msg: RawMessage) -> Sourced | Letter:
+        txn = self._decode(msg, decode_transaction, self.metrics.transactions)
+        if isinstance(txn, Transaction):
+            return Sourced(txn, msg.topic or "", _or(msg.partition), _or(msg.offset))
+        return txn
 
     def transactions_by_card_shard(self, msgs: list[RawMessage]) -> list[Letter | tuple[str, list[Sourced]]]:
         """Validate a batch; dead letters for the invalid, the valid grouped by their card's shard."""
@@ -127,21 +137,11 @@ class _Steps:
         out.extend(groups.items())
         return out
 
-    def validate_label(self, msg: RawMessage) -> Label | Letter:
-        try:
-            if msg.value is None:
-                raise InvalidEvent("empty message (no value)")
-            return decode_label(msg.value)
-        except InvalidEvent as exc:
-            self.metrics.labels.labels("invalid").inc()
-            self.metrics.dead_letters.labels("invalid").inc()
-            return _letter(str(exc), msg, msg.value or b"")
-
     def labels_by_entity_shard(self, msgs: list[RawMessage]) -> list[Letter | tuple[str, list[EntityEvent]]]:
         out: list[Letter | tuple[str, list[EntityEvent]]] = []
         groups: dict[str, list[EntityEvent]] = {}
         for msg in msgs:
-            label = self.validate_label(msg)
+            label = self._decode(msg, decode_label, self.metrics.labels)
             if not isinstance(label, Label):
                 out.append(label)
                 continue

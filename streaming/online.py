@@ -42,7 +42,6 @@ class OnlineFeatureStore:
         self.prefix = prefix
         self._watermark_key = f"{prefix}:stream:watermark"
         self._counter_key = f"{prefix}:stream:counts"
-        # Keep the greatest watermark ever written: workers and replays may report older times.
         # One script call writes many whole states with their TTLs: per-command overhead in the
         # Python client, not Redis, was the stream's largest cost (one SET per entity per batch).
         # Keys of one call may sit in different slots: fine on one server; on Redis Cluster the
@@ -50,6 +49,7 @@ class OnlineFeatureStore:
         self._set_many = client.register_script(
             "for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[2*i-1], 'EX', ARGV[2*i]) end return #KEYS"
         )
+        # Keep the greatest watermark ever written: workers and replays may report older times.
         self._advance = client.register_script(
             "local cur = tonumber(redis.call('GET', KEYS[1]) or '-1') "
             "if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end return 1"

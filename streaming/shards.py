@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Iterable
+from typing import Generic, Self, TypeVar
 
 import msgspec
 
@@ -24,6 +25,7 @@ from streaming.admission import Admission, CardAdmission, admit
 from streaming.windows import LAYOUTS, EntityState, apply_label, apply_transaction
 
 EntityEvent = tuple[str, str, Transaction | Label]  # (entity, entity id, event)
+S = TypeVar("S")
 
 
 def shard_of(key: str, shards: int) -> str:
@@ -35,76 +37,66 @@ def entity_events(txn: Transaction) -> list[EntityEvent]:
     return [(entity, layout.key_of(txn), txn) for entity, layout in LAYOUTS.items()]
 
 
-class _IdleTracking:
-    """Wall-clock last use per key, so keys idle longer than their TTL can be forgotten."""
+class _Shard(Generic[S]):
+    """Keyed state of one shard, with the wall-clock last use of each key so that keys idle
+    longer than their TTL can be forgotten; snapshots are the msgpack of the whole mapping."""
 
-    def __init__(self) -> None:
-        self.touched: dict[str, float] = {}
+    _encoder = msgspec.msgpack.Encoder()
+    _decoder: msgspec.msgpack.Decoder
+
+    def __init__(self, entries: dict[str, S] | None = None) -> None:
+        self.entries: dict[str, S] = entries or {}
+        self.touched = dict.fromkeys(self.entries, time.time())
 
     def forget_idle(self, idle_ttl_s: float, now: float | None = None) -> list[str]:
         horizon = (now if now is not None else time.time()) - idle_ttl_s
         idle = [k for k, at in self.touched.items() if at < horizon]
         for key in idle:
             del self.touched[key]
+            self.entries.pop(key, None)
         return idle
 
+    def encode(self) -> bytes:
+        return self._encoder.encode(self.entries)
 
-class AdmissionShard(_IdleTracking):
-    """The admission state of the cards in one shard."""
+    @classmethod
+    def decode(cls, raw: bytes) -> Self:
+        return cls(cls._decoder.decode(raw))
 
-    _encoder = msgspec.msgpack.Encoder()
+
+class AdmissionShard(_Shard[CardAdmission]):
+    """The admission state of the cards in one shard, keyed by card id."""
+
     _decoder = msgspec.msgpack.Decoder(dict[str, CardAdmission])
 
-    def __init__(self, cards: dict[str, CardAdmission] | None = None) -> None:
-        super().__init__()
-        self.cards = cards or {}
-        now = time.time()
-        self.touched = dict.fromkeys(self.cards, now)
-
     def admit(self, txn: Transaction, allowed_lateness_s: float, now: float) -> Admission:
-        state = self.cards.get(txn.card_id)
+        state = self.entries.get(txn.card_id)
         if state is None:
-            state = self.cards[txn.card_id] = CardAdmission()
+            state = self.entries[txn.card_id] = CardAdmission()
         self.touched[txn.card_id] = now
         return admit(state, txn, allowed_lateness_s)
 
     def state_of(self, card_id: str) -> CardAdmission:
-        return self.cards[card_id]
-
-    def forget_idle(self, idle_ttl_s: float, now: float | None = None) -> list[str]:
-        idle = super().forget_idle(idle_ttl_s, now)
-        for card in idle:
-            self.cards.pop(card, None)
-        return idle
-
-    def encode(self) -> bytes:
-        return self._encoder.encode(self.cards)
-
-    @classmethod
-    def decode(cls, raw: bytes) -> AdmissionShard:
-        return cls(cls._decoder.decode(raw))
+        return self.entries[card_id]
 
 
-class EntityShard(_IdleTracking):
+class EntityShard(_Shard[EntityState]):
     """The window state of the entities (of every kind) in one shard, keyed ``entity:id``."""
 
-    _encoder = msgspec.msgpack.Encoder()
     _decoder = msgspec.msgpack.Decoder(dict[str, EntityState])
 
-    def __init__(self, states: dict[str, EntityState] | None = None) -> None:
-        super().__init__()
-        self.states = states or {}
-        now = time.time()
-        self.touched = dict.fromkeys(self.states, now)
+    @property
+    def states(self) -> dict[str, EntityState]:
+        return self.entries
 
     def apply(self, events: Iterable[EntityEvent], now: float) -> dict[str, EntityState]:
         """Apply events in the given order; returns the states they changed, by key."""
         changed: dict[str, EntityState] = {}
         for entity, entity_id, event in events:
             key = f"{entity}:{entity_id}"
-            state = self.states.get(key)
+            state = self.entries.get(key)
             if state is None:
-                state = self.states[key] = EntityState()
+                state = self.entries[key] = EntityState()
             if isinstance(event, Transaction):
                 apply_transaction(state, LAYOUTS[entity], event)
             else:
@@ -112,16 +104,3 @@ class EntityShard(_IdleTracking):
             self.touched[key] = now
             changed[key] = state
         return changed
-
-    def forget_idle(self, idle_ttl_s: float, now: float | None = None) -> list[str]:
-        idle = super().forget_idle(idle_ttl_s, now)
-        for key in idle:
-            self.states.pop(key, None)
-        return idle
-
-    def encode(self) -> bytes:
-        return self._encoder.encode(self.states)
-
-    @classmethod
-    def decode(cls, raw: bytes) -> EntityShard:
-        return cls(cls._decoder.decode(raw))

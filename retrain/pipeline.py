@@ -106,7 +106,7 @@ def retrain(
         "training_config": policy.training.as_dict(),
         "drift_reference": reference.to_dict(),
     }
-    challenger = registry.register(onnx_bytes, metadata)
+    challenger = registry.register(onnx_bytes, metadata, native_model=bytes(model.get_booster().save_raw("ubj")))
 
     champion = registry.champion()
     champion_metrics = _champion_metrics(registry, champion, evaluation, t)

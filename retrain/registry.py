@@ -3,6 +3,7 @@
 Layout on disk (a directory; a later issue can put the same interface over object storage)::
 
     models/<version>/model.onnx
+    models/<version>/xgboost.ubj       # the same model in XGBoost's own format (benchmarks, bulk scoring)
     models/<version>/metadata.json
     champion                 # the version the scorer serves
     promotions.jsonl         # every promote/refuse decision, with both scores
@@ -66,13 +67,19 @@ class ModelRegistry:
         numbers = [int(v.split("-")[-1]) for v in self.versions()]
         return f"xgb-{max(numbers, default=0) + 1:04d}"
 
-    def register(self, model_bytes: bytes, metadata: dict[str, Any]) -> str:
-        """Store a new model version (written to a temp dir, then renamed: never half-written)."""
+    def register(self, model_bytes: bytes, metadata: dict[str, Any], native_model: bytes | None = None) -> str:
+        """Store a new model version (written to a temp dir, then renamed: never half-written).
+
+        ``native_model``: the same model as XGBoost UBJSON, kept for comparisons with XGBoost's
+        own predictor; the decision path serves the ONNX file.
+        """
         version = self.next_version()
         final = self.root / "models" / version
         staging = self.root / "models" / f".{version}.tmp"
         staging.mkdir(parents=True, exist_ok=False)
         (staging / "model.onnx").write_bytes(model_bytes)
+        if native_model is not None:
+            (staging / "xgboost.ubj").write_bytes(native_model)
         meta = {**metadata, "version": version, "registered_at": datetime.now(UTC).isoformat()}
         (staging / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         os.replace(staging, final)
@@ -99,6 +106,13 @@ class ModelRegistry:
     def history(self) -> list[dict[str, Any]]:
         path = self.root / "promotions.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def native_model_path(self, version: str) -> Path:
+        """The XGBoost file of ``version`` (ModelLoadError when it was registered without one)."""
+        path = self.root / "models" / version / "xgboost.ubj"
+        if not path.exists():
+            raise ModelLoadError(f"model {version}: no XGBoost file (registered before they were kept)")
+        return path
 
     def metadata(self, version: str) -> dict[str, Any]:
         return json.loads((self.root / "models" / version / "metadata.json").read_text())

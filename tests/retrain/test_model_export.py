@@ -73,3 +73,18 @@ def test_average_precision_and_recall_at_fpr():
     inverted = -perfect
     assert average_precision(y, inverted) < 0.5
     assert recall_at_fpr(y, perfect, 0.0) == 1.0
+
+
+def test_native_model_path_only_for_versions_registered_with_their_xgboost_file(tmp_path, trained):
+    import xgboost as xgb
+
+    model, onnx_bytes, x = trained
+    registry = ModelRegistry(tmp_path)
+    without = registry.register(onnx_bytes, {"feature_names": list(MODEL_FEATURES)})
+    with pytest.raises(ModelLoadError, match="no XGBoost file"):
+        registry.native_model_path(without)
+    with_native = registry.register(
+        onnx_bytes, {"feature_names": list(MODEL_FEATURES)}, native_model=bytes(model.get_booster().save_raw("ubj"))
+    )
+    booster = xgb.Booster(model_file=str(registry.native_model_path(with_native)))
+    np.testing.assert_allclose(booster.inplace_predict(x[:50]), model.predict_proba(x[:50])[:, 1], atol=1e-6)

@@ -62,7 +62,7 @@ class DecisionEngine:
             batch = self.store.features_for_batch(transactions)
         except redis.RedisError as exc:
             self.metrics.observe_stage("features", time.perf_counter() - started)
-            return self._degraded(transactions, f"features_unavailable: {type(exc).__name__}")
+            return self.without_features(transactions, f"features_unavailable: {type(exc).__name__}")
         features_done = time.perf_counter()
         self.metrics.observe_stage("features", features_done - started)
 
@@ -70,7 +70,7 @@ class DecisionEngine:
         try:
             scores = self.model.predict_proba(matrix)
         except Exception as exc:  # noqa: BLE001 - any model failure must degrade, not fail the payment
-            return self._degraded(transactions, f"model_unavailable: {type(exc).__name__}", batch.vectors)
+            return self.without_features(transactions, f"model_unavailable: {type(exc).__name__}", batch.vectors)
         model_done = time.perf_counter()
         self.metrics.observe_stage("model", model_done - features_done)
 
@@ -98,9 +98,12 @@ class DecisionEngine:
         self.metrics.count_decisions(decisions)
         return decisions
 
-    def _degraded(
+    def without_features(
         self, transactions: Sequence[Transaction], reason: str, vectors: Sequence[FeatureVector] | None = None
     ) -> list[Decision]:
+        """The documented fallback: rules only, anything large flagged for review; ``reason`` is
+        recorded in each decision (``features_unavailable: ...``, ``model_unavailable: ...``,
+        ``shed: ...``) and its first word counted in ``fraud_degraded_decisions``."""
         now = datetime.now(UTC)
         decisions = []
         for i, txn in enumerate(transactions):
@@ -111,7 +114,7 @@ class DecisionEngine:
                     RuleHit(
                         rule_id="degraded_amount_review@1",
                         action=Outcome.FLAG,
-                        reason=f"decided without {reason.split(':')[0].replace('_unavailable', '')}; "
+                        reason=f"decided without {_missing(reason)}; "
                         f"amount over {self.fallback.degraded_flag_amount_minor / 100:,.2f} goes to review",
                     )
                 )
@@ -131,6 +134,11 @@ class DecisionEngine:
         self.metrics.count_degraded(reason.split(":")[0], len(decisions))
         self.metrics.count_decisions(decisions)
         return decisions
+
+
+def _missing(reason: str) -> str:
+    kind = reason.split(":")[0]
+    return "the model (load shed)" if kind == "shed" else kind.replace("_unavailable", "")
 
 
 def _severity(outcome: Outcome) -> int:

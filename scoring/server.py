@@ -1,4 +1,8 @@
-"""The gRPC decision service (grpc.aio): Decide for one transaction, DecideBatch for many."""
+"""The gRPC decision service (grpc.aio): Decide for one transaction, DecideBatch for many.
+
+Both go through one ``DecisionBatcher``: concurrent calls are decided together, one batch at a
+time, and requests queued past the latency budget are shed with an explicit degraded decision.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from schema import InvalidEvent, Transaction
+from schema import Decision, InvalidEvent, Transaction
+from scoring.batcher import BatchingConfig, DecisionBatcher
 from scoring.engine import DecisionEngine
 from scoring.proto import fraud_pb2 as pb
 from scoring.proto import fraud_pb2_grpc
@@ -24,6 +29,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     max_batch: int = 5000  # a larger DecideBatch is refused, so one caller cannot stall everyone
+    batching: BatchingConfig = BatchingConfig()
 
 
 class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
@@ -31,11 +37,20 @@ class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
         self.engine = engine
         self.publisher = publisher
         self.config = config
+        self.batcher = DecisionBatcher(self._decide_and_publish, self._shed_and_publish, config.batching)
 
-    def _decide(self, transactions: list[Transaction]) -> list[pb.Decision]:
+    def _decide_and_publish(self, transactions: list[Transaction]) -> list[Decision]:
         decisions = self.engine.decide_batch(transactions)
         self.publisher.publish(decisions)
-        return [decision_to_proto(d) for d in decisions]
+        return decisions
+
+    def _shed_and_publish(self, transactions: list[Transaction], reason: str) -> list[Decision]:
+        decisions = self.engine.without_features(transactions, reason)
+        self.publisher.publish(decisions)
+        return decisions
+
+    async def _decide(self, transactions: list[Transaction]) -> list[pb.Decision]:
+        return [decision_to_proto(d) for d in await self.batcher.decide(transactions)]
 
     async def Decide(self, request: pb.Transaction, context: grpc.aio.ServicerContext) -> pb.Decision:  # noqa: N802
         started = time.perf_counter()
@@ -44,7 +59,7 @@ class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
         except InvalidEvent as exc:
             self.engine.metrics.invalid.inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid transaction: {exc}")
-        (decision,) = self._decide([txn])
+        (decision,) = await self._decide([txn])
         self.engine.metrics.observe_stage("total", time.perf_counter() - started)
         return decision
 
@@ -67,7 +82,7 @@ class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
             except InvalidEvent as exc:
                 self.engine.metrics.invalid.inc()
                 results.append(pb.Decision(transaction_id=msg.transaction_id, error=f"invalid transaction: {exc}"))
-        decided = iter(self._decide(valid))
+        decided = iter(await self._decide(valid) if valid else [])
         out = [r if r is not None else next(decided) for r in results]
         self.engine.metrics.observe_stage("total", time.perf_counter() - started)
         return pb.DecisionBatch(decisions=out)
@@ -88,4 +103,5 @@ async def serve(service: FraudScorerService, ready: asyncio.Event | None = None)
         await server.wait_for_termination()
     finally:
         await server.stop(grace=5)
+        service.batcher.close()
         service.publisher.flush()

@@ -1,0 +1,102 @@
+"""The adaptive batcher: coalescing, order, shedding and failures (pure asyncio, no services)."""
+
+import asyncio
+import threading
+from datetime import UTC, datetime
+
+import pytest
+
+from schema import Decision, Outcome
+from scoring.batcher import BatchingConfig, DecisionBatcher
+from tests.factories import txn
+
+
+def _decision(t, reason=None):
+    return Decision(
+        transaction=t,
+        outcome=Outcome.APPROVE,
+        score=None if reason else 0.1,
+        model_version="test",
+        rule_hits=[],
+        features={},
+        decided_at=datetime.now(UTC),
+        degraded_reason=reason,
+    )
+
+
+class Recorder:
+    """decide() blocks on a gate so requests pile up while a batch is running."""
+
+    def __init__(self):
+        self.batches = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def decide(self, rows):
+        self.gate.wait(5)
+        self.batches.append([t.transaction_id for t in rows])
+        return [_decision(t) for t in rows]
+
+    def shed(self, rows, reason):
+        return [_decision(t, reason) for t in rows]
+
+
+def test_requests_queued_behind_a_running_batch_are_decided_together_in_order():
+    async def main():
+        rec = Recorder()
+        batcher = DecisionBatcher(rec.decide, rec.shed, BatchingConfig(shed_after_s=10))
+        rec.gate.clear()
+        first = asyncio.create_task(batcher.decide([txn(0)]))
+        await asyncio.sleep(0.05)  # the first batch is now running (blocked on the gate)
+        rest = [asyncio.create_task(batcher.decide([txn(i), txn(100 + i)])) for i in range(1, 6)]
+        await asyncio.sleep(0.05)
+        rec.gate.set()
+        answers = await asyncio.gather(first, *rest)
+        batcher.close()
+        return rec.batches, answers
+
+    batches, answers = asyncio.run(main())
+    assert batches[0] == ["tx-test-000000"]
+    assert len(batches) == 2 and len(batches[1]) == 10  # five calls, one batch
+    for i, answer in enumerate(answers[1:], start=1):  # each caller gets its own rows back, in order
+        assert [d.transaction_id for d in answer] == [f"tx-test-{i:06d}", f"tx-test-{100 + i:06d}"]
+
+
+def test_requests_that_waited_past_the_budget_are_shed_with_a_reason_not_dropped():
+    async def main():
+        rec = Recorder()
+        batcher = DecisionBatcher(rec.decide, rec.shed, BatchingConfig(shed_after_s=0.05))
+        rec.gate.clear()
+        first = asyncio.create_task(batcher.decide([txn(0)]))
+        await asyncio.sleep(0.02)
+        late = asyncio.create_task(batcher.decide([txn(1)]))
+        await asyncio.sleep(0.2)  # txn 1 is queued 200 ms > 50 ms budget
+        rec.gate.set()
+        out = await asyncio.gather(first, late)
+        batcher.close()
+        return rec.batches, out
+
+    batches, (first, late) = asyncio.run(main())
+    assert first[0].degraded_reason is None
+    assert late[0].degraded_reason.startswith("shed")
+    assert batches == [["tx-test-000000"]]  # the shed request never reached the model
+
+
+def test_a_failing_batch_fails_its_callers_and_the_next_batch_still_runs():
+    calls = []
+
+    def decide(rows):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return [_decision(t) for t in rows]
+
+    async def main():
+        batcher = DecisionBatcher(decide, lambda rows, reason: [], BatchingConfig())
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.decide([txn(0)])
+        again = await batcher.decide([txn(1)])
+        batcher.close()
+        return again
+
+    assert [d.transaction_id for d in asyncio.run(main())] == ["tx-test-000001"]

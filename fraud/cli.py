@@ -202,19 +202,64 @@ def serve(
     flag: Annotated[float | None, typer.Option(help="Flag at score >= this (default 0.7).")] = None,
     block: Annotated[float | None, typer.Option(help="Block at score >= this (default 0.9).")] = None,
     rules: Annotated[Path | None, typer.Option(help="Rule file (YAML).")] = None,
+    kafka: Annotated[
+        bool, typer.Option("--kafka", help="Decide payments read from `transactions` instead of serving gRPC.")
+    ] = False,
+    naive: Annotated[
+        bool, typer.Option("--naive", help="Serve the naive per-request baseline instead (for `fraud bench`).")
+    ] = False,
 ) -> None:
     """Serve decisions over gRPC (Decide, DecideBatch): rules, Redis features, ONNX model,
-    thresholds; each decision is published to `decisions`; metrics on /metrics."""
+    thresholds; each decision is published to `decisions`; metrics on /metrics. Concurrent calls
+    are decided together in batches; requests queued past 50 ms get a degraded (rules-only)
+    decision. Run several on one port to use more cores (SO_REUSEPORT), each with its own
+    --metrics-port."""
     from fraud.lifecycle import build_service
     from scoring import serve as serve_forever
 
     settings = _settings(
         home, grpc_port=port, metrics_port=metrics_port, flag_threshold=flag, block_threshold=block, rules_file=rules
     )
+    if naive:
+        from fraud.bench.baseline import run_naive_server
+
+        run_naive_server(
+            settings.require_redis(),
+            settings.require_kafka(),
+            settings.registry_dir,
+            settings.topics.decisions,
+            settings.grpc_host,
+            settings.grpc_port,
+            settings.key_prefix,
+        )
+        return
     service = build_service(settings)
+    if kafka:
+        _serve_kafka(settings, service)
+        return
     console.print(f"model {service.engine.model.version} on {settings.grpc_host}:{settings.grpc_port}")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(service))
+
+
+def _serve_kafka(settings: Settings, service) -> None:
+    import threading
+
+    from deploy.kafka import make_consumer, make_producer
+    from scoring.kafka_door import KafkaDecisionDoor
+
+    topics = settings.topics
+    consumer = make_consumer(
+        settings.require_kafka(), "fraud-scorer", [topics.transactions], from_beginning=False, fetch_wait_max_ms=5
+    )
+    door = KafkaDecisionDoor(
+        service.engine, service.publisher, consumer, make_producer(settings.require_kafka()), topics.dead_letter
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print(f"model {service.engine.model.version} deciding {topics.transactions} -> {topics.decisions}")
+    with contextlib.suppress(KeyboardInterrupt):
+        door.run(stop)
 
 
 @review_app.command("list")
@@ -284,6 +329,138 @@ def monitor(
     console.print(render_drift_table(results, threshold))
 
 
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{what}: expected numbers separated by commas, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise typer.BadParameter(f"{what}: expected positive numbers, got {text!r}")
+    return values
+
+
+@app.command()
+def bench(
+    home: Home = None,
+    mode: Annotated[
+        str, typer.Option(help="Comma-separated: unary (a call per payment), batch (client coalesces), kafka.")
+    ] = "unary,batch,kafka",
+    rates: Annotated[
+        str, typer.Option(help="Offered loads to step through, payments/s.")
+    ] = "250,1000,2000,5000,10000,15000,20000",
+    duration: Annotated[float, typer.Option(help="Measured seconds per step (after the warm-up).")] = 30.0,
+    warmup: Annotated[float, typer.Option(help="Seconds of load before each step's measurement.")] = 5.0,
+    server_procs: Annotated[int, typer.Option(help="Scorer processes (one port, SO_REUSEPORT / one group).")] = 1,
+    window_ms: Annotated[float, typer.Option(help="batch mode: the client's coalescing window.")] = 5.0,
+    arrivals: Annotated[str, typer.Option(help="poisson or constant inter-arrival times.")] = "poisson",
+    timeout_s: Annotated[float, typer.Option(help="Per-call deadline; later answers count as timeouts.")] = 2.0,
+    baseline: Annotated[
+        bool, typer.Option(help="Also run the naive per-request service (unary) under the same steps.")
+    ] = True,
+    customers: Annotated[int, typer.Option(help="Simulated customers with history in Redis.")] = 10_000,
+    history_days: Annotated[int, typer.Option(help="Days of history replayed into Redis (and trained on).")] = 7,
+    out: Annotated[Path | None, typer.Option(help="JSON result (default HOME/bench/decisions-<time>.json).")] = None,
+) -> None:
+    """Benchmark the decision path: an open-loop generator offers each rate for --duration seconds
+    and measures every payment from its scheduled arrival to its decision (rules, Redis features
+    with the payment folded in, ONNX model, thresholds, decision published to Kafka). Prints
+    achieved rate, p50/p90/p99/p99.9/max latency, errors, timeouts, degraded (shed) decisions and
+    CPU per process for each step, then the naive baseline and the model call alone; writes a JSON
+    result and a PNG plot. Uses KAFKA_BOOTSTRAP / REDIS_URL if set, else starts its own."""
+    from deploy import running_services
+    from fraud.bench.loadgen import MODES
+    from fraud.bench.run import DecisionBenchConfig, Services, redis_pid_of, run_decision_bench, write_result
+    from fraud.bench.world import WorldConfig
+
+    modes = tuple(m.strip() for m in mode.split(",") if m.strip())
+    if not modes or set(modes) - set(MODES):
+        raise typer.BadParameter(f"--mode: expected some of {', '.join(MODES)}, got {mode!r}")
+    if arrivals not in ("poisson", "constant"):
+        raise typer.BadParameter(f"--arrivals: expected poisson or constant, got {arrivals!r}")
+    config = DecisionBenchConfig(
+        modes=modes,
+        rates=_floats(rates, "--rates"),
+        duration_s=duration,
+        warmup_s=warmup,
+        server_procs=server_procs,
+        window_ms=window_ms,
+        arrivals=arrivals,
+        timeout_s=timeout_s,
+        baseline=baseline,
+        world=WorldConfig(customers=customers, history_days=history_days),
+    )
+    base = _settings(home)
+    run_id = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = out or base.home / "bench" / f"decisions-{run_id}.json"
+    with running_services(
+        base.home / "bench" / "services",
+        kafka_bootstrap=base.kafka_bootstrap,
+        redis_url=base.redis_url,
+        tansu_bin=base.tansu_bin,
+    ) as services:
+        settings = _settings(
+            home,
+            kafka_bootstrap=services.kafka_bootstrap,
+            redis_url=services.redis_url,
+            topic_suffix=f"-bench-{run_id}",
+            key_prefix="bench",
+        )
+        settings = settings.model_copy(update={"home": settings.home / "bench" / "world"})
+        console.print(f"setup: {config}")
+        console.print(f"broker {services.kafka_bootstrap}, redis {services.redis_url}")
+        console.print(_STEP_HEADER, soft_wrap=True)
+        result = run_decision_bench(
+            config,
+            settings,
+            Services(
+                services.kafka_bootstrap, services.redis_url, services.broker_pid, redis_pid_of(services.redis_url)
+            ),
+            say=console.print,
+            on_step=lambda step: console.print(_step_line(step), soft_wrap=True),
+        )
+    png = write_result(result, path)
+    _print_bench_summary(result)
+    console.print(f"result: {path}\nplot:   {png}")
+
+
+_STEP_HEADER = (
+    "mode      offered  achieved     p50     p90     p99   p99.9     max  err  t/o  degraded(shed)  behind s"
+    "  scorer µs/dec  CPU % (servers | generator | redis | broker)"
+)
+
+
+def _step_line(s: dict) -> str:
+    lat = s["latency_ms"]
+    cpu = s["cpu_pct"]
+    servers = "+".join(f"{v:.0f}" for k, v in cpu.items() if k.startswith("server"))
+
+    def ms(v: float | None) -> str:
+        return f"{v:7.1f}" if v is not None else "      -"
+
+    per_decision = s["server_cpu_us_per_decision"]
+    return (
+        f"{s['mode']:<9}{s['offered_rate']:>8,.0f}{s['achieved_rate']:>10,.0f} {ms(lat['p50'])} {ms(lat['p90'])} "
+        f"{ms(lat['p99'])} {ms(lat['p999'])} {ms(lat['max'])} {s['errors']:>4} {s['timeouts']:>4} "
+        f"{s['degraded']:>9}({s['shed']}) {s['max_behind_s']:>9.3f} "
+        f"{per_decision if per_decision is not None else '-':>14}  {servers} | {s['generator_cpu_pct']:.0f} | "
+        f"{cpu.get('redis', 0):.0f} | {cpu.get('broker', 0):.0f}"
+    )
+
+
+def _print_bench_summary(result: dict) -> None:
+    budget = result["config"]["budget_ms"]
+    console.print(f"\nsustainable rate (p99 <= {budget:.0f} ms, no errors or timeouts, shed <= 0.1%):")
+    for mode, rate in result["sustainable_rate"].items():
+        ratio = result["ratio_to_baseline"].get(mode)
+        vs = f"  ({ratio}x the baseline)" if ratio else ""
+        console.print(f"  {mode:<9}{rate:>10,.0f}/s{vs}")
+    if result.get("model_calls"):
+        from fraud.bench.model_speed import ModelCallRate, format_model_calls
+
+        console.print("\nthe model call alone (one core):")
+        console.print(format_model_calls([ModelCallRate(**r) for r in result["model_calls"]]))
+
+
 @app.command(name="bench-stream")
 def bench_stream(
     home: Home = None,
@@ -313,8 +490,16 @@ def bench_stream(
 
     settings = _settings(home)
     config = BenchConfig(
-        events=events, rate=rate, processes=processes, partitions=partitions, cards=cards, merchants=merchants,
-        interval_s=interval_s, warmup_s=warmup_s, snapshot_s=snapshot_s or None, time_scale=time_scale,
+        events=events,
+        rate=rate,
+        processes=processes,
+        partitions=partitions,
+        cards=cards,
+        merchants=merchants,
+        interval_s=interval_s,
+        warmup_s=warmup_s,
+        snapshot_s=snapshot_s or None,
+        time_scale=time_scale,
         preload=preload,
     )
     path = out or settings.home / "bench" / f"stream-{datetime.now():%Y%m%d-%H%M%S}.json"

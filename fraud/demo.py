@@ -135,9 +135,7 @@ def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str,
     store = OnlineFeatureStore(redis_client(settings.require_redis()), settings.key_prefix)
     try:
         with ScorerClient(f"{settings.grpc_host}:{settings.grpc_port}", timeout_s=30) as client:
-            gateway = PacedGateway(
-                client, producer, settings.topics.transactions, settings.topics.labels, store, alive
-            )
+            gateway = PacedGateway(client, producer, settings.topics.transactions, settings.topics.labels, store, alive)
             gateway.publish(history, [lb for lb in sim.labels if lb.known_at < live_start])
             produce_all(producer, settings.topics.transactions, ((None, raw) for raw in MALFORMED_EVENTS))
             console.print(

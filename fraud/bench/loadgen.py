@@ -1,0 +1,311 @@
+"""The open-loop load generator of `fraud bench`; it runs in its own process.
+
+Open loop: every payment gets a scheduled arrival time from the target rate before the step starts
+(Poisson or evenly spaced), is sent at that time whether or not earlier ones have been answered,
+and its latency runs from that *scheduled* time to its decision. A slow system therefore shows up
+as latency, not as a politely slower generator (no coordinated omission). When the generator
+itself cannot keep up, it says so: ``max_behind_s`` is the worst lag of a send behind schedule.
+
+Modes:
+- ``unary``: one ``Decide`` call per payment.
+- ``batch``: payments arriving within ``window_ms`` of the first unsent one go in one
+  ``DecideBatch`` call; the wait in the window counts in each payment's latency.
+- ``kafka``: payments are produced to the transactions topic; a consumer on the decisions topic
+  (in this process) stamps each decision when it becomes visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from schema import Transaction
+
+MODES = ("unary", "batch", "kafka")
+
+
+@dataclass(frozen=True)
+class LoadStep:
+    mode: str
+    rate: float  # offered payments per second
+    duration_s: float  # measured part of the step
+    warmup_s: float  # sent first, left out of every figure
+    payments: Path  # JSON lines of Transaction: the payments to send, cycled
+    target: str  # gRPC address, or Kafka bootstrap in kafka mode
+    transactions_topic: str = ""
+    decisions_topic: str = ""
+    step_id: str = "s0"  # prefix of this step's transaction ids (ids are unique per step)
+    arrivals: str = "poisson"  # or "constant"
+    window_ms: float = 5.0  # batch mode's coalescing window
+    timeout_s: float = 2.0  # per call (gRPC deadline) / per decision (kafka)
+    seed: int = 1
+
+
+@dataclass
+class StepResult:
+    mode: str
+    offered_rate: float
+    sent: int
+    measured: int  # payments scheduled after the warm-up
+    decided: int  # of the measured, answered in time
+    achieved_rate: float  # decided / duration
+    latency_ms: dict[str, float | None]  # p50, p90, p99, p999, max over the measured
+    errors: int
+    timeouts: int  # deadline passed or never answered
+    mismatched: int  # replies whose transaction id was not the one asked about
+    degraded: int  # decisions made without features or model (incl. shed)
+    shed: int  # of the degraded: shed by the server's load shedding
+    calls: int  # gRPC calls or produced messages
+    max_behind_s: float  # worst lag of a send behind its schedule
+    generator_cpu_pct: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def arrival_offsets(rate: float, seconds: float, arrivals: str, rng: np.random.Generator) -> np.ndarray:
+    """Scheduled arrival times (seconds from the step's start) for ``rate`` payments/s."""
+    n = int(rate * seconds)
+    if arrivals == "constant":
+        return np.arange(n, dtype=np.float64) / rate
+    if arrivals == "poisson":
+        return np.cumsum(rng.exponential(1.0 / rate, n))
+    raise ValueError(f"arrivals: expected 'poisson' or 'constant', got {arrivals!r}")
+
+
+def latency_summary(latencies_s: np.ndarray) -> dict[str, float | None]:
+    """Percentiles in ms of the answered (non-NaN) latencies."""
+    done = latencies_s[~np.isnan(latencies_s)]
+    if done.size == 0:
+        return {k: None for k in ("p50", "p90", "p99", "p999", "max")}
+    q = np.percentile(done, [50, 90, 99, 99.9]) * 1000
+    return {
+        "p50": round(float(q[0]), 2),
+        "p90": round(float(q[1]), 2),
+        "p99": round(float(q[2]), 2),
+        "p999": round(float(q[3]), 2),
+        "max": round(float(done.max()) * 1000, 2),
+    }
+
+
+OK, ERROR, TIMEOUT, MISMATCHED = 1, 2, 3, 4  # per payment; 0: no answer (yet)
+
+
+class _Tally:
+    """What came back, per scheduled payment (index into the schedule)."""
+
+    def __init__(self, n: int, step_id: str) -> None:
+        self.latency = np.full(n, np.nan)
+        self.status = np.zeros(n, dtype=np.int8)
+        self.degraded = np.zeros(n, dtype=bool)
+        self.shed = np.zeros(n, dtype=bool)
+        self.prefix = f"{step_id}-"
+        self.calls = 0
+        self.max_behind = 0.0
+
+    def answered(self, index: int, latency_s: float, degraded_reason: str) -> None:
+        if self.status[index] == 0:
+            self.status[index] = OK
+            self.latency[index] = latency_s
+            self.degraded[index] = bool(degraded_reason)
+            self.shed[index] = degraded_reason.startswith("shed")
+
+    def failed(self, indices: list[int], status: int) -> None:
+        for i in indices:
+            if self.status[i] == 0:
+                self.status[i] = status
+
+
+def _load_payments(path: Path) -> list[Transaction]:
+    decoder = msgspec.json.Decoder(Transaction)
+    return [decoder.decode(line) for line in path.read_bytes().splitlines() if line]
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- gRPC modes --------------------------------------------------------------------------------
+
+
+async def _grpc_step(step: LoadStep, offsets: np.ndarray, tally: _Tally) -> None:
+    import grpc
+
+    from scoring.proto import fraud_pb2 as pb
+    from scoring.proto import fraud_pb2_grpc
+    from scoring.wire import transaction_to_proto
+
+    templates = [transaction_to_proto(t) for t in _load_payments(step.payments)]
+    n = len(offsets)
+    messages = []
+    for i in range(n):  # built before the clock starts: the generator's own cost stays off the schedule
+        msg = pb.Transaction()
+        msg.CopyFrom(templates[i % len(templates)])
+        msg.transaction_id = f"{tally.prefix}{i}"
+        messages.append(msg)
+    async with grpc.aio.insecure_channel(step.target) as channel:
+        stub = fraud_pb2_grpc.FraudScorerStub(channel)
+        await channel.channel_ready()
+        t0 = time.time() + 0.2
+        in_flight: set[asyncio.Task[None]] = set()
+
+        async def call(indices: list[int]) -> None:
+            tally.calls += 1
+            try:
+                if step.mode == "unary":
+                    replies = [await stub.Decide(messages[indices[0]], timeout=step.timeout_s)]
+                else:
+                    batch = pb.TransactionBatch(transactions=[messages[i] for i in indices])
+                    replies = list((await stub.DecideBatch(batch, timeout=step.timeout_s)).decisions)
+            except grpc.aio.AioRpcError as exc:
+                timed_out = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                tally.failed(indices, TIMEOUT if timed_out else ERROR)
+                return
+            now = time.time()
+            for i, reply in zip(indices, replies, strict=False):
+                if reply.transaction_id != messages[i].transaction_id:
+                    tally.failed([i], MISMATCHED)
+                elif reply.error:
+                    tally.failed([i], ERROR)
+                else:
+                    tally.answered(i, now - (t0 + offsets[i]), reply.degraded_reason)
+
+        window = step.window_ms / 1000 if step.mode == "batch" else 0.0
+        i = 0
+        while i < n:
+            due = offsets[i] + window  # a batch leaves when its first payment's window closes
+            wait = t0 + due - time.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            now = time.time() - t0
+            tally.max_behind = max(tally.max_behind, now - due)
+            j = i + 1
+            while j < n and offsets[j] <= now:
+                j += 1
+            groups = [[k] for k in range(i, j)] if step.mode == "unary" else [list(range(i, j))]
+            for k in range(i, j):
+                messages[k].event_time = _iso(t0 + offsets[k])
+            for group in groups:
+                task = asyncio.create_task(call(group))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            i = j
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=step.timeout_s + 1)
+
+
+# --- Kafka mode --------------------------------------------------------------------------------
+
+
+def _kafka_step(step: LoadStep, offsets: np.ndarray, tally: _Tally) -> None:
+    from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+
+    payments = _load_payments(step.payments)
+    encoder = msgspec.json.Encoder()
+    n = len(offsets)
+    producer = Producer({"bootstrap.servers": step.target, "linger.ms": 1, "queue.buffering.max.messages": 2_000_000})
+    consumer = Consumer({"bootstrap.servers": step.target, "group.id": f"bench-{step.step_id}", "fetch.wait.max.ms": 5})
+    partitions = consumer.list_topics(step.decisions_topic, timeout=10).topics[step.decisions_topic].partitions
+    consumer.assign([TopicPartition(step.decisions_topic, p, OFFSET_END) for p in partitions])
+    consumer.consume(num_messages=1, timeout=1.0)  # the assignment takes effect: end offsets resolved now
+    t0 = time.time() + 0.2
+    done = threading.Event()
+    prefix = tally.prefix.encode()
+
+    def read_decisions() -> None:
+        while not done.is_set():
+            for msg in consumer.consume(num_messages=2000, timeout=0.02):
+                key = msg.key()
+                if msg.error() is not None or not key or not key.startswith(prefix):
+                    continue
+                index = int(key[len(prefix) :])
+                value = msg.value() or b""
+                degraded = "" if b'"degraded_reason":null' in value else _degraded_reason(value)
+                tally.answered(index, time.time() - (t0 + offsets[index]), degraded)
+
+    reader = threading.Thread(target=read_decisions, daemon=True)
+    reader.start()
+    i = 0
+    while i < n:
+        wait = t0 + offsets[i] - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        now = time.time() - t0
+        tally.max_behind = max(tally.max_behind, now - offsets[i])
+        while i < n and offsets[i] <= now:
+            txn = payments[i % len(payments)]
+            payload = msgspec.structs.replace(
+                txn, transaction_id=f"{tally.prefix}{i}", event_time=datetime.fromtimestamp(t0 + offsets[i], UTC)
+            )
+            producer.produce(step.transactions_topic, key=txn.card_id.encode(), value=encoder.encode(payload))
+            tally.calls += 1
+            i += 1
+        producer.poll(0)
+    producer.flush(30)
+    deadline = time.time() + step.timeout_s
+    while time.time() < deadline and np.isnan(tally.latency).any():
+        time.sleep(0.05)
+    done.set()
+    reader.join(5)
+    consumer.close()
+
+
+def _degraded_reason(value: bytes) -> str:
+    reason = msgspec.json.decode(value).get("degraded_reason")
+    return reason or ""
+
+
+# --- the step ----------------------------------------------------------------------------------
+
+
+def run_step(step: LoadStep) -> StepResult:
+    """Run one step in this process and summarise it (see the module docstring)."""
+    rng = np.random.default_rng(step.seed)
+    offsets = arrival_offsets(step.rate, step.warmup_s + step.duration_s, step.arrivals, rng)
+    tally = _Tally(len(offsets), step.step_id)
+    cpu_before, wall_before = time.process_time(), time.monotonic()
+    if step.mode == "kafka":
+        _kafka_step(step, offsets, tally)
+    elif step.mode in ("unary", "batch"):
+        asyncio.run(_grpc_step(step, offsets, tally))
+    else:
+        raise ValueError(f"mode: expected one of {MODES}, got {step.mode!r}")
+    cpu_pct = 100 * (time.process_time() - cpu_before) / max(time.monotonic() - wall_before, 1e-9)
+    measured = offsets >= step.warmup_s
+    status = tally.status[measured]
+    latencies = tally.latency[measured]
+    # Answered after the timeout counts as a timeout: a client would have given up on it.
+    late = (status == OK) & (latencies > step.timeout_s)
+    in_time = (status == OK) & ~late
+    return StepResult(
+        mode=step.mode,
+        offered_rate=step.rate,
+        sent=len(offsets),
+        measured=int(measured.sum()),
+        decided=int(in_time.sum()),
+        achieved_rate=round(int(in_time.sum()) / step.duration_s, 1),
+        latency_ms=latency_summary(latencies[in_time]),
+        errors=int((status == ERROR).sum()),
+        timeouts=int((status == TIMEOUT).sum() + (status == 0).sum() + late.sum()),
+        mismatched=int((status == MISMATCHED).sum()),
+        degraded=int(tally.degraded[measured][in_time].sum()),
+        shed=int(tally.shed[measured][in_time].sum()),
+        calls=tally.calls,
+        max_behind_s=round(tally.max_behind, 3),
+        generator_cpu_pct=round(cpu_pct, 1),
+    )
+
+
+def run_step_in_child(step: LoadStep, out: object) -> None:
+    """Entry point of the generator process: run the step, put the result on ``out`` (a queue)."""
+    from deploy.embedded import die_with_parent
+
+    die_with_parent()
+    out.put(run_step(step).as_dict())  # type: ignore[attr-defined]

@@ -1,0 +1,295 @@
+"""`fraud bench`: the decision path under open-loop load, step by step, with a naive baseline.
+
+For each mode, the scorer runs as ``--server-procs`` `fraud serve` processes; for each rate step a
+fresh generator process (``fraud.bench.loadgen``) offers the load and measures every payment's
+latency from its scheduled arrival. The CPU of every process on the machine that takes part
+(scorers, generator, Redis, the embedded broker) is read from /proc around each step. Then the
+naive baseline (``fraud.bench.baseline``) runs the same steps in unary mode, and the model call is
+timed alone. Results: a JSON file, a PNG plot, and a table printed as the steps finish.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import redis
+
+from fraud.bench.loadgen import MODES, LoadStep, run_step_in_child
+from fraud.bench.world import BenchWorld, WorldConfig, prepare_world
+from fraud.bench_stream import _proc_stats, machine_info
+from fraud.config import Settings
+from fraud.processes import ChildProcess, wait_for
+
+BASELINE = "baseline"  # the naive service, driven in unary mode
+
+
+@dataclass(frozen=True)
+class DecisionBenchConfig:
+    modes: tuple[str, ...] = MODES
+    rates: tuple[float, ...] = (250, 1000, 2000, 5000, 10_000, 15_000, 20_000)
+    duration_s: float = 30.0
+    warmup_s: float = 5.0
+    server_procs: int = 1
+    window_ms: float = 5.0
+    arrivals: str = "poisson"
+    timeout_s: float = 2.0
+    baseline: bool = True
+    model_speed: bool = True
+    partitions: int = 4  # of the transactions and decisions topics (kafka mode)
+    budget_ms: float = 100.0  # "sustainable": p99 within this, nothing failed, shed <= max_shed_share
+    max_shed_share: float = 0.001
+    # Once a step is hopeless (p99 over 10x the budget or over 1% failed) higher rates only repeat
+    # the overload; they are skipped to keep the run short.
+    skip_after_saturation: bool = True
+    world: WorldConfig = field(default_factory=WorldConfig)
+
+
+@dataclass(frozen=True)
+class Services:
+    kafka_bootstrap: str
+    redis_url: str
+    broker_pid: int | None  # embedded broker: its CPU is reported
+    redis_pid: int | None
+
+
+def sustainable(step: dict, config: DecisionBenchConfig) -> bool:
+    p99 = step["latency_ms"]["p99"]
+    failed = step["errors"] + step["timeouts"] + step["mismatched"]
+    return (
+        p99 is not None
+        and p99 <= config.budget_ms
+        and failed == 0
+        and step["decided"] > 0
+        and step["shed"] <= config.max_shed_share * step["measured"]
+    )
+
+
+def _saturated(step: dict, config: DecisionBenchConfig) -> bool:
+    p99 = step["latency_ms"]["p99"]
+    failed = step["errors"] + step["timeouts"] + step["mismatched"]
+    return p99 is None or p99 > 10 * config.budget_ms or failed > 0.01 * step["measured"]
+
+
+def best_sustainable_rate(steps: list[dict], config: DecisionBenchConfig) -> float:
+    return max((s["achieved_rate"] for s in steps if sustainable(s, config)), default=0.0)
+
+
+@contextmanager
+def _servers(
+    mode: str, config: DecisionBenchConfig, env: dict[str, str], home: Path, port: int
+) -> Iterator[list[ChildProcess]]:
+    from deploy.embedded import free_port
+
+    procs: list[ChildProcess] = []
+    args = {"kafka": ["--kafka"], BASELINE: ["--naive"]}.get(mode, [])
+    count = 1 if mode == BASELINE else config.server_procs
+    try:
+        for i in range(count):
+            metrics = ["--metrics-port", str(free_port())]
+            procs.append(ChildProcess(f"{mode}-server-{i}", ["serve", "--port", str(port), *metrics, *args], env, home))
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def _wait_ready(mode: str, procs: list[ChildProcess], settings: Settings, port: int, world: BenchWorld) -> None:
+    def alive() -> None:
+        for p in procs:
+            p.check_alive()
+
+    if mode != "kafka":
+        import grpc
+
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        try:
+            wait_for(lambda: _channel_ready(channel), 120, f"the {mode} scorer on port {port}", 0.2, alive)
+        finally:
+            channel.close()
+        return
+    # The Kafka door is ready when its consumers hold partitions: one probe payment, answered.
+    from deploy.kafka import make_producer, read_topic
+
+    probe = f"probe-{uuid.uuid4().hex[:8]}"
+    line = world.payments.read_bytes().split(b"\n", 1)[0]
+    payload = line.replace(b'"transaction_id":"', f'"transaction_id":"{probe}-'.encode(), 1)
+    topics = settings.topics
+    producer = make_producer(settings.require_kafka())
+
+    def answered() -> bool:
+        producer.produce(topics.transactions, value=payload)
+        producer.flush(5)
+        keys = {m.key() for m in read_topic(settings.require_kafka(), topics.decisions, idle_s=0.5, timeout_s=5)}
+        return any(k and k.startswith(probe.encode()) for k in keys)
+
+    wait_for(answered, 120, "the Kafka decision door to join its consumer group", 1.0, alive)
+
+
+def _channel_ready(channel) -> bool:
+    import grpc
+
+    try:
+        grpc.channel_ready_future(channel).result(timeout=0.5)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+
+
+def _cpu(pids: dict[str, int]) -> dict[str, float]:
+    return {name: _proc_stats(pid)[1] for name, pid in pids.items()}
+
+
+def run_step_measured(step: LoadStep, pids: dict[str, int]) -> dict:
+    """One load step in a fresh generator process, with the CPU of every process around it."""
+    spawn = mp.get_context("spawn")
+    out = spawn.Queue()
+    generator = spawn.Process(target=run_step_in_child, args=(step, out), daemon=True)
+    before, started = _cpu(pids), time.monotonic()
+    generator.start()
+    result = out.get(timeout=step.warmup_s + step.duration_s + step.timeout_s + 600)
+    elapsed = time.monotonic() - started
+    generator.join(10)
+    after = _cpu(pids)
+    cpu_pct = {name: round(100 * (after[name] - before[name]) / elapsed, 1) for name in pids}
+    scorer_cpu_s = sum(after[n] - before[n] for n in pids if n.startswith("server"))
+    answered = result["decided"] * (step.warmup_s + step.duration_s) / step.duration_s
+    result["cpu_pct"] = cpu_pct
+    result["server_cpu_us_per_decision"] = round(1e6 * scorer_cpu_s / answered, 1) if answered else None
+    return result
+
+
+def run_decision_bench(
+    config: DecisionBenchConfig,
+    settings: Settings,
+    services: Services,
+    say: Callable[[str], None] = print,
+    on_step: Callable[[dict], None] | None = None,
+) -> dict:
+    """Prepare the world, run every mode's steps and the baseline; returns the whole result."""
+    from deploy.embedded import free_port
+    from deploy.kafka import ensure_topics
+
+    client = redis.Redis.from_url(services.redis_url)
+    world = prepare_world(settings, client, config.world, say)
+    client.close()
+    topics = settings.topics
+    ensure_topics(services.kafka_bootstrap, topics.all(), partitions=config.partitions)
+    env = {
+        "KAFKA_BOOTSTRAP": services.kafka_bootstrap,
+        "REDIS_URL": services.redis_url,
+        "FRAUD_HOME": str(settings.home),
+        "FRAUD_TOPIC_SUFFIX": settings.topic_suffix,
+        "FRAUD_KEY_PREFIX": settings.key_prefix,
+    }
+    result: dict = {
+        "machine": machine_info(),
+        "model_version": world.model_version,
+        "config": asdict(config),
+        "world": {"history_payments": world.history_payments, "entities_in_redis": world.entities},
+        "steps": [],
+    }
+    say(f"model {world.model_version}; {world.entities:,} entity states in Redis")
+    modes = [*config.modes, *([BASELINE] if config.baseline else [])]
+    for mode in modes:
+        port = free_port()
+        with _servers(mode, config, env, settings.home / "logs", port) as procs:
+            _wait_ready(mode, procs, settings, port, world)
+            pids = {f"server-{i}": p.proc.pid for i, p in enumerate(procs)}
+            pids.update({k: v for k, v in (("redis", services.redis_pid), ("broker", services.broker_pid)) if v})
+            for n, rate in enumerate(config.rates):
+                step = LoadStep(
+                    mode="unary" if mode == BASELINE else mode,
+                    rate=rate,
+                    duration_s=config.duration_s,
+                    warmup_s=config.warmup_s,
+                    payments=world.payments,
+                    target=services.kafka_bootstrap if mode == "kafka" else f"127.0.0.1:{port}",
+                    transactions_topic=topics.transactions,
+                    decisions_topic=topics.decisions,
+                    step_id=f"{mode[0]}{n}x{uuid.uuid4().hex[:4]}",
+                    arrivals=config.arrivals,
+                    window_ms=config.window_ms,
+                    timeout_s=config.timeout_s,
+                    seed=n + 1,
+                )
+                for p in procs:
+                    p.check_alive()
+                measured = {**run_step_measured(step, pids), "mode": mode}
+                result["steps"].append(measured)
+                if on_step is not None:
+                    on_step(measured)
+                if config.skip_after_saturation and _saturated(measured, config):
+                    say(f"{mode}: saturated at {rate:,.0f}/s; higher rates skipped")
+                    break
+    result["sustainable_rate"] = {
+        mode: best_sustainable_rate([s for s in result["steps"] if s["mode"] == mode], config) for mode in modes
+    }
+    base = result["sustainable_rate"].get(BASELINE)
+    result["ratio_to_baseline"] = (
+        {m: (round(r / base, 1) if base else None) for m, r in result["sustainable_rate"].items() if m != BASELINE}
+        if config.baseline
+        else {}
+    )
+    if config.model_speed:
+        from fraud.bench.model_speed import measure_model_calls
+
+        result["model_calls"] = [asdict(r) for r in measure_model_calls(settings.registry_dir)]
+    return result
+
+
+def write_result(result: dict, out: Path) -> Path:
+    """The JSON result and, beside it, the plot (``.png``); returns the plot's path."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    png = out.with_suffix(".png")
+    plot_latency(result, png)
+    return png
+
+
+def plot_latency(result: dict, path: Path) -> None:
+    """p50 / p99 / p99.9 latency against offered load, one colour per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    modes = list(dict.fromkeys(s["mode"] for s in result["steps"]))
+    for colour, mode in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], modes, strict=False):
+        steps = [s for s in result["steps"] if s["mode"] == mode and s["latency_ms"]["p50"] is not None]
+        rates = [s["offered_rate"] for s in steps]
+        for q, style in (("p50", ":"), ("p99", "-"), ("p999", "--")):
+            ax.plot(rates, [s["latency_ms"][q] for s in steps], style, marker="o", color=colour, label=f"{mode} {q}")
+    budget = result["config"]["budget_ms"]
+    ax.axhline(budget, color="grey", linewidth=0.8)
+    ax.text(ax.get_xlim()[0], budget * 1.05, f"{budget:.0f} ms budget", color="grey", fontsize=8)
+    ax.set(xscale="log", yscale="log", xlabel="offered load (payments/s)", ylabel="latency from scheduled arrival (ms)")
+    machine = result["machine"]
+    ax.set_title(
+        f"fraud bench: model {result['model_version']}, {machine['cores']} cores, "
+        f"{result['config']['server_procs']} scorer process(es)",
+        fontsize=10,
+    )
+    ax.legend(fontsize=7, ncol=len(modes))
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def redis_pid_of(url: str) -> int | None:
+    """The redis-server's pid when it runs on this machine (its CPU is then reported)."""
+    client = redis.Redis.from_url(url)
+    try:
+        pid = int(client.info("server")["process_id"])
+    finally:
+        client.close()
+    return pid if os.path.exists(f"/proc/{pid}") else None

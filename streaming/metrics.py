@@ -11,7 +11,26 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 # Freshness is sub-second when healthy and minutes when the stream falls behind: fine buckets low,
 # coarse ones high, so percentiles can be read off both regimes.
 FRESHNESS_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
     300.0,
 )
 

@@ -9,8 +9,21 @@ from fraud.cli import app
 from retrain import ModelRegistry
 
 runner = CliRunner()
-SUBCOMMANDS = [["up"], ["simulate"], ["stream"], ["train"], ["serve"], ["retrain"], ["monitor"], ["demo"],
-               ["bench-stream"], ["review"], ["review", "list"], ["review", "label"], ["review", "intake"]]
+SUBCOMMANDS = [
+    ["up"],
+    ["simulate"],
+    ["stream"],
+    ["train"],
+    ["serve"],
+    ["retrain"],
+    ["monitor"],
+    ["demo"],
+    ["bench-stream"],
+    ["review"],
+    ["review", "list"],
+    ["review", "label"],
+    ["review", "intake"],
+]
 
 
 @pytest.mark.parametrize("args", SUBCOMMANDS, ids=" ".join)

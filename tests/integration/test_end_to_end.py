@@ -223,9 +223,13 @@ def test_invalid_requests_are_refused_naming_the_field(run):
 
 
 def test_monitor_reports_drift_per_feature(run):
-    result = subprocess.run([sys.executable, "-m", "fraud", "monitor", "--threshold", "0.1"],
-                            env={**run["env"], "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "fraud", "monitor", "--threshold", "0.1"],
+        env={**run["env"], "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     for feature in ("card_txn_count_1h", "amount", "score"):
         assert feature in result.stdout

@@ -45,8 +45,14 @@ def test_late_duplicate_and_label_events(kafka_bootstrap, redis_url, redis_clien
     within = txn(101, minutes=36, card="card-1", merchant="m0")  # 2 min behind card-1's newest: admitted
     arrivals = [*on_time, on_time[17], late, within, on_time[18]]  # two duplicates, both within the lateness
     labels = [
-        Label(transaction_id=on_time[3].transaction_id, is_fraud=True, source=LabelSource.CHARGEBACK,
-              known_at=T0 + timedelta(minutes=30), author="issuer", merchant_id="m0"),
+        Label(
+            transaction_id=on_time[3].transaction_id,
+            is_fraud=True,
+            source=LabelSource.CHARGEBACK,
+            known_at=T0 + timedelta(minutes=30),
+            author="issuer",
+            merchant_id="m0",
+        ),
     ]
     producer = make_producer(kafka_bootstrap)
     produce_all(producer, topics.labels, [(None, encode(labels[0])), (None, b'{"transaction_id": 7}')])
@@ -56,8 +62,12 @@ def test_late_duplicate_and_label_events(kafka_bootstrap, redis_url, redis_clien
     proc = start("stream", ["stream"], env, tmp_path)
     store = OnlineFeatureStore(redis_client)
     try:
-        wait_for(lambda: store.counts().get("events", 0) >= 21 and store.counts().get("labels", 0) >= 1, 60,
-                 "events and labels applied", alive=proc.check_alive)
+        wait_for(
+            lambda: store.counts().get("events", 0) >= 21 and store.counts().get("labels", 0) >= 1,
+            60,
+            "events and labels applied",
+            alive=proc.check_alive,
+        )
         letters = [json.loads(m.value()) for m in read_topic(kafka_bootstrap, topics.dead_letter, idle_s=1.0)]
         admission = scrape(env["FRAUD_STREAM_METRICS_PORT"], "fraud_stream_transactions_total")
     finally:
@@ -81,9 +91,14 @@ def test_sigkill_mid_stream_then_restart_leaves_redis_as_an_uninterrupted_run(
         for i in range(n)
     ]
     labels = [
-        Label(transaction_id=arrivals[i].transaction_id, is_fraud=True, source=LabelSource.CHARGEBACK,
-              known_at=arrivals[i].event_time + timedelta(hours=2), author="issuer",
-              merchant_id=arrivals[i].merchant_id)
+        Label(
+            transaction_id=arrivals[i].transaction_id,
+            is_fraud=True,
+            source=LabelSource.CHARGEBACK,
+            known_at=arrivals[i].event_time + timedelta(hours=2),
+            author="issuer",
+            merchant_id=arrivals[i].merchant_id,
+        )
         for i in range(0, n, 997)
     ]
     producer = make_producer(kafka_bootstrap)
@@ -104,10 +119,15 @@ def test_sigkill_mid_stream_then_restart_leaves_redis_as_an_uninterrupted_run(
 
     second = start("stream-restarted", ["stream"], env, tmp_path)
     try:
-        wait_for(lambda: store.counts().get("events", 0) >= n, 180, "all events after restart",
-                 alive=second.check_alive)
-        wait_for(lambda: redis_equals_replay(store, arrivals, labels) == [], 60,
-                 "Redis to equal an uninterrupted run", alive=second.check_alive)
+        wait_for(
+            lambda: store.counts().get("events", 0) >= n, 180, "all events after restart", alive=second.check_alive
+        )
+        wait_for(
+            lambda: redis_equals_replay(store, arrivals, labels) == [],
+            60,
+            "Redis to equal an uninterrupted run",
+            alive=second.check_alive,
+        )
     finally:
         second.stop()
     assert "resumed from" in (tmp_path / "logs" / "stream-restarted.log").read_text()

@@ -11,8 +11,14 @@ from tests.factories import T0, txn
 
 
 def fraud_label(tx_id, known_at):
-    return Label(transaction_id=tx_id, is_fraud=True, source=LabelSource.CHARGEBACK, known_at=known_at,
-                 author="issuer", merchant_id="merch-0001")
+    return Label(
+        transaction_id=tx_id,
+        is_fraud=True,
+        source=LabelSource.CHARGEBACK,
+        known_at=known_at,
+        author="issuer",
+        merchant_id="merch-0001",
+    )
 
 
 def row(training_set, tx_id):
@@ -29,9 +35,7 @@ def test_future_events_and_not_yet_known_labels_do_not_leak_into_training_featur
     future_event = txn(101, minutes=24 * 60 + 5, amount_minor=900_000)  # same card and merchant, 5 min later
     label_after_target = fraud_label("tx-test-000004", target.event_time + timedelta(minutes=2))
     label_after_cutoff = fraud_label("tx-test-000100", as_of + timedelta(days=1))
-    planted = build_training_set(
-        [future_event, *history, target], [label_after_target, label_after_cutoff], as_of
-    )
+    planted = build_training_set([future_event, *history, target], [label_after_target, label_after_cutoff], as_of)
 
     clean_features, _ = row(clean, target.transaction_id)
     planted_features, planted_y = row(planted, target.transaction_id)

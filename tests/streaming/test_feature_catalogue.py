@@ -19,8 +19,12 @@ def test_every_entity_has_count_sum_mean_max_over_four_windows():
     names = {f.name for f in WINDOWED_FEATURES}
     for entity in ("card", "customer", "merchant", "device"):
         for window in ("1m", "1h", "24h", "7d"):
-            assert {f"{entity}_txn_count_{window}", f"{entity}_amount_sum_{window}",
-                    f"{entity}_amount_mean_{window}", f"{entity}_amount_max_{window}"} <= names
+            assert {
+                f"{entity}_txn_count_{window}",
+                f"{entity}_amount_sum_{window}",
+                f"{entity}_amount_mean_{window}",
+                f"{entity}_amount_max_{window}",
+            } <= names
     assert len(MODEL_FEATURES) == len(set(MODEL_FEATURES))
 
 
@@ -52,8 +56,14 @@ def test_seconds_since_the_cards_previous_transaction():
 
 
 def fraud_label(n, known_after_days, merchant="merch-0001"):
-    return Label(transaction_id=f"tx-test-{n:06d}", is_fraud=True, source=LabelSource.CHARGEBACK,
-                 known_at=T0 + timedelta(days=known_after_days), author="issuer", merchant_id=merchant)
+    return Label(
+        transaction_id=f"tx-test-{n:06d}",
+        is_fraud=True,
+        source=LabelSource.CHARGEBACK,
+        known_at=T0 + timedelta(days=known_after_days),
+        author="issuer",
+        merchant_id=merchant,
+    )
 
 
 def test_merchant_fraud_rate_counts_a_label_only_from_when_it_became_known():
@@ -124,7 +134,7 @@ def test_fast_read_at_the_newest_bucket_equals_a_full_pass():
         apply_transaction(state, LAYOUTS["merchant"], t)
     now = txn(999, minutes=300 * 7 - 6)  # inside the newest bucket of every resolution
     fast = entity_features(state, LAYOUTS["merchant"], now)
-    state.totals = {r: type(b)(count=-10**9) for r, b in state.totals.items()}  # poison: a full pass ignores them
+    state.totals = {r: type(b)(count=-(10**9)) for r, b in state.totals.items()}  # poison: a full pass ignores them
     later = txn(1000, minutes=300 * 7 + 60 * 24 * 3)  # beyond the newest buckets: must not use totals
     slow_reference = OfflineFeatureBuilder().replay([*history, later])[later.transaction_id]
     full_pass = entity_features(state, LAYOUTS["merchant"], later)

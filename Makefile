@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint proto clean bench-stream
+.PHONY: demo test test-fast lint proto clean bench bench-stream
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not integration"
+
+# The decision path under open-loop load (docs/performance.md): every mode and the naive baseline
+# with one scorer process, then unary calls with two (scaling efficiency). ~30 minutes.
+bench: $(STAMP)
+	$(BIN)/fraud bench
+	$(BIN)/fraud bench --mode unary --server-procs 2 --no-baseline --rates 250,500,1000,2000,3000,5000
 
 # The feature stream under sustained load (docs/features.md section 7): capacity and freshness with 1
 # and 2 bytewax processes, then memory over 5M payments with simulated time running 2000x so every

@@ -347,7 +347,7 @@ def bench(
     ] = "unary,batch,kafka",
     rates: Annotated[
         str, typer.Option(help="Offered loads to step through, payments/s.")
-    ] = "250,1000,2000,5000,10000,15000,20000",
+    ] = "50,250,1000,2000,5000,10000,15000,20000",
     duration: Annotated[float, typer.Option(help="Measured seconds per step (after the warm-up).")] = 30.0,
     warmup: Annotated[float, typer.Option(help="Seconds of load before each step's measurement.")] = 5.0,
     server_procs: Annotated[int, typer.Option(help="Scorer processes (one port, SO_REUSEPORT / one group).")] = 1,

@@ -34,7 +34,7 @@ BASELINE = "baseline"  # the naive service, driven in unary mode
 @dataclass(frozen=True)
 class DecisionBenchConfig:
     modes: tuple[str, ...] = MODES
-    rates: tuple[float, ...] = (250, 1000, 2000, 5000, 10_000, 15_000, 20_000)
+    rates: tuple[float, ...] = (50, 250, 1000, 2000, 5000, 10_000, 15_000, 20_000)
     duration_s: float = 30.0
     warmup_s: float = 5.0
     server_procs: int = 1
@@ -196,6 +196,8 @@ def run_decision_bench(
         "world": {"history_payments": world.history_payments, "entities_in_redis": world.entities},
         "steps": [],
     }
+    machine = result["machine"]
+    say(f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}")
     say(f"model {world.model_version}; {world.entities:,} entity states in Redis")
     modes = [*config.modes, *([BASELINE] if config.baseline else [])]
     for mode in modes:

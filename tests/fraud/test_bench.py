@@ -1,0 +1,98 @@
+"""`fraud bench`: the open-loop schedule and summaries (unit), and one short real run of every
+mode plus the baseline against the session's broker and Redis (integration)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fraud.bench.loadgen import arrival_offsets, latency_summary
+from fraud.bench.run import DecisionBenchConfig, best_sustainable_rate, sustainable
+
+
+def test_constant_arrivals_are_evenly_spaced_at_the_rate():
+    offsets = arrival_offsets(1000, 2.0, "constant", np.random.default_rng(0))
+    assert len(offsets) == 2000
+    assert np.allclose(np.diff(offsets), 0.001)
+
+
+def test_poisson_arrivals_average_the_rate_with_exponential_gaps():
+    offsets = arrival_offsets(5000, 10.0, "poisson", np.random.default_rng(0))
+    gaps = np.diff(offsets)
+    assert len(offsets) == 50_000
+    assert offsets[-1] == pytest.approx(10.0, rel=0.02)
+    assert gaps.std() == pytest.approx(gaps.mean(), rel=0.05)  # exponential: sd = mean
+
+
+def test_unknown_arrival_process_is_refused():
+    with pytest.raises(ValueError, match="arrivals"):
+        arrival_offsets(10, 1, "bursty", np.random.default_rng(0))
+
+
+def test_latency_summary_ignores_unanswered_and_reports_ms():
+    lat = np.array([0.001] * 98 + [0.5, np.nan])
+    summary = latency_summary(lat)
+    assert summary["p50"] == pytest.approx(1.0)
+    assert summary["max"] == pytest.approx(500.0)
+    assert latency_summary(np.array([np.nan]))["p99"] is None
+
+
+def _step(rate, p99, timeouts=0, shed=0, measured=1000):
+    return {
+        "achieved_rate": rate,
+        "latency_ms": {"p99": p99},
+        "errors": 0,
+        "timeouts": timeouts,
+        "mismatched": 0,
+        "decided": measured - timeouts,
+        "shed": shed,
+        "measured": measured,
+    }
+
+
+def test_a_step_is_sustainable_only_within_budget_with_nothing_failed_and_little_shed():
+    config = DecisionBenchConfig()
+    assert sustainable(_step(1000, 99.0), config)
+    assert not sustainable(_step(1000, 101.0), config)
+    assert not sustainable(_step(1000, 20.0, timeouts=1), config)
+    assert not sustainable(_step(1000, 20.0, shed=5), config)  # 0.5% shed > 0.1%
+    steps = [_step(1000, 10.0), _step(5000, 40.0), _step(9000, 300.0)]
+    assert best_sustainable_rate(steps, config) == 5000
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_fraud_bench_runs_every_mode_and_the_baseline_and_writes_json_and_a_plot(kafka_bootstrap, redis_url, tmp_path):
+    out = tmp_path / "result.json"
+    env = {**os.environ, "KAFKA_BOOTSTRAP": kafka_bootstrap, "REDIS_URL": redis_url}
+    args = ["--rates", "40,80", "--duration", "2", "--warmup", "1", "--customers", "1500", "--history-days", "6"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fraud", "bench", "--home", str(tmp_path), *args, "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "machine:" in proc.stdout and "model xgb-" in proc.stdout
+
+    result = json.loads(out.read_text())
+    modes = {s["mode"] for s in result["steps"]}
+    assert modes == {"unary", "batch", "kafka", "baseline"}
+    for step in result["steps"]:
+        lat = step["latency_ms"]
+        assert step["sent"] >= step["measured"] > 0
+        if step["mode"] != "baseline":
+            assert step["decided"] > 0.9 * step["measured"], step  # a light load is answered
+            assert lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"]
+            assert step["mismatched"] == 0 and step["errors"] == 0
+            assert step["server_cpu_us_per_decision"] > 0
+        assert "server-0" in step["cpu_pct"] and "redis" in step["cpu_pct"]
+    assert set(result["sustainable_rate"]) == modes
+    assert {(r["predictor"], r["batch_size"]) for r in result["model_calls"]} == {
+        (p, b) for p in ("onnxruntime", "xgboost") for b in (1, 64, 512)
+    }
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

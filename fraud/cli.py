@@ -234,12 +234,23 @@ def serve(
         )
         return
     service = build_service(settings)
+    _quiet_gc()
     if kafka:
         _serve_kafka(settings, service)
         return
     console.print(f"model {service.engine.model.version} on {settings.grpc_host}:{settings.grpc_port}")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_forever(service))
+
+
+def _quiet_gc() -> None:
+    """Decoding entity states allocates thousands of objects per batch, none in reference cycles:
+    CPython's cyclic GC would walk them over and over. Long-lived startup objects are frozen out of
+    it and collections made rare (as in the feature stream, streaming.dataflow.run_flow)."""
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
 
 
 def _serve_kafka(settings: Settings, service) -> None:

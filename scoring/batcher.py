@@ -33,6 +33,10 @@ class BatchingConfig:
     # A request queued longer than this is shed (answered degraded at once). Half the 100 ms
     # budget: the rest is for the network, the batch that is running and the client's own wait.
     shed_after_s: float = 0.05
+    # A batch is cut to what the worker can decide in about this long (from the measured cost per
+    # row): a huge batch would hold every request behind it past the budget before shedding could
+    # look at them.
+    batch_time_s: float = 0.02
 
 
 @dataclass
@@ -56,6 +60,7 @@ class DecisionBatcher:
         # payment always sees the first; the event loop keeps receiving requests meanwhile.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="decide")
         self._worker: asyncio.Task[None] | None = None
+        self._row_cost_s = 0.0005  # seconds per decided row, a moving average; starts pessimistic
 
     @property
     def queued_rows(self) -> int:
@@ -82,8 +87,10 @@ class DecisionBatcher:
                     self._answer(stale, self._shed, f"shed: queued over {self.config.shed_after_s * 1000:.0f} ms")
                 if fresh:
                     rows = [t for p in fresh for t in p.transactions]
+                    started = time.perf_counter()
                     try:
                         decisions = await loop.run_in_executor(self._executor, self._decide, rows)
+                        self._row_cost_s += 0.2 * ((time.perf_counter() - started) / len(rows) - self._row_cost_s)
                     except Exception as exc:  # noqa: BLE001 - every caller must get an answer
                         for p in fresh:
                             if not p.future.done():
@@ -97,7 +104,8 @@ class DecisionBatcher:
         stale: list[_Pending] = []
         rows = 0
         horizon = time.monotonic() - self.config.shed_after_s
-        while self._queue and (not fresh or rows + len(self._queue[0].transactions) <= self.config.max_batch_rows):
+        limit = min(self.config.max_batch_rows, max(1, int(self.config.batch_time_s / self._row_cost_s)))
+        while self._queue and (not fresh or rows + len(self._queue[0].transactions) <= limit):
             p = self._queue.popleft()
             self._queued_rows -= len(p.transactions)
             if p.queued_at < horizon:

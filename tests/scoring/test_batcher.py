@@ -44,7 +44,7 @@ class Recorder:
 def test_requests_queued_behind_a_running_batch_are_decided_together_in_order():
     async def main():
         rec = Recorder()
-        batcher = DecisionBatcher(rec.decide, rec.shed, BatchingConfig(shed_after_s=10))
+        batcher = DecisionBatcher(rec.decide, rec.shed, BatchingConfig(shed_after_s=10, batch_time_s=10))
         rec.gate.clear()
         first = asyncio.create_task(batcher.decide([txn(0)]))
         await asyncio.sleep(0.05)  # the first batch is now running (blocked on the gate)
@@ -100,3 +100,20 @@ def test_a_failing_batch_fails_its_callers_and_the_next_batch_still_runs():
         return again
 
     assert [d.transaction_id for d in asyncio.run(main())] == ["tx-test-000001"]
+
+
+def test_batches_are_cut_to_what_the_worker_decides_within_the_batch_time():
+    async def main():
+        rec = Recorder()
+        batcher = DecisionBatcher(rec.decide, rec.shed, BatchingConfig(shed_after_s=10, batch_time_s=0.05))
+        rec.gate.clear()
+        first = asyncio.create_task(batcher.decide([txn(0)]))
+        await asyncio.sleep(0.2)  # the first row "costs" ~200 ms: one row per batch from now on
+        rest = [asyncio.create_task(batcher.decide([txn(i)])) for i in range(1, 4)]
+        await asyncio.sleep(0.01)
+        rec.gate.set()
+        await asyncio.gather(first, *rest)
+        batcher.close()
+        return rec.batches
+
+    assert [len(b) for b in asyncio.run(main())] == [1, 1, 1, 1]

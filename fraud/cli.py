@@ -261,7 +261,12 @@ def _serve_kafka(settings: Settings, service) -> None:
 
     topics = settings.topics
     consumer = make_consumer(
-        settings.require_kafka(), "fraud-scorer", [topics.transactions], from_beginning=False, fetch_wait_max_ms=5
+        settings.require_kafka(),
+        "fraud-scorer",
+        [topics.transactions],
+        from_beginning=False,
+        fetch_wait_max_ms=10,
+        fetch_min_bytes=65536,
     )
     door = KafkaDecisionDoor(
         service.engine, service.publisher, consumer, make_producer(settings.require_kafka()), topics.dead_letter

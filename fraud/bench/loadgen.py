@@ -211,7 +211,14 @@ def _kafka_step(step: LoadStep, offsets: np.ndarray, tally: _Tally) -> None:
     encoder = msgspec.json.Encoder()
     n = len(offsets)
     producer = Producer({"bootstrap.servers": step.target, "linger.ms": 1, "queue.buffering.max.messages": 2_000_000})
-    consumer = Consumer({"bootstrap.servers": step.target, "group.id": f"bench-{step.step_id}", "fetch.wait.max.ms": 5})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": step.target,
+            "group.id": f"bench-{step.step_id}",
+            "fetch.wait.max.ms": 10,
+            "fetch.min.bytes": 65536,
+        }
+    )
     partitions = consumer.list_topics(step.decisions_topic, timeout=10).topics[step.decisions_topic].partitions
     consumer.assign([TopicPartition(step.decisions_topic, p, OFFSET_END) for p in partitions])
     consumer.consume(num_messages=1, timeout=1.0)  # the assignment takes effect: end offsets resolved now

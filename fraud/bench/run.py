@@ -116,21 +116,29 @@ def _wait_ready(mode: str, procs: list[ChildProcess], settings: Settings, port: 
             channel.close()
         return
     # The Kafka door is ready when its consumers hold partitions: one probe payment, answered.
-    from deploy.kafka import make_producer, read_topic
+    # The watcher starts at the end of `decisions`: earlier modes' decisions are not read again.
+    from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
-    probe = f"probe-{uuid.uuid4().hex[:8]}"
+    from deploy.kafka import make_producer
+
+    bootstrap, topics = settings.require_kafka(), settings.topics
+    probe = f"probe-{uuid.uuid4().hex[:8]}".encode()
     line = world.payments.read_bytes().split(b"\n", 1)[0]
-    payload = line.replace(b'"transaction_id":"', f'"transaction_id":"{probe}-'.encode(), 1)
-    topics = settings.topics
-    producer = make_producer(settings.require_kafka())
+    payload = line.replace(b'"transaction_id":"', b'"transaction_id":"' + probe + b"-", 1)
+    producer = make_producer(bootstrap)
+    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-probe-{probe.decode()}"})
+    partitions = watcher.list_topics(topics.decisions, timeout=10).topics[topics.decisions].partitions
+    watcher.assign([TopicPartition(topics.decisions, p, OFFSET_END) for p in partitions])
 
     def answered() -> bool:
         producer.produce(topics.transactions, value=payload)
         producer.flush(5)
-        keys = {m.key() for m in read_topic(settings.require_kafka(), topics.decisions, idle_s=0.5, timeout_s=5)}
-        return any(k and k.startswith(probe.encode()) for k in keys)
+        return any((m.key() or b"").startswith(probe) for m in watcher.consume(num_messages=1000, timeout=1.0))
 
-    wait_for(answered, 120, "the Kafka decision door to join its consumer group", 1.0, alive)
+    try:
+        wait_for(answered, 120, "the Kafka decision door to join its consumer group", 0.5, alive)
+    finally:
+        watcher.close()
 
 
 def _channel_ready(channel) -> bool:

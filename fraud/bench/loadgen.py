@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +59,7 @@ class StepResult:
     achieved_rate: float  # decided / duration
     latency_ms: dict[str, float | None]  # p50, p90, p99, p999, max over the measured
     errors: int
+    error_codes: dict[str, int]  # gRPC status of failed calls, payments per code
     timeouts: int  # deadline passed or never answered
     mismatched: int  # replies whose transaction id was not the one asked about
     degraded: int  # decisions made without features or model (incl. shed)
@@ -109,6 +111,7 @@ class _Tally:
         self.prefix = f"{step_id}-"
         self.calls = 0
         self.max_behind = 0.0
+        self.error_codes: Counter[str] = Counter()
 
     def answered(self, index: int, latency_s: float, degraded_reason: str) -> None:
         if self.status[index] == 0:
@@ -166,6 +169,8 @@ async def _grpc_step(step: LoadStep, offsets: np.ndarray, tally: _Tally) -> None
                     replies = list((await stub.DecideBatch(batch, timeout=step.timeout_s)).decisions)
             except grpc.aio.AioRpcError as exc:
                 timed_out = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                if not timed_out:
+                    tally.error_codes[exc.code().name] += len(indices)
                 tally.failed(indices, TIMEOUT if timed_out else ERROR)
                 return
             now = time.time()
@@ -300,6 +305,7 @@ def run_step(step: LoadStep) -> StepResult:
         achieved_rate=round(int(in_time.sum()) / step.duration_s, 1),
         latency_ms=latency_summary(latencies[in_time]),
         errors=int((status == ERROR).sum()),
+        error_codes=dict(tally.error_codes),
         timeouts=int((status == TIMEOUT).sum() + (status == 0).sum() + late.sum()),
         mismatched=int((status == MISMATCHED).sum()),
         degraded=int(tally.degraded[measured][in_time].sum()),

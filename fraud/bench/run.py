@@ -78,6 +78,22 @@ def _saturated(step: dict, config: DecisionBenchConfig) -> bool:
     return p99 is None or p99 > 10 * config.budget_ms or failed > 0.01 * step["measured"]
 
 
+def _rates_for(mode: str, config: DecisionBenchConfig, done: list[dict]) -> Iterator[float]:
+    """The configured steps, lowest first, until one saturates (``done``: this mode's steps so far).
+    The baseline then also steps below them, halving, until one is sustainable (down to 5/s), so
+    the ratio has a denominator."""
+    for rate in sorted(config.rates):
+        yield rate
+        if config.skip_after_saturation and _saturated(done[-1], config):
+            break
+    if mode != BASELINE:
+        return
+    rate = min(config.rates) / 2
+    while rate >= 5 and not best_sustainable_rate(done, config):
+        yield rate
+        rate /= 2
+
+
 def best_sustainable_rate(steps: list[dict], config: DecisionBenchConfig) -> float:
     return max((s["achieved_rate"] for s in steps if sustainable(s, config)), default=0.0)
 
@@ -110,9 +126,11 @@ def _wait_ready(mode: str, procs: list[ChildProcess], settings: Settings, port: 
         import grpc
 
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        ready = grpc.channel_ready_future(channel)
         try:
-            wait_for(lambda: _channel_ready(channel), 120, f"the {mode} scorer on port {port}", 0.2, alive)
+            wait_for(ready.done, 120, f"the {mode} scorer on port {port}", 0.2, alive)
         finally:
+            ready.cancel()
             channel.close()
         return
     # The Kafka door is ready when its consumers hold partitions: one probe payment, answered.
@@ -139,16 +157,6 @@ def _wait_ready(mode: str, procs: list[ChildProcess], settings: Settings, port: 
         wait_for(answered, 120, "the Kafka decision door to join its consumer group", 0.5, alive)
     finally:
         watcher.close()
-
-
-def _channel_ready(channel) -> bool:
-    import grpc
-
-    try:
-        grpc.channel_ready_future(channel).result(timeout=0.5)
-        return True
-    except grpc.FutureTimeoutError:
-        return False
 
 
 def _cpu(pids: dict[str, int]) -> dict[str, float]:
@@ -214,7 +222,8 @@ def run_decision_bench(
             _wait_ready(mode, procs, settings, port, world)
             pids = {f"server-{i}": p.proc.pid for i, p in enumerate(procs)}
             pids.update({k: v for k, v in (("redis", services.redis_pid), ("broker", services.broker_pid)) if v})
-            for n, rate in enumerate(config.rates):
+            mode_steps: list[dict] = []
+            for n, rate in enumerate(_rates_for(mode, config, mode_steps)):
                 step = LoadStep(
                     mode="unary" if mode == BASELINE else mode,
                     rate=rate,
@@ -233,12 +242,10 @@ def run_decision_bench(
                 for p in procs:
                     p.check_alive()
                 measured = {**run_step_measured(step, pids), "mode": mode}
-                result["steps"].append(measured)
+                mode_steps.append(measured)
                 if on_step is not None:
                     on_step(measured)
-                if config.skip_after_saturation and _saturated(measured, config):
-                    say(f"{mode}: saturated at {rate:,.0f}/s; higher rates skipped")
-                    break
+            result["steps"].extend(mode_steps)
     result["sustainable_rate"] = {
         mode: best_sustainable_rate([s for s in result["steps"] if s["mode"] == mode], config) for mode in modes
     }

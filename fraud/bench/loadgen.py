@@ -17,6 +17,7 @@ Modes:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections import Counter
@@ -46,6 +47,9 @@ class LoadStep:
     arrivals: str = "poisson"  # or "constant"
     window_ms: float = 5.0  # batch mode's coalescing window
     timeout_s: float = 2.0  # per call (gRPC deadline) / per decision (kafka)
+    # gRPC connections, calls spread round-robin: scorer processes sharing a port (SO_REUSEPORT)
+    # split load by connection, so one connection would feed one process only.
+    connections: int = 1
     seed: int = 1
 
 
@@ -153,57 +157,76 @@ async def _grpc_step(step: LoadStep, offsets: np.ndarray, tally: _Tally) -> None
         msg.CopyFrom(templates[i % len(templates)])
         msg.transaction_id = f"{tally.prefix}{i}"
         messages.append(msg)
-    async with grpc.aio.insecure_channel(step.target) as channel:
-        stub = fraud_pb2_grpc.FraudScorerStub(channel)
+    # A local subchannel pool per channel: otherwise channels to one target share a connection.
+    channels = [
+        grpc.aio.insecure_channel(step.target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(max(1, step.connections))
+    ]
+    try:
+        await _send_all(step, offsets, tally, messages, [fraud_pb2_grpc.FraudScorerStub(c) for c in channels], channels)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def _send_all(step: LoadStep, offsets: np.ndarray, tally: _Tally, messages: list, stubs: list, channels) -> None:
+    import grpc
+
+    from scoring.proto import fraud_pb2 as pb
+
+    n = len(offsets)
+    for channel in channels:
         await channel.channel_ready()
-        t0 = time.time() + 0.2
-        in_flight: set[asyncio.Task[None]] = set()
+    t0 = time.time() + 0.2
+    in_flight: set[asyncio.Task[None]] = set()
+    rotation = itertools.cycle(stubs)
 
-        async def call(indices: list[int]) -> None:
-            tally.calls += 1
-            try:
-                if step.mode == "unary":
-                    replies = [await stub.Decide(messages[indices[0]], timeout=step.timeout_s)]
-                else:
-                    batch = pb.TransactionBatch(transactions=[messages[i] for i in indices])
-                    replies = list((await stub.DecideBatch(batch, timeout=step.timeout_s)).decisions)
-            except grpc.aio.AioRpcError as exc:
-                timed_out = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-                if not timed_out:
-                    tally.error_codes[exc.code().name] += len(indices)
-                tally.failed(indices, TIMEOUT if timed_out else ERROR)
-                return
-            now = time.time()
-            for i, reply in zip(indices, replies, strict=False):
-                if reply.transaction_id != messages[i].transaction_id:
-                    tally.failed([i], MISMATCHED)
-                elif reply.error:
-                    tally.failed([i], ERROR)
-                else:
-                    tally.answered(i, now - (t0 + offsets[i]), reply.degraded_reason)
+    async def call(indices: list[int]) -> None:
+        stub = next(rotation)
+        tally.calls += 1
+        try:
+            if step.mode == "unary":
+                replies = [await stub.Decide(messages[indices[0]], timeout=step.timeout_s)]
+            else:
+                batch = pb.TransactionBatch(transactions=[messages[i] for i in indices])
+                replies = list((await stub.DecideBatch(batch, timeout=step.timeout_s)).decisions)
+        except grpc.aio.AioRpcError as exc:
+            timed_out = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            if not timed_out:
+                tally.error_codes[exc.code().name] += len(indices)
+            tally.failed(indices, TIMEOUT if timed_out else ERROR)
+            return
+        now = time.time()
+        for i, reply in zip(indices, replies, strict=False):
+            if reply.transaction_id != messages[i].transaction_id:
+                tally.failed([i], MISMATCHED)
+            elif reply.error:
+                tally.failed([i], ERROR)
+            else:
+                tally.answered(i, now - (t0 + offsets[i]), reply.degraded_reason)
 
-        window = step.window_ms / 1000 if step.mode == "batch" else 0.0
-        i = 0
-        while i < n:
-            due = offsets[i] + window  # a batch leaves when its first payment's window closes
-            wait = t0 + due - time.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            now = time.time() - t0
-            tally.max_behind = max(tally.max_behind, now - due)
-            j = i + 1
-            while j < n and offsets[j] <= now:
-                j += 1
-            groups = [[k] for k in range(i, j)] if step.mode == "unary" else [list(range(i, j))]
-            for k in range(i, j):
-                messages[k].event_time = _iso(t0 + offsets[k])
-            for group in groups:
-                task = asyncio.create_task(call(group))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-            i = j
-        if in_flight:
-            await asyncio.wait(in_flight, timeout=step.timeout_s + 1)
+    window = step.window_ms / 1000 if step.mode == "batch" else 0.0
+    i = 0
+    while i < n:
+        due = offsets[i] + window  # a batch leaves when its first payment's window closes
+        wait = t0 + due - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        now = time.time() - t0
+        tally.max_behind = max(tally.max_behind, now - due)
+        j = i + 1
+        while j < n and offsets[j] <= now:
+            j += 1
+        groups = [[k] for k in range(i, j)] if step.mode == "unary" else [list(range(i, j))]
+        for k in range(i, j):
+            messages[k].event_time = _iso(t0 + offsets[k])
+        for group in groups:
+            task = asyncio.create_task(call(group))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        i = j
+    if in_flight:
+        await asyncio.wait(in_flight, timeout=step.timeout_s + 1)
 
 
 # --- Kafka mode --------------------------------------------------------------------------------

@@ -237,6 +237,7 @@ def run_decision_bench(
                     arrivals=config.arrivals,
                     window_ms=config.window_ms,
                     timeout_s=config.timeout_s,
+                    connections=4 * len(procs),
                     seed=n + 1,
                 )
                 for p in procs:

@@ -18,6 +18,7 @@ SUBCOMMANDS = [
     ["retrain"],
     ["monitor"],
     ["demo"],
+    ["bench"],
     ["bench-stream"],
     ["review"],
     ["review", "list"],
@@ -51,3 +52,10 @@ def test_simulate_then_train_registers_a_served_model(tmp_path):
     meta = registry.metadata("xgb-0001")
     assert meta["onnx_parity_max_abs_diff"] < 1e-4 and meta["metrics"]["pr_auc"] > 0
     assert json.loads((tmp_path / "registry" / "promotions.jsonl").read_text().splitlines()[0])["event"] == "promote"
+
+
+def test_bench_refuses_an_unknown_mode_and_bad_rates_naming_the_option():
+    bad_mode = runner.invoke(app, ["bench", "--mode", "carrier-pigeon"])
+    assert bad_mode.exit_code != 0 and "--mode" in bad_mode.output
+    bad_rates = runner.invoke(app, ["bench", "--rates", "1000,fast"])
+    assert bad_rates.exit_code != 0 and "--rates" in bad_rates.output

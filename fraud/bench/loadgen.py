@@ -191,7 +191,8 @@ async def _send_all(step: LoadStep, offsets: np.ndarray, tally: _Tally, messages
                 batch = pb.TransactionBatch(transactions=[messages[i] for i in indices])
                 replies = list((await stub.DecideBatch(batch, timeout=step.timeout_s)).decisions)
         except grpc.aio.AioRpcError as exc:
-            timed_out = exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            # CANCELLED: still unanswered when the step ended and the channel closed: a timeout.
+            timed_out = exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
             if not timed_out:
                 tally.error_codes[exc.code().name] += len(indices)
             tally.failed(indices, TIMEOUT if timed_out else ERROR)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from schema import Channel, Transaction
 
@@ -38,3 +43,22 @@ def txn(
         device_id=device,
         channel=channel,
     )
+
+
+def register_tiny_model(root: Path, fraud_if: Callable[[np.ndarray], np.ndarray], **training: Any) -> str:
+    """Train a small model on random feature rows (fraud where ``fraud_if(rows)``), register it
+    with its XGBoost file, promote it, and return its version."""
+    from retrain import ModelRegistry
+    from retrain.train import TrainingConfig, fit, to_onnx
+    from streaming.features import MODEL_FEATURES
+
+    x = np.random.default_rng(0).normal(size=(2000, len(MODEL_FEATURES))).astype(np.float32)
+    model = fit(x, fraud_if(x).astype(np.int8), TrainingConfig(**{"n_estimators": 20, **training}))
+    registry = ModelRegistry(root)
+    version = registry.register(
+        to_onnx(model, len(MODEL_FEATURES)),
+        {"feature_names": list(MODEL_FEATURES)},
+        native_model=bytes(model.get_booster().save_raw("ubj")),
+    )
+    registry.promote(version, {"reason": "test"})
+    return version

@@ -19,8 +19,7 @@ from fraud.bench.baseline import (
     preload_naive_features,
     start_naive_server,
 )
-from retrain import ModelRegistry, TrainingConfig
-from retrain.train import fit, to_onnx
+from retrain import ModelRegistry
 from schema import DecisionThresholds, FeatureVector, Transaction, decode_decision
 from scoring.proto import fraud_pb2 as pb
 from scoring.proto import fraud_pb2_grpc
@@ -28,7 +27,7 @@ from scoring.wire import transaction_to_proto
 from streaming import OfflineFeatureBuilder
 from streaming.features import CONTEXT_FEATURES, MODEL_FEATURES, RATIO_FEATURES
 from streaming.windows import LAYOUTS, EntityState, context_features, entity_features
-from tests.factories import txn
+from tests.factories import register_tiny_model, txn
 
 pytestmark = pytest.mark.integration
 
@@ -38,20 +37,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(2000, len(MODEL_FEATURES))).astype(np.float32)
     # Fraud only where the merchant's fraud rate is high: the test payments (rate 0) score low, so
     # a block among them comes from a rule, not from the model.
-    y = (x[:, MODEL_FEATURES.index("merchant_fraud_rate_30d")] > 1.5).astype(np.int8)
-    model = fit(x, y, TrainingConfig(n_estimators=20))
+    column = MODEL_FEATURES.index("merchant_fraud_rate_30d")
     root = tmp_path_factory.mktemp("registry")
-    registry = ModelRegistry(root)
-    version = registry.register(
-        to_onnx(model, len(MODEL_FEATURES)),
-        {"feature_names": list(MODEL_FEATURES)},
-        native_model=bytes(model.get_booster().save_raw("ubj")),
-    )
-    registry.promote(version, {"reason": "test"})
+    register_tiny_model(root, lambda x: x[:, column] > 1.5)
     return root
 
 

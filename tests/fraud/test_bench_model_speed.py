@@ -13,27 +13,15 @@ from fraud.bench.model_speed import (
     load_predictors,
     measure_model_calls,
 )
-from retrain import ModelRegistry
-from retrain.train import TrainingConfig, fit, to_onnx
-from streaming.features import MODEL_FEATURES
+from tests.factories import register_tiny_model
 
 BATCH_SIZES = (1, 64, 512)
 
 
 @pytest.fixture(scope="module")
 def registry_dir(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(2000, len(MODEL_FEATURES))).astype(np.float32)
-    y = (x[:, 0] + 0.5 * x[:, 3] > 1.5).astype(np.int8)
-    model = fit(x, y, TrainingConfig(n_estimators=20, max_depth=4))
     root = tmp_path_factory.mktemp("registry")
-    registry = ModelRegistry(root)
-    version = registry.register(
-        to_onnx(model, len(MODEL_FEATURES)),
-        {"feature_names": list(MODEL_FEATURES)},
-        native_model=bytes(model.get_booster().save_raw("ubj")),
-    )
-    registry.promote(version, {"reason": "test"})
+    register_tiny_model(root, lambda x: x[:, 0] + 0.5 * x[:, 3] > 1.5, max_depth=4)
     return root
 
 

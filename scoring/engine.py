@@ -27,7 +27,6 @@ from rules_engine import RuleSet
 from schema import Decision, DecisionThresholds, FeatureVector, Outcome, RuleHit, Transaction
 from scoring.metrics import ScorerMetrics
 from streaming import OnlineFeatureStore
-from streaming.features import MODEL_FEATURES
 from streaming.windows import context_features
 
 
@@ -66,17 +65,17 @@ class DecisionEngine:
         features_done = time.perf_counter()
         self.metrics.observe_stage("features", features_done - started)
 
-        matrix = np.array([[v[n] for n in MODEL_FEATURES] for v in batch.vectors], dtype=np.float32)
+        vectors = batch.vectors
         try:
-            scores = self.model.predict_proba(matrix)
+            scores = self.model.predict_proba(batch.matrix.astype(np.float32))
         except Exception as exc:  # noqa: BLE001 - any model failure must degrade, not fail the payment
-            return self.without_features(transactions, f"model_unavailable: {type(exc).__name__}", batch.vectors)
+            return self.without_features(transactions, f"model_unavailable: {type(exc).__name__}", vectors)
         model_done = time.perf_counter()
         self.metrics.observe_stage("model", model_done - features_done)
 
         now = datetime.now(UTC)
         decisions = []
-        for txn, vector, score in zip(transactions, batch.vectors, scores, strict=True):
+        for txn, vector, score in zip(transactions, vectors, scores.tolist(), strict=True):
             hits = self.rules.evaluate(txn, vector)
             outcome = max([self.thresholds.outcome(float(score)), *(h.action for h in hits)], key=_severity)
             staleness = None if batch.stream_watermark is None else txn.event_ts - batch.stream_watermark

@@ -5,6 +5,10 @@ stood *before* it (so nothing later can leak in) and then the transaction is app
 is applied at its ``known_at``, so it reaches no feature read before that moment. This is the same
 sequence the decision path follows online: read the stored state, fold in the transaction.
 
+The read is the decision path's own (``streaming.batch_features``), over each run of payments
+between two labels: within a run, a payment sees the earlier admitted payments of the run exactly
+as the decision path's batch does, so runs are a speed-up, not a different computation.
+
 Transactions are given in the order they arrived (a log's order; for a file written in event
 order that is the same) so that the stream's admission rule (``streaming.admission``: late and
 duplicate events are not applied) picks exactly the events the online store holds.
@@ -18,8 +22,14 @@ import numpy as np
 
 from schema import FeatureVector, Label, Transaction
 from streaming.admission import DEFAULT_ALLOWED_LATENESS_S, Admission, admissions_in_arrival_order
+from streaming.batch_features import batch_feature_matrix
 from streaming.features import MODEL_FEATURES
-from streaming.windows import LAYOUTS, EntityState, apply_label, apply_transaction, feature_vector
+from streaming.packed import pack_state
+from streaming.windows import LAYOUTS, EntityState, apply_label, apply_transaction
+
+# Payments read in one batch at most. The in-batch fold costs pairs of payments on one entity, so a
+# run through one busy merchant must not grow without bound.
+RUN_LENGTH = 256
 
 
 def event_order(txn: Transaction) -> tuple[float, str]:
@@ -41,8 +51,12 @@ class OfflineFeatureBuilder:
 
     def features(self, txn: Transaction) -> FeatureVector:
         """Features as of ``txn``: the history before it, plus itself."""
-        before = {entity: self.states.get((entity, layout.key_of(txn))) for entity, layout in LAYOUTS.items()}
-        return feature_vector(before, txn)
+        return dict(zip(MODEL_FEATURES, self._read([txn], [False])[0].tolist(), strict=True))
+
+    def _read(self, transactions: Sequence[Transaction], folds: Sequence[bool]) -> np.ndarray:
+        keys = {(entity, layout.key_of(t)) for t in transactions for entity, layout in LAYOUTS.items()}
+        packed = {key: pack_state(self.states[key]) for key in keys if key in self.states}
+        return batch_feature_matrix(transactions, packed, folds)
 
     def apply(self, txn: Transaction) -> None:
         for entity, layout in LAYOUTS.items():
@@ -65,6 +79,16 @@ class OfflineFeatureBuilder:
             labels: the label log; each label counts from its ``known_at`` on.
             allowed_lateness_s: the stream's admission setting.
         """
+        rows = self.replay_rows(transactions, labels, allowed_lateness_s)
+        return {tx: dict(zip(MODEL_FEATURES, row.tolist(), strict=True)) for tx, row in rows.items()}
+
+    def replay_rows(
+        self,
+        transactions: Sequence[Transaction],
+        labels: Iterable[Label] = (),
+        allowed_lateness_s: float = DEFAULT_ALLOWED_LATENESS_S,
+    ) -> dict[str, np.ndarray]:
+        """As ``replay``, each transaction's features as a row in ``MODEL_FEATURES`` order."""
         transactions = list(transactions)
         verdicts = admissions_in_arrival_order(transactions, allowed_lateness_s)
         by_id = {t.transaction_id: t for t in transactions}
@@ -75,15 +99,29 @@ class OfflineFeatureBuilder:
         ]
         timeline += [(t.event_ts, 1, t.transaction_id, i, t) for i, t in enumerate(transactions)]
         timeline.sort(key=lambda item: item[:4])
-        vectors: dict[str, FeatureVector] = {}
+        rows: dict[str, np.ndarray] = {}
+        run: list[tuple[Transaction, bool]] = []
+
+        def read_run() -> None:
+            matrix = self._read([t for t, _ in run], [admitted for _, admitted in run])
+            for (t, admitted), row in zip(run, matrix, strict=True):
+                rows.setdefault(t.transaction_id, row)  # a duplicate keeps the first one's features
+                if admitted:
+                    self.apply(t)
+            run.clear()
+
         for _, _, _, index, item in timeline:
             if isinstance(item, Label):
+                if run:
+                    read_run()
                 self.apply_label(item, by_id.get(item.transaction_id))
                 continue
-            vectors.setdefault(item.transaction_id, self.features(item))
-            if verdicts[index] is Admission.ADMITTED:
-                self.apply(item)
-        return vectors
+            run.append((item, verdicts[index] is Admission.ADMITTED))
+            if len(run) == RUN_LENGTH:
+                read_run()
+        if run:
+            read_run()
+        return rows
 
 
 def feature_matrix(
@@ -91,10 +129,7 @@ def feature_matrix(
 ) -> tuple[list[Transaction], np.ndarray]:
     """Replay history; returns the transactions in event order and their feature matrix."""
     transactions = list(transactions)
-    vectors = OfflineFeatureBuilder().replay(transactions, labels)
+    rows = OfflineFeatureBuilder().replay_rows(transactions, labels)
     ordered = sorted({t.transaction_id: t for t in transactions}.values(), key=event_order)
-    matrix = np.empty((len(ordered), len(MODEL_FEATURES)), dtype=np.float32)
-    for i, txn in enumerate(ordered):
-        vector = vectors[txn.transaction_id]
-        matrix[i] = [vector[name] for name in MODEL_FEATURES]
-    return ordered, matrix
+    matrix = np.array([rows[t.transaction_id] for t in ordered], dtype=np.float32)
+    return ordered, matrix.reshape(len(ordered), len(MODEL_FEATURES))

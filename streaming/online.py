@@ -2,21 +2,24 @@
 
 Keys are Redis-Cluster-ready: one hash tag per entity (``fraud:feat:{card:123}``) so an entity's
 state sits in one slot and is read in one round trip; a batch of transactions is read with one
-pipeline. Values are whole msgpack-encoded ``EntityState`` blobs written with SET, so a replayed
+pipeline. Values are whole packed entity states (``streaming.packed``) written with SET, so a replayed
 write is harmless (idempotent) where an INCR would double count.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import redis
 
 from schema import FeatureVector, Transaction
+from streaming.batch_features import batch_feature_matrix
+from streaming.features import MODEL_FEATURES
 from streaming.offline import event_order
-from streaming.windows import LAYOUTS, EntityState, apply_transaction, decode_state, encode_state, feature_vector
+from streaming.packed import pack_state
+from streaming.windows import LAYOUTS, EntityState
 
 # An entity idle this long (wall clock) after its last update is evicted: its windows are all
 # empty by then. One day beyond the entity's longest window.
@@ -31,8 +34,13 @@ WRITE_CHUNK = 500
 
 @dataclass(frozen=True)
 class BatchFeatures:
-    vectors: list[FeatureVector]  # in the order the transactions were given
+    matrix: np.ndarray  # (payments x MODEL_FEATURES) float64, in the order the payments were given
     stream_watermark: float | None  # newest event time the feature stream has applied
+
+    @property
+    def vectors(self) -> list[FeatureVector]:
+        """The rows as named feature vectors (what rules read and decisions record)."""
+        return [dict(zip(MODEL_FEATURES, row, strict=True)) for row in self.matrix.tolist()]
 
 
 class OnlineFeatureStore:
@@ -81,7 +89,7 @@ class OnlineFeatureStore:
         for entity, entity_id, state in states:
             n += 1
             keys.append(self.key(entity, entity_id))
-            values += (encode_state(state), STATE_TTL_S[entity])
+            values += (pack_state(state), STATE_TTL_S[entity])
             if len(keys) == WRITE_CHUNK:
                 self._set_many(keys=keys, args=values, client=pipe)
                 keys, values = [], []
@@ -107,31 +115,24 @@ class OnlineFeatureStore:
         raw = self.client.get(self._watermark_key)
         return float(raw) if raw is not None else None
 
-    def read_states(self, keys: Sequence[tuple[str, str]]) -> tuple[dict[tuple[str, str], EntityState], float | None]:
-        """States for the given (entity, id) keys, plus the stream watermark, in one round trip."""
+    def read_states(self, keys: Sequence[tuple[str, str]]) -> tuple[dict[tuple[str, str], bytes], float | None]:
+        """Packed states for the given (entity, id) keys, plus the stream watermark, in one round trip."""
         # One MGET, not a pipeline of GETs: redis-py's cost is per command (STACK-NOTES). On Redis
         # Cluster the keys would be grouped by slot first (issue 9), as for the stream's writes.
         *raws, watermark = self.client.mget([*(self.key(e, i) for e, i in keys), self._watermark_key])
-        states = {k: decode_state(raw) for k, raw in zip(keys, raws, strict=True) if raw is not None}
+        states = {k: raw for k, raw in zip(keys, raws, strict=True) if raw is not None}
         return states, float(watermark) if watermark is not None else None
 
     def features_for_batch(self, transactions: Sequence[Transaction]) -> BatchFeatures:
         """Point-in-time features for a batch, as the offline builder would compute them.
 
-        Transactions in the batch are taken in event order and each is folded into a local copy of
-        its entity's state before the next one is read, so two payments on one card in one batch
-        see each other exactly as they would in a replay of the log.
+        The payments are read in event order and each counts in the windows of the later ones on
+        the same card, merchant or device (``streaming.batch_features``), so two payments on one
+        card in one batch see each other exactly as they would in a replay of the log.
         """
-        # How many payments of the batch each entity has yet to see: folding a payment into a state
-        # that no later payment reads is wasted work (most entities appear once per batch).
-        pending = Counter((e, layout.key_of(t)) for t in transactions for e, layout in LAYOUTS.items())
-        states, watermark = self.read_states(sorted(pending))
-        by_id: dict[str, FeatureVector] = {}
-        for txn in sorted(transactions, key=event_order):
-            keys = [(e, layout.key_of(txn)) for e, layout in LAYOUTS.items()]
-            by_id[txn.transaction_id] = feature_vector({k[0]: states.get(k) for k in keys}, txn)
-            for key in keys:
-                pending[key] -= 1
-                if pending[key]:
-                    apply_transaction(states.setdefault(key, EntityState()), LAYOUTS[key[0]], txn)
-        return BatchFeatures([by_id[t.transaction_id] for t in transactions], watermark)
+        keys = sorted({(e, layout.key_of(t)) for t in transactions for e, layout in LAYOUTS.items()})
+        states, watermark = self.read_states(keys)
+        order = sorted(range(len(transactions)), key=lambda i: event_order(transactions[i]))
+        matrix = np.empty((len(transactions), len(MODEL_FEATURES)), dtype=np.float64)
+        matrix[order] = batch_feature_matrix([transactions[i] for i in order], states)
+        return BatchFeatures(matrix, watermark)

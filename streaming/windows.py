@@ -292,15 +292,3 @@ def feature_vector(states: Mapping[str, EntityState | None], txn: Transaction) -
         mean = values[ratio.denominator]
         values[ratio.name] = values["amount"] / mean if mean > 0 else 1.0
     return {name: values[name] for name in MODEL_FEATURES}
-
-
-_state_encoder = msgspec.msgpack.Encoder()
-_state_decoder = msgspec.msgpack.Decoder(EntityState)
-
-
-def encode_state(state: EntityState) -> bytes:
-    return _state_encoder.encode(state)
-
-
-def decode_state(raw: bytes) -> EntityState:
-    return _state_decoder.decode(raw)

@@ -14,6 +14,7 @@ from deploy import make_producer, produce_all, read_topic
 from fraud.processes import wait_for
 from schema import Label, LabelSource, encode
 from streaming import OfflineFeatureBuilder, OnlineFeatureStore
+from streaming.packed import pack_state
 from tests.factories import T0, txn
 from tests.integration.helpers import fraud_env, start
 
@@ -24,14 +25,8 @@ def redis_equals_replay(store, transactions, labels):
     """The keys whose Redis state differs from an offline replay of the same arrivals (empty: equal)."""
     builder = OfflineFeatureBuilder()
     builder.replay(transactions, labels)
-    states, _ = store.read_states(sorted(builder.states))
-    return [
-        key
-        for key, state in builder.states.items()
-        if key not in states
-        or (states[key].events, states[key].buckets, states[key].fraud_known)
-        != (state.events, state.buckets, state.fraud_known)
-    ]
+    stored, _ = store.read_states(sorted(builder.states))
+    return [key for key, state in builder.states.items() if stored.get(key) != pack_state(state)]
 
 
 def scrape(port, name):

@@ -3,7 +3,7 @@
 import random
 
 from streaming import OfflineFeatureBuilder
-from streaming.windows import LAYOUTS, EntityState, apply_transaction, decode_state, encode_state, feature_vector
+from streaming.windows import LAYOUTS, EntityState, apply_transaction, feature_vector
 from tests.factories import T0, txn
 
 CARD = LAYOUTS["card"]
@@ -81,13 +81,6 @@ def test_state_is_independent_of_arrival_order():
         }
 
     assert canon(in_order) == canon(shuffled)
-
-
-def test_state_survives_encoding():
-    state = EntityState()
-    for i in range(5):
-        apply_transaction(state, CARD, txn(i, minutes=i))
-    assert decode_state(encode_state(state)) == state
 
 
 def test_offline_replay_never_sees_the_future():

@@ -21,6 +21,9 @@ same bytes: the exactly-once tests compare what the store holds byte for byte.
 from __future__ import annotations
 
 import hashlib
+import struct
+import sys
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -43,6 +46,8 @@ FIELD_CODE: dict[str, int] = {field: code for code, field in enumerate(DISTINCT_
 
 _WORD = np.dtype("<i8")
 _FLOAT = np.dtype("<f8")
+_BITS, _FLOAT_BYTES = struct.Struct("<q"), struct.Struct("<d")
+_SWAP = sys.byteorder != "little"  # the stored layout is little-endian on every machine
 
 
 @lru_cache(maxsize=1 << 17)
@@ -51,26 +56,30 @@ def value_hash(value: str) -> int:
     return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "little", signed=True)
 
 
-def _float_bits(value: float) -> int:
-    return int(np.array(value, dtype=_FLOAT).view(_WORD))
-
-
 def pack_state(state: EntityState) -> bytes:
     """The packed form of one entity's state (see the module docstring)."""
-    buckets: list[int] = []
-    distinct: list[tuple[int, int, int, int]] = []
-    for resolution in sorted(state.buckets):
-        by_start = state.buckets[resolution]
-        for start in sorted(by_start):
-            b = by_start[start]
-            buckets += (resolution, start, b.count, b.amount_minor, b.max_minor)
-            for field, values in b.distinct.items():
-                distinct += [(resolution, FIELD_CODE[field], start, value_hash(v)) for v in values]
+    rows = [
+        (resolution, start, by_start[start])
+        for resolution, by_start in sorted(state.buckets.items())
+        for start in sorted(by_start)
+    ]
+    buckets = array("q", [w for r, start, b in rows for w in (r, start, b.count, b.amount_minor, b.max_minor)])
+    distinct = [
+        (r, FIELD_CODE[field], start, value_hash(v))
+        for r, start, b in rows
+        if b.distinct
+        for field, values in b.distinct.items()
+        for v in values
+    ]
     distinct.sort()
-    header = [MAGIC, _float_bits(state.newest_ts), state.events, len(buckets) // BUCKET_WORDS, len(distinct)]
+    newest_bits = _BITS.unpack(_FLOAT_BYTES.pack(state.newest_ts))[0]
+    header = array("q", (MAGIC, newest_bits, state.events, len(buckets) // BUCKET_WORDS, len(distinct)))
     header.append(len(state.fraud_known))
-    words = np.array([*header, *buckets, *(w for row in distinct for w in row)], dtype=_WORD)
-    fraud = np.array(sorted(state.fraud_known.values()), dtype=_FLOAT)
+    words = header + buckets + array("q", [w for row in distinct for w in row])
+    fraud = array("d", sorted(state.fraud_known.values()))
+    if _SWAP:
+        words.byteswap()
+        fraud.byteswap()
     return words.tobytes() + fraud.tobytes()
 
 

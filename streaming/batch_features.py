@@ -232,12 +232,19 @@ class _WindowRead:
         high = np.searchsorted(key, _row_key(entity, plan_resolution, self.upper), side="right")
         high = np.maximum(high, low)  # an empty window: the horizon lies beyond the payment's bucket
         count = _prefix(rows[:, 2])
-        count = count[high] - count[low]
+        count = (count[high] - count[low]).astype(np.float64)
         total = _prefix(rows[:, 3])
-        total = total[high] - total[low]
-        largest = np.maximum.reduceat(np.r_[rows[:, 4], 0], np.stack([low, high], axis=1).ravel())[::2]
+        total = (total[high] - total[low]).astype(np.float64)
+        largest = np.maximum.reduceat(np.append(rows[:, 4], 0), np.stack([low, high], axis=1).ravel())[::2]
         largest[high == low] = 0  # reduceat gives the row at ``low`` for an empty range
-        # Earlier folded payments of the batch: one contribution per (pair, plan of the kind).
+        if len(self.later):
+            self._add_folded(count, total, largest)
+        own = np.repeat(self.amount, PLANS.count)
+        shape = (self.n, PLANS.count)
+        return (1.0 + count).reshape(shape), (own + total).reshape(shape), np.maximum(own, largest).reshape(shape)
+
+    def _add_folded(self, count: np.ndarray, total: np.ndarray, largest: np.ndarray) -> None:
+        """Add the earlier folded payments of the batch: one contribution per (pair, plan of the kind)."""
         kind = self.kind[self.later]
         pair, within = _expand(PLANS.kind_plan_count[kind])
         plan = PLANS.kind_plans[kind[pair], within]
@@ -246,13 +253,9 @@ class _WindowRead:
         start = (self.ts[folded] // PLANS.resolution[plan]) * PLANS.resolution[plan]
         inside = (start > self.lower[cell]) & (start <= self.upper[cell])
         cell, amount = cell[inside], self.amount[folded[inside]]
-        cells = self.n * PLANS.count
-        count = count + np.bincount(cell, minlength=cells)
-        total = total + np.bincount(cell, weights=amount, minlength=cells)
+        count += np.bincount(cell, minlength=len(count))
+        total += np.bincount(cell, weights=amount, minlength=len(total))
         np.maximum.at(largest, cell, amount)
-        own = np.repeat(self.amount, PLANS.count)
-        shape = (self.n, PLANS.count)
-        return (1.0 + count).reshape(shape), (own + total).reshape(shape), np.maximum(own, largest).reshape(shape)
 
     def _distinct_counts(self) -> np.ndarray:
         """(payments x distinct features): distinct values in the window, the payment's own included."""
@@ -260,16 +263,17 @@ class _WindowRead:
         reader, index = _copy_rows_per_reader(self.entity, *self.packed.offsets(self.packed.distinct_owner))
         at = np.searchsorted(PLANS.resolutions, stored[index, 0])
         feature = PLANS.distinct_of[self.kind[reader], at, stored[index, 1]]
-        # Earlier folded payments add their own values to each distinct feature of the kind.
-        kind = self.kind[self.later]
-        pair, within = _expand(PLANS.kind_distinct_count[kind])
-        folded_feature = PLANS.kind_distinct[kind[pair], within]
-        folded_payment = self.payment[self.earlier[pair]]
-        folded_resolution = PLANS.resolution[PLANS.distinct_plan[folded_feature]]
-        reader = np.concatenate([reader, self.later[pair]])
-        feature = np.concatenate([feature, folded_feature])
-        start = np.concatenate([stored[index, 2], (self.ts[folded_payment] // folded_resolution) * folded_resolution])
-        value = np.concatenate([stored[index, 3], self.own[folded_payment, PLANS.distinct_code[folded_feature]]])
+        start, value = stored[index, 2], stored[index, 3]
+        if len(self.later):  # earlier folded payments add their own values
+            kind = self.kind[self.later]
+            pair, within = _expand(PLANS.kind_distinct_count[kind])
+            folded_feature = PLANS.kind_distinct[kind[pair], within]
+            folded_payment = self.payment[self.earlier[pair]]
+            folded_resolution = PLANS.resolution[PLANS.distinct_plan[folded_feature]]
+            reader = np.concatenate([reader, self.later[pair]])
+            feature = np.concatenate([feature, folded_feature])
+            start = np.concatenate([start, (self.ts[folded_payment] // folded_resolution) * folded_resolution])
+            value = np.concatenate([value, self.own[folded_payment, PLANS.distinct_code[folded_feature]]])
         known = feature >= 0  # a stored row no declared feature reads
         reader, feature, start, value = reader[known], feature[known], start[known], value[known]
         cell = self.payment[reader] * PLANS.count + PLANS.distinct_plan[feature]
@@ -285,7 +289,9 @@ class _WindowRead:
 
     def _label_rates(self, count: np.ndarray, out: np.ndarray) -> None:
         """Fraud labels known in (t - window, t] per payment's entity, over the window's count."""
-        if not PLANS.label_rates:
+        if not len(self.packed.fraud_owner):  # no label known for any entity of the batch
+            for _, _, _, column in PLANS.label_rates:
+                out[:, column] = 0.0
             return
         reader, index = _copy_rows_per_reader(self.entity, *self.packed.offsets(self.packed.fraud_owner))
         known_at = self.packed.fraud_known_at[index]
@@ -322,8 +328,11 @@ def _earlier_folded_pairs(entity: np.ndarray, folds: np.ndarray) -> tuple[np.nda
     """(later, earlier) reader pairs on the same entity, the earlier one first in order and folded."""
     order = np.argsort(entity, kind="stable")
     grouped = entity[order]
-    group_start = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
-    rank = np.arange(len(order)) - np.repeat(group_start, np.diff(np.r_[group_start, len(order)]))
+    repeated = grouped[1:] == grouped[:-1]
+    if not repeated.any():  # every reader's entity appears once in the batch: nothing to fold
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    group_start = np.flatnonzero(np.concatenate([[True], ~repeated]))
+    rank = np.arange(len(order)) - np.repeat(group_start, np.diff(np.append(group_start, len(order))))
     position, within = _expand(rank)  # each reader, once per earlier reader of its entity
     later = order[position]
     earlier = order[position - rank[position] + within]

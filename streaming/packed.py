@@ -140,6 +140,8 @@ def parse_packed(raws: Sequence[bytes | None]) -> PackedStates:
 def ragged_rows(base: np.ndarray, counts: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """For groups of ``counts[g]`` rows of ``width`` words starting at ``base[g]``: each row's group
     and a (rows, width) index of its words."""
+    if not counts.any():
+        return np.empty(0, dtype=np.int64), np.empty((0, width), dtype=np.int64)
     owner = np.repeat(np.arange(len(counts)), counts)
     within = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
     first_word = np.repeat(base, counts) + within * width

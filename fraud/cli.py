@@ -475,6 +475,11 @@ def _print_bench_summary(result: dict) -> None:
 
         console.print("\nthe model call alone (one core):")
         console.print(format_model_calls([ModelCallRate(**r) for r in result["model_calls"]]))
+    if result.get("feature_reads"):
+        from fraud.bench.feature_speed import FeatureReadRate, format_feature_reads
+
+        console.print("\nthe feature read alone (one core; CPU of the scorer's side only):")
+        console.print(format_feature_reads([FeatureReadRate(**r) for r in result["feature_reads"]]))
 
 
 @app.command(name="bench-stream")

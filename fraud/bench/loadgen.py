@@ -130,7 +130,8 @@ class _Tally:
                 self.status[i] = status
 
 
-def _load_payments(path: Path) -> list[Transaction]:
+def load_payments(path: Path) -> list[Transaction]:
+    """The benchmark world's payments file (JSON lines), decoded."""
     decoder = msgspec.json.Decoder(Transaction)
     return [decoder.decode(line) for line in path.read_bytes().splitlines() if line]
 
@@ -149,7 +150,7 @@ async def _grpc_step(step: LoadStep, offsets: np.ndarray, tally: _Tally) -> None
     from scoring.proto import fraud_pb2_grpc
     from scoring.wire import transaction_to_proto
 
-    templates = [transaction_to_proto(t) for t in _load_payments(step.payments)]
+    templates = [transaction_to_proto(t) for t in load_payments(step.payments)]
     n = len(offsets)
     messages = []
     for i in range(n):  # built before the clock starts: the generator's own cost stays off the schedule
@@ -236,7 +237,7 @@ async def _send_all(step: LoadStep, offsets: np.ndarray, tally: _Tally, messages
 def _kafka_step(step: LoadStep, offsets: np.ndarray, tally: _Tally) -> None:
     from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
-    payments = _load_payments(step.payments)
+    payments = load_payments(step.payments)
     encoder = msgspec.json.Encoder()
     n = len(offsets)
     producer = Producer({"bootstrap.servers": step.target, "linger.ms": 1, "queue.buffering.max.messages": 2_000_000})

@@ -257,9 +257,16 @@ def run_decision_bench(
         else {}
     )
     if config.model_speed:
+        from fraud.bench.feature_speed import measure_feature_reads
+        from fraud.bench.loadgen import load_payments
         from fraud.bench.model_speed import measure_model_calls
+        from streaming import OnlineFeatureStore
 
         result["model_calls"] = [asdict(r) for r in measure_model_calls(settings.registry_dir)]
+        store = OnlineFeatureStore(redis.Redis.from_url(services.redis_url), settings.key_prefix)
+        payments = load_payments(world.payments)
+        result["feature_reads"] = [asdict(r) for r in measure_feature_reads(store, payments)]
+        store.client.close()
     return result
 
 

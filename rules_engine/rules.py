@@ -8,14 +8,16 @@ rather than passing silently.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schema import Outcome, RuleHit, Transaction
 from streaming.features import WINDOWED_FEATURES, Aggregation
 
+ColumnOf = Callable[[str], "np.ndarray | None"]  # a feature's values for a batch; None: not available
 RuleId = Annotated[str, Field(pattern=r"^[a-z0-9_]+@[0-9]+$")]
 
 
@@ -35,6 +37,11 @@ class _Rule(BaseModel):
     def evaluate(self, txn: Transaction, features: Mapping[str, float]) -> RuleHit | None:
         raise NotImplementedError
 
+    def may_fire(self, transactions: Sequence[Transaction], column: ColumnOf) -> np.ndarray:
+        """For a batch: the payments ``evaluate`` could return a hit for (a superset is allowed;
+        ``evaluate`` decides). Lets a batch skip the rule for the many payments it cannot touch."""
+        return np.ones(len(transactions), dtype=bool)
+
 
 class BlockedCountry(_Rule):
     """Transactions in a listed country (ISO 3166 alpha-2), e.g. sanctioned jurisdictions."""
@@ -50,6 +57,9 @@ class BlockedCountry(_Rule):
             raise ValueError(f"not ISO 3166 alpha-2 country codes: {bad}")
         return countries
 
+    def may_fire(self, transactions: Sequence[Transaction], column: ColumnOf) -> np.ndarray:
+        return np.fromiter((t.country in self.countries for t in transactions), dtype=bool, count=len(transactions))
+
     def evaluate(self, txn: Transaction, features: Mapping[str, float]) -> RuleHit | None:
         if txn.country in self.countries:
             return self._hit(f"transaction country {txn.country} is on the blocked list")
@@ -61,6 +71,12 @@ class AmountCeiling(_Rule):
 
     kind: Literal["amount_ceiling"]
     max_amount_minor: dict[str, Annotated[int, Field(gt=0)]]
+
+    def may_fire(self, transactions: Sequence[Transaction], column: ColumnOf) -> np.ndarray:
+        ceilings = self.max_amount_minor
+        return np.fromiter(
+            (t.amount_minor > ceilings.get(t.currency, 0) for t in transactions), dtype=bool, count=len(transactions)
+        )
 
     def evaluate(self, txn: Transaction, features: Mapping[str, float]) -> RuleHit | None:
         ceiling = self.max_amount_minor.get(txn.currency)
@@ -92,6 +108,10 @@ class CardVelocity(_Rule):
         if window not in _COUNT_WINDOWS:
             raise ValueError(f"no card count feature for window {window!r}; declared: {sorted(_COUNT_WINDOWS)}")
         return window
+
+    def may_fire(self, transactions: Sequence[Transaction], column: ColumnOf) -> np.ndarray:
+        counts = column(_COUNT_WINDOWS[self.window])
+        return np.ones(len(transactions), dtype=bool) if counts is None else counts > self.max_transactions
 
     def evaluate(self, txn: Transaction, features: Mapping[str, float]) -> RuleHit | None:
         feature = _COUNT_WINDOWS[self.window]

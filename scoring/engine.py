@@ -75,8 +75,8 @@ class DecisionEngine:
 
         now = datetime.now(UTC)
         decisions = []
-        for txn, vector, score in zip(transactions, vectors, scores.tolist(), strict=True):
-            hits = self.rules.evaluate(txn, vector)
+        all_hits = self.rules.evaluate_batch(transactions, vectors, batch.column)
+        for txn, vector, score, hits in zip(transactions, vectors, scores.tolist(), all_hits, strict=True):
             outcome = max([self.thresholds.outcome(float(score)), *(h.action for h in hits)], key=_severity)
             staleness = None if batch.stream_watermark is None else txn.event_ts - batch.stream_watermark
             if staleness is not None:

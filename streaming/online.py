@@ -15,7 +15,7 @@ import numpy as np
 import redis
 
 from schema import FeatureVector, Transaction
-from streaming.batch_features import batch_feature_matrix
+from streaming.batch_features import COLUMN, batch_feature_matrix
 from streaming.features import MODEL_FEATURES
 from streaming.offline import event_order
 from streaming.packed import pack_state
@@ -36,6 +36,11 @@ WRITE_CHUNK = 500
 class BatchFeatures:
     matrix: np.ndarray  # (payments x MODEL_FEATURES) float64, in the order the payments were given
     stream_watermark: float | None  # newest event time the feature stream has applied
+
+    def column(self, name: str) -> np.ndarray | None:
+        """One feature's values for the whole batch (None: not a model feature)."""
+        index = COLUMN.get(name)
+        return None if index is None else self.matrix[:, index]
 
     @property
     def vectors(self) -> list[FeatureVector]:

@@ -1,6 +1,10 @@
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rules_engine import RuleFileError, load_rules
 from schema import Outcome
@@ -79,3 +83,32 @@ def test_bad_rule_files_are_refused_naming_the_problem(tmp_path: Path, text: str
     path.write_text(text)
     with pytest.raises(RuleFileError, match=expected):
         load_rules(path)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32 - 1), st.booleans())
+def test_a_batch_gets_exactly_the_hits_of_rule_by_rule_evaluation(seed, counts_known):
+    """``evaluate_batch`` skips payments a rule cannot fire for; that must never change a hit."""
+    rules = load_rules(None)  # the shipped rules: every kind, several thresholds
+    rng = random.Random(seed)
+    batch = [
+        txn(
+            n,
+            amount_minor=rng.choice([100, 299_999, 300_000, 300_001, 1_000_000, 1_000_001, 5_000_000]),
+            country=rng.choice(["DE", "KP", "FR", "IR"]),
+            currency=rng.choice(["EUR", "USD", "GBP", "JPY"]),  # JPY has no ceiling: not evaluated
+        )
+        for n in range(rng.randint(1, 30))
+    ]
+    vectors = [
+        {"card_txn_count_10m": float(rng.randint(1, 12)), "card_txn_count_1h": float(rng.randint(1, 40))}
+        if counts_known
+        else {}
+        for _ in batch
+    ]
+
+    def column(name):
+        return np.array([v[name] for v in vectors]) if counts_known else None
+
+    expected = [rules.evaluate(t, v) for t, v in zip(batch, vectors, strict=True)]
+    assert rules.evaluate_batch(batch, vectors, column) == expected

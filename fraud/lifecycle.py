@@ -61,7 +61,10 @@ def build_service(settings: Settings):
         thresholds=settings.thresholds,
         metrics=metrics,
     )
-    publisher = DecisionPublisher(make_producer(settings.require_kafka()), settings.topics.decisions, metrics)
+    # Delivery reports only for failures: a Python callback per delivered decision cost more than
+    # the produce itself under load (docs/performance.md); failures are all the publisher counts.
+    producer = make_producer(settings.require_kafka(), delivery_report_only_error=True)
+    publisher = DecisionPublisher(producer, settings.topics.decisions, metrics)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
     return FraudScorerService(engine, publisher, ServerConfig(host=settings.grpc_host, port=settings.grpc_port))

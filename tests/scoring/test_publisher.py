@@ -14,9 +14,7 @@ from tests.factories import txn
 
 def test_an_undeliverable_decision_is_counted_as_a_publish_failure():
     metrics = ScorerMetrics()
-    producer = make_producer(
-        f"127.0.0.1:{free_port()}", delivery_report_only_error=True, message_timeout_ms=300
-    )
+    producer = make_producer(f"127.0.0.1:{free_port()}", delivery_report_only_error=True, message_timeout_ms=300)
     publisher = DecisionPublisher(producer, "decisions", metrics)
     decision = Decision(
         transaction=txn(1),

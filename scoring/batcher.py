@@ -5,8 +5,6 @@ queued, decides it as one batch (one Redis round trip, one ONNX call, one publis
 worker thread, answers every caller, and takes the next lot. Under light load a batch is one
 request and nothing waits for a timer; under heavy load batches grow by themselves, which is
 what keeps the fixed cost per batch (~0.5 ms of Python, STACK-NOTES) from capping throughput.
-A short queue waits a few milliseconds for company first (``linger_s``), so that at moderate load
-the worker does not pay that fixed cost for every gateway call.
 
 Load shedding: a request that has already waited longer than ``shed_after_s`` when the worker
 reaches it gets an explicit degraded decision (rules only, conservative default: see
@@ -39,12 +37,6 @@ class BatchingConfig:
     # row): a huge batch would hold every request behind it past the budget before shedding could
     # look at them.
     batch_time_s: float = 0.02
-    # With fewer than linger_rows queued, the worker waits up to linger_s (from the oldest request's
-    # arrival) for more before starting a batch. A batch has a fixed cost (~1 ms of Python and NumPy
-    # calls, docs/performance.md) whatever its size; without the wait, the worker picks up each
-    # gateway call alone at moderate load and pays that cost per call. 0 disables it.
-    linger_s: float = 0.004
-    linger_rows: int = 64
 
 
 @dataclass
@@ -90,7 +82,6 @@ class DecisionBatcher:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                await self._linger()
                 fresh, stale = self._take()
                 if stale:
                     self._answer(stale, self._shed, f"shed: queued over {self.config.shed_after_s * 1000:.0f} ms")
@@ -106,18 +97,6 @@ class DecisionBatcher:
                                 p.future.set_exception(exc)
                         continue
                     _resolve(fresh, decisions)
-
-    async def _linger(self) -> None:
-        """Wait (at most linger_s from the oldest request) until linger_rows are queued."""
-        while self._queue and self._queued_rows < self.config.linger_rows:
-            remaining = self._queue[0].queued_at + self.config.linger_s - time.monotonic()
-            if remaining <= 0:
-                return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return
 
     def _take(self) -> tuple[list[_Pending], list[_Pending]]:
         """Everything queued (up to max_batch_rows), split into requests in budget and stale ones."""

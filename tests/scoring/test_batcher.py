@@ -117,22 +117,3 @@ def test_batches_are_cut_to_what_the_worker_decides_within_the_batch_time():
         return rec.batches
 
     assert [len(b) for b in asyncio.run(main())] == [1, 1, 1, 1]
-
-
-def test_a_short_queue_waits_for_company_and_a_full_one_does_not():
-    async def main():
-        rec = Recorder()
-        config = BatchingConfig(shed_after_s=10, batch_time_s=10, linger_s=0.3, linger_rows=4)
-        batcher = DecisionBatcher(rec.decide, rec.shed, config)
-        first = asyncio.create_task(batcher.decide([txn(0)]))
-        await asyncio.sleep(0.05)  # within the linger: the first request is still waiting
-        second = asyncio.create_task(batcher.decide([txn(1)]))
-        await asyncio.gather(first, second)
-        full = asyncio.create_task(batcher.decide([txn(i) for i in range(10, 14)]))  # linger_rows: no wait
-        await asyncio.wait_for(full, 0.2)
-        batcher.close()
-        return rec.batches
-
-    batches = asyncio.run(main())
-    assert batches[0] == ["tx-test-000000", "tx-test-000001"]  # two calls, one batch
-    assert len(batches) == 2 and len(batches[1]) == 4

@@ -26,6 +26,7 @@ merchant's payments per batch (batches are cut to ~20 ms of work, see ``scoring.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -106,6 +107,31 @@ class _Plans:
 
 
 PLANS = _Plans()
+
+
+@lru_cache(maxsize=256)
+def _layout_of(n: int) -> tuple[np.ndarray, ...]:
+    """Index arrays that depend only on the batch size (read-only, cached: batches repeat sizes).
+
+    Returns: each reader's payment and kind; each (payment, plan) cell's payment, plan, reader,
+    bucket size and window length and retention.
+    """
+    readers = np.arange(n * K)
+    cell_payment = np.repeat(np.arange(n), PLANS.count)
+    cell_plan = np.tile(np.arange(PLANS.count), n)
+    arrays = (
+        readers // K,
+        readers % K,
+        cell_payment,
+        cell_plan,
+        cell_payment * K + PLANS.kind[cell_plan],
+        PLANS.resolution[cell_plan],
+        PLANS.length[cell_plan],
+        PLANS.retention[cell_plan],
+    )
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
 _FIELDS_BY_CODE = sorted(FIELD_CODE, key=FIELD_CODE.__getitem__)
 
 
@@ -176,14 +202,17 @@ class _WindowRead:
         self.ts = ts
         self.amount = amount
         self.own = own  # (payments, distinct fields): value hashes
-        readers = np.arange(len(entity))
-        self.payment = readers // K
-        self.kind = readers % K
-        self.later, self.earlier = _earlier_folded_pairs(entity, folds[self.payment])
+        self.layout = _layout_of(self.n)
+        self.payment, self.kind = self.layout[0], self.layout[1]
         newest = packed.newest_ts[entity]
-        np.maximum.at(newest, self.later, ts[self.payment[self.earlier]])
+        self.has_history = packed.events[entity] > 0
+        if packed.size < len(entity):  # some entity has several readers: earlier payments fold
+            self.later, self.earlier = _earlier_folded_pairs(entity, folds[self.payment])
+            np.maximum.at(newest, self.later, ts[self.payment[self.earlier]])
+            self.has_history |= np.bincount(self.later, minlength=len(entity)) > 0
+        else:
+            self.later = self.earlier = np.empty(0, dtype=np.int64)
         self.newest = newest
-        self.has_history = (packed.events[entity] > 0) | (np.bincount(self.later, minlength=len(entity)) > 0)
 
     def into(self, out: np.ndarray) -> None:
         self._cell_bounds()
@@ -209,13 +238,10 @@ class _WindowRead:
         """For every (payment, plan) cell: its reader and the bucket starts its window counts,
         ``lower < start <= upper``; the lower bound is also the entity's retention horizon, which
         an earlier payment of the batch may have moved on."""
-        payment = np.repeat(np.arange(self.n), PLANS.count)
-        plan = np.tile(np.arange(PLANS.count), self.n)
-        self.cell_reader = payment * K + PLANS.kind[plan]
-        resolution = PLANS.resolution[plan]
+        payment, _, self.cell_reader, resolution, length, retention = self.layout[2:]
         upper = (self.ts[payment] // resolution) * resolution
-        horizon = (self.newest[self.cell_reader] // resolution) * resolution - PLANS.retention[plan]
-        self.lower = np.maximum(upper - PLANS.length[plan], horizon).astype(np.int64)
+        horizon = (self.newest[self.cell_reader] // resolution) * resolution - retention
+        self.lower = np.maximum(upper - length, horizon).astype(np.int64)
         self.upper = upper.astype(np.int64)
 
     def _window_totals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -227,15 +253,17 @@ class _WindowRead:
         rows = self.packed.buckets
         key = _row_key(self.packed.bucket_owner, rows[:, 0], rows[:, 1])
         entity = self.entity[self.cell_reader]
-        plan_resolution = np.tile(PLANS.resolution, self.n)
-        low = np.searchsorted(key, _row_key(entity, plan_resolution, self.lower), side="right")
-        high = np.searchsorted(key, _row_key(entity, plan_resolution, self.upper), side="right")
+        plan_resolution = self.layout[5]
+        low = key.searchsorted(_row_key(entity, plan_resolution, self.lower), side="right")
+        high = key.searchsorted(_row_key(entity, plan_resolution, self.upper), side="right")
         high = np.maximum(high, low)  # an empty window: the horizon lies beyond the payment's bucket
         count = _prefix(rows[:, 2])
         count = (count[high] - count[low]).astype(np.float64)
         total = _prefix(rows[:, 3])
         total = (total[high] - total[low]).astype(np.float64)
-        largest = np.maximum.reduceat(np.append(rows[:, 4], 0), np.stack([low, high], axis=1).ravel())[::2]
+        ends = np.empty(2 * len(low), dtype=np.int64)
+        ends[0::2], ends[1::2] = low, high
+        largest = np.maximum.reduceat(np.append(rows[:, 4], 0), ends)[::2]
         largest[high == low] = 0  # reduceat gives the row at ``low`` for an empty range
         if len(self.later):
             self._add_folded(count, total, largest)

@@ -441,7 +441,7 @@ def bench(
 
 _STEP_HEADER = (
     "mode      offered  achieved     p50     p90     p99   p99.9     max  err  t/o  degraded(shed)  behind s"
-    "  scorer µs/dec  CPU % (servers | generator | redis | broker)"
+    "  scorer µs/dec  CPU % (servers | generator | redis | broker)  rows/batch"
 )
 
 
@@ -454,12 +454,13 @@ def _step_line(s: dict) -> str:
         return f"{v:7.1f}" if v is not None else "      -"
 
     per_decision = s["server_cpu_us_per_decision"]
+    rows_per_batch = s.get("server_batching", {}).get("rows_per_batch")
     return (
         f"{s['mode']:<9}{s['offered_rate']:>8,.0f}{s['achieved_rate']:>10,.0f} {ms(lat['p50'])} {ms(lat['p90'])} "
         f"{ms(lat['p99'])} {ms(lat['p999'])} {ms(lat['max'])} {s['errors']:>4} {s['timeouts']:>4} "
         f"{s['degraded']:>9}({s['shed']}) {s['max_behind_s']:>9.3f} "
         f"{per_decision if per_decision is not None else '-':>14}  {servers} | {s['generator_cpu_pct']:.0f} | "
-        f"{cpu.get('redis', 0):.0f} | {cpu.get('broker', 0):.0f}"
+        f"{cpu.get('redis', 0):.0f} | {cpu.get('broker', 0):.0f}  {rows_per_batch if rows_per_batch else '-'}"
     )
 
 

@@ -132,6 +132,8 @@ def _layout_of(n: int) -> tuple[np.ndarray, ...]:
     for a in arrays:
         a.flags.writeable = False
     return arrays
+
+
 _FIELDS_BY_CODE = sorted(FIELD_CODE, key=FIELD_CODE.__getitem__)
 
 

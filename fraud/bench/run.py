@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -101,17 +102,20 @@ def best_sustainable_rate(steps: list[dict], config: DecisionBenchConfig) -> flo
 @contextmanager
 def _servers(
     mode: str, config: DecisionBenchConfig, env: dict[str, str], home: Path, port: int
-) -> Iterator[list[ChildProcess]]:
+) -> Iterator[tuple[list[ChildProcess], list[int]]]:
+    """The scorer processes of a mode, and the Prometheus port of each."""
     from deploy.embedded import free_port
 
     procs: list[ChildProcess] = []
+    metrics_ports: list[int] = []
     args = {"kafka": ["--kafka"], BASELINE: ["--naive"]}.get(mode, [])
     count = 1 if mode == BASELINE else config.server_procs
     try:
         for i in range(count):
-            metrics = ["--metrics-port", str(free_port())]
+            metrics_ports.append(free_port())
+            metrics = ["--metrics-port", str(metrics_ports[-1])]
             procs.append(ChildProcess(f"{mode}-server-{i}", ["serve", "--port", str(port), *metrics, *args], env, home))
-        yield procs
+        yield procs, metrics_ports
     finally:
         for p in procs:
             p.stop()
@@ -161,6 +165,42 @@ def _wait_ready(mode: str, procs: list[ChildProcess], settings: Settings, port: 
 
 def _cpu(pids: dict[str, int]) -> dict[str, float]:
     return {name: _proc_stats(pid)[1] for name, pid in pids.items()}
+
+
+def scorer_batching(metrics_ports: list[int]) -> Counter[str]:
+    """The scorers' own counters, summed over processes: batches decided with features, gRPC
+    requests, decisions and degraded decisions (a scorer without them, e.g. the naive one, adds
+    nothing)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: Counter[str] = Counter()
+    for port in metrics_ports:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+        except OSError:
+            continue
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                stage = sample.labels.get("stage")
+                if sample.name == "fraud_decision_latency_seconds_count" and stage in ("features", "total"):
+                    totals["batches" if stage == "features" else "requests"] += sample.value
+                elif sample.name in ("fraud_decisions_total", "fraud_degraded_decisions_total"):
+                    totals[sample.name.removeprefix("fraud_").removesuffix("_total")] += sample.value
+    return totals
+
+
+def batching_between(before: Counter[str], after: Counter[str]) -> dict[str, float | None]:
+    """How the scorer batched a step: full (not degraded) decisions per batch, requests per batch."""
+    delta = {k: after[k] - before[k] for k in ("batches", "requests", "decisions", "degraded_decisions")}
+    batches = delta["batches"]
+    full = delta["decisions"] - delta["degraded_decisions"]
+    return {
+        **delta,
+        "rows_per_batch": round(full / batches, 1) if batches else None,
+        "requests_per_batch": round(delta["requests"] / batches, 2) if batches and delta["requests"] else None,
+    }
 
 
 def run_step_measured(step: LoadStep, pids: dict[str, int]) -> dict:
@@ -218,7 +258,7 @@ def run_decision_bench(
     modes = [*config.modes, *([BASELINE] if config.baseline else [])]
     for mode in modes:
         port = free_port()
-        with _servers(mode, config, env, settings.home / "logs", port) as procs:
+        with _servers(mode, config, env, settings.home / "logs", port) as (procs, metrics_ports):
             _wait_ready(mode, procs, settings, port, world)
             pids = {f"server-{i}": p.proc.pid for i, p in enumerate(procs)}
             pids.update({k: v for k, v in (("redis", services.redis_pid), ("broker", services.broker_pid)) if v})
@@ -242,7 +282,9 @@ def run_decision_bench(
                 )
                 for p in procs:
                     p.check_alive()
+                before = scorer_batching(metrics_ports)
                 measured = {**run_step_measured(step, pids), "mode": mode}
+                measured["server_batching"] = batching_between(before, scorer_batching(metrics_ports))
                 mode_steps.append(measured)
                 if on_step is not None:
                     on_step(measured)

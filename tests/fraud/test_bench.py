@@ -90,9 +90,16 @@ def test_fraud_bench_runs_every_mode_and_the_baseline_and_writes_json_and_a_plot
             assert lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"]
             assert step["mismatched"] == 0 and step["errors"] == 0
             assert step["server_cpu_us_per_decision"] > 0
+            batching = step["server_batching"]  # scraped from the scorer's own metrics
+            assert batching["batches"] > 0 and batching["rows_per_batch"] >= 1, batching
+            if step["mode"] != "kafka":
+                assert batching["requests_per_batch"] >= 1, batching  # a batch holds whole requests
+        else:
+            assert step["server_batching"]["rows_per_batch"] is None  # the naive scorer has no batches
         assert "server-0" in step["cpu_pct"] and "redis" in step["cpu_pct"]
     assert set(result["sustainable_rate"]) == modes
     assert {(r["predictor"], r["batch_size"]) for r in result["model_calls"]} == {
         (p, b) for p in ("onnxruntime", "xgboost") for b in (1, 64, 512)
     }
+    assert [r["batch_size"] for r in result["feature_reads"]] == [1, 10, 50, 200, 1000]
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

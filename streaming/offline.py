@@ -25,7 +25,7 @@ from streaming.admission import DEFAULT_ALLOWED_LATENESS_S, Admission, admission
 from streaming.batch_features import batch_feature_matrix
 from streaming.features import MODEL_FEATURES
 from streaming.packed import pack_state
-from streaming.windows import LAYOUTS, EntityState, apply_label, apply_transaction
+from streaming.windows import LAYOUTS, EntityState, apply_label, apply_transaction, entity_keys
 
 # Payments read in one batch at most. The in-batch fold costs pairs of payments on one entity, so a
 # run through one busy merchant must not grow without bound.
@@ -54,8 +54,7 @@ class OfflineFeatureBuilder:
         return dict(zip(MODEL_FEATURES, self._read([txn], [False])[0].tolist(), strict=True))
 
     def _read(self, transactions: Sequence[Transaction], folds: Sequence[bool]) -> np.ndarray:
-        keys = {(entity, layout.key_of(t)) for t in transactions for entity, layout in LAYOUTS.items()}
-        packed = {key: pack_state(self.states[key]) for key in keys if key in self.states}
+        packed = {key: pack_state(self.states[key]) for key in entity_keys(transactions) if key in self.states}
         return batch_feature_matrix(transactions, packed, folds)
 
     def apply(self, txn: Transaction) -> None:

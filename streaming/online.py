@@ -19,7 +19,7 @@ from streaming.batch_features import COLUMN, batch_feature_matrix
 from streaming.features import MODEL_FEATURES
 from streaming.offline import event_order
 from streaming.packed import pack_state
-from streaming.windows import LAYOUTS, EntityState
+from streaming.windows import LAYOUTS, EntityState, entity_keys
 
 # An entity idle this long (wall clock) after its last update is evicted: its windows are all
 # empty by then. One day beyond the entity's longest window.
@@ -135,7 +135,7 @@ class OnlineFeatureStore:
         the same card, merchant or device (``streaming.batch_features``), so two payments on one
         card in one batch see each other exactly as they would in a replay of the log.
         """
-        keys = sorted({(e, layout.key_of(t)) for t in transactions for e, layout in LAYOUTS.items()})
+        keys = sorted(entity_keys(transactions))
         states, watermark = self.read_states(keys)
         order = sorted(range(len(transactions)), key=lambda i: event_order(transactions[i]))
         matrix = np.empty((len(transactions), len(MODEL_FEATURES)), dtype=np.float64)

@@ -18,7 +18,7 @@ after a restart converge to the same values.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 
@@ -141,6 +141,11 @@ def _layout(entity: str) -> EntityLayout:
 
 
 LAYOUTS: dict[str, EntityLayout] = {entity: _layout(entity) for entity in ENTITY_KEY_FIELD}
+
+
+def entity_keys(transactions: Iterable[Transaction]) -> set[tuple[str, str]]:
+    """The (entity, id) of every entity the transactions touch: the states a batch reads."""
+    return {(entity, layout.key_of(t)) for t in transactions for entity, layout in LAYOUTS.items()}
 
 
 def apply_transaction(state: EntityState, layout: EntityLayout, txn: Transaction) -> None:

@@ -27,7 +27,7 @@ from schema import Transaction
 from streaming import OnlineFeatureStore
 from streaming.batch_features import batch_feature_matrix
 from streaming.offline import event_order
-from streaming.windows import LAYOUTS
+from streaming.windows import entity_keys
 
 DEFAULT_BATCH_SIZES = (1, 10, 50, 200, 1000)
 
@@ -60,7 +60,7 @@ def measure_feature_reads(
         while time.monotonic() < deadline or batches == 0:
             start = (batches * size) % max(len(ordered) - size + 1, 1)
             batch = ordered[start : start + size]
-            keys = sorted({(e, layout.key_of(t)) for t in batch for e, layout in LAYOUTS.items()})
+            keys = sorted(entity_keys(batch))
             before = time.process_time()
             states, _ = store.read_states(keys)
             fetched = time.process_time()

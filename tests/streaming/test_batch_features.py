@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from schema import Label, LabelSource
 from streaming.batch_features import batch_feature_matrix
 from streaming.features import MODEL_FEATURES
+from streaming.offline import OfflineFeatureBuilder
 from streaming.packed import EMPTY_STATE, pack_state, parse_packed
-from streaming.windows import LAYOUTS, EntityState, apply_label, apply_transaction, feature_vector
+from streaming.windows import LAYOUTS, EntityState, apply_transaction, feature_vector
 from tests.factories import T0, txn
 
 # Time scales that cross every bucket size, from 5 s buckets to 30-day windows.
@@ -64,13 +65,12 @@ def _world(seed: int):
 
 
 def _stored_states(history, labels) -> dict[tuple[str, str], EntityState]:
-    states: dict[tuple[str, str], EntityState] = {}
+    builder = OfflineFeatureBuilder()
     for t in history:
-        for entity, layout in LAYOUTS.items():
-            apply_transaction(states.setdefault((entity, layout.key_of(t)), EntityState()), layout, t)
+        builder.apply(t)
     for label in labels:
-        apply_label(states.setdefault(("merchant", label.merchant_id), EntityState()), LAYOUTS["merchant"], label)
-    return states
+        builder.apply_label(label)
+    return builder.states
 
 
 def _specification(states, batch, folds) -> np.ndarray:

@@ -376,6 +376,14 @@ def bench(
     customers: Annotated[int, typer.Option(help="Simulated customers with history in Redis.")] = 10_000,
     history_days: Annotated[int, typer.Option(help="Days of history replayed into Redis (and trained on).")] = 7,
     out: Annotated[Path | None, typer.Option(help="JSON result (default HOME/bench/decisions-<time>.json).")] = None,
+    broker_only: Annotated[
+        bool,
+        typer.Option(
+            "--broker-only",
+            help="Measure the broker alone instead: one produce->consume hop at each --rates step for "
+            "--duration s on a fresh topic, its CPU and hop latency every 10 s or so (what bounds kafka mode).",
+        ),
+    ] = False,
 ) -> None:
     """Benchmark the decision path: an open-loop generator offers each rate for --duration seconds
     and measures every payment from its scheduled arrival to its decision (rules, Redis features
@@ -422,6 +430,9 @@ def bench(
             key_prefix="bench",
         )
         settings = settings.model_copy(update={"home": settings.home / "bench" / "world"})
+        if broker_only:
+            _bench_broker(services, config, path.with_name(f"broker-{run_id}.json"), run_id)
+            return
         console.print(f"setup: {config}")
         console.print(f"broker {services.kafka_bootstrap}, redis {services.redis_url}")
         console.print(_STEP_HEADER, soft_wrap=True)
@@ -437,6 +448,29 @@ def bench(
     png = write_result(result, path)
     _print_bench_summary(result)
     console.print(f"result: {path}\nplot:   {png}")
+
+
+def _bench_broker(services, config, path: Path, run_id: str) -> None:
+    from dataclasses import asdict
+
+    from fraud.bench.broker_speed import BrokerProbe, format_broker_windows, measure_broker_hop
+    from fraud.bench_stream import machine_info
+
+    machine = machine_info()
+    broker = "embedded tansu" if services.broker_pid else f"external {services.kafka_bootstrap}"
+    console.print(f"machine: {machine}\nbroker: {broker}; rates {config.rates}/s, {config.duration_s:.0f} s each")
+    windows = []
+    window_s = min(10.0, config.duration_s / 3)  # a short run still shows the trend
+    for i, rate in enumerate(config.rates):
+        topic = f"broker-probe-{run_id}-{i}"
+        probe = BrokerProbe(services.kafka_bootstrap, topic, services.broker_pid, window_s=window_s)
+        step = measure_broker_hop(probe, rate, config.duration_s)
+        console.print(format_broker_windows(step))
+        windows += step
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = {"machine": machine, "broker": broker, "windows": [asdict(w) for w in windows]}
+    path.write_text(json.dumps(result, indent=1))
+    console.print(f"result: {path}")
 
 
 _STEP_HEADER = (

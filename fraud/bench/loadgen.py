@@ -10,8 +10,10 @@ Modes:
 - ``unary``: one ``Decide`` call per payment.
 - ``batch``: payments arriving within ``window_ms`` of the first unsent one go in one
   ``DecideBatch`` call; the wait in the window counts in each payment's latency.
-- ``kafka``: payments are produced to the transactions topic; a consumer on the decisions topic
-  (in this process) stamps each decision when it becomes visible.
+- ``kafka``: payments are produced to the transactions topic, the producer lingering up to
+  ``window_ms`` to batch them (Kafka's own coalescing, counted in the latency like batch mode's
+  window); a consumer on the decisions topic (in this process) stamps each decision when it
+  becomes visible.
 """
 
 from __future__ import annotations
@@ -240,7 +242,13 @@ def _kafka_step(step: LoadStep, offsets: np.ndarray, tally: _Tally) -> None:
     payments = load_payments(step.payments)
     encoder = msgspec.json.Encoder()
     n = len(offsets)
-    producer = Producer({"bootstrap.servers": step.target, "linger.ms": 1, "queue.buffering.max.messages": 2_000_000})
+    producer = Producer(
+        {
+            "bootstrap.servers": step.target,
+            "linger.ms": step.window_ms,
+            "queue.buffering.max.messages": 2_000_000,
+        }
+    )
     consumer = Consumer(
         {
             "bootstrap.servers": step.target,

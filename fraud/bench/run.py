@@ -44,7 +44,9 @@ class DecisionBenchConfig:
     timeout_s: float = 2.0
     baseline: bool = True
     model_speed: bool = True
-    partitions: int = 4  # of the transactions and decisions topics (kafka mode)
+    # Partitions of the transactions and decisions topics (kafka mode); None: one per scorer process.
+    # Every partition costs the embedded broker per request, whatever it carries (docs/performance.md).
+    partitions: int | None = None
     budget_ms: float = 100.0  # "sustainable": p99 within this, nothing failed, shed <= max_shed_share
     max_shed_share: float = 0.001
     # Once a step is hopeless (p99 over 10x the budget or over 1% failed) higher rates only repeat
@@ -237,7 +239,7 @@ def run_decision_bench(
     world = prepare_world(settings, client, config.world, say)
     client.close()
     topics = settings.topics
-    ensure_topics(services.kafka_bootstrap, topics.all(), partitions=config.partitions)
+    ensure_topics(services.kafka_bootstrap, topics.all(), partitions=config.partitions or config.server_procs)
     env = {
         "KAFKA_BOOTSTRAP": services.kafka_bootstrap,
         "REDIS_URL": services.redis_url,

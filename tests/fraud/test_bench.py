@@ -103,3 +103,22 @@ def test_fraud_bench_runs_every_mode_and_the_baseline_and_writes_json_and_a_plot
     }
     assert [r["batch_size"] for r in result["feature_reads"]] == [1, 10, 50, 200, 1000]
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.integration
+def test_fraud_bench_broker_only_measures_the_broker_hop_per_window(kafka_bootstrap, tmp_path):
+    env = {**os.environ, "KAFKA_BOOTSTRAP": kafka_bootstrap}
+    args = ["--broker-only", "--rates", "100,300", "--duration", "1.5"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fraud", "bench", "--home", str(tmp_path), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "machine:" in proc.stdout and f"external {kafka_bootstrap}" in proc.stdout
+    (path,) = (tmp_path / "bench").glob("broker-*.json")
+    windows = json.loads(path.read_text())["windows"]
+    assert [w["rate"] for w in windows] == [100] * 3 + [300] * 3
+    assert all(w["read"] > 0 and w["hop_p50_ms"] <= w["hop_p99_ms"] for w in windows)

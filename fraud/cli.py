@@ -366,7 +366,9 @@ def bench(
     ] = "50,250,1000,2000,5000,10000,15000,20000",
     duration: Annotated[float, typer.Option(help="Measured seconds per step (after the warm-up).")] = 30.0,
     warmup: Annotated[float, typer.Option(help="Seconds of load before each step's measurement.")] = 5.0,
-    server_procs: Annotated[int, typer.Option(help="Scorer processes (one port, SO_REUSEPORT / one group).")] = 1,
+    server_procs: Annotated[
+        int, typer.Option(help="Scorer processes: a port each, calls spread round-robin (kafka: one group).")
+    ] = 1,
     window_ms: Annotated[float, typer.Option(help="batch mode: the client's coalescing window.")] = 5.0,
     arrivals: Annotated[str, typer.Option(help="poisson or constant inter-arrival times.")] = "poisson",
     timeout_s: Annotated[float, typer.Option(help="Per-call deadline; later answers count as timeouts.")] = 2.0,

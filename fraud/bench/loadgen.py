@@ -42,15 +42,15 @@ class LoadStep:
     duration_s: float  # measured part of the step
     warmup_s: float  # sent first, left out of every figure
     payments: Path  # JSON lines of Transaction: the payments to send, cycled
-    target: str  # gRPC address, or Kafka bootstrap in kafka mode
+    target: str  # gRPC addresses (comma-separated; calls go round-robin), or Kafka bootstrap in kafka mode
     transactions_topic: str = ""
     decisions_topic: str = ""
     step_id: str = "s0"  # prefix of this step's transaction ids (ids are unique per step)
     arrivals: str = "poisson"  # or "constant"
     window_ms: float = 5.0  # batch mode's coalescing window
     timeout_s: float = 2.0  # per call (gRPC deadline) / per decision (kafka)
-    # gRPC connections, calls spread round-robin: scorer processes sharing a port (SO_REUSEPORT)
-    # split load by connection, so one connection would feed one process only.
+    # gRPC connections, spread over the target addresses; calls go round-robin over connections,
+    # so every scorer process gets an equal share of the calls.
     connections: int = 1
     seed: int = 1
 
@@ -161,9 +161,10 @@ async def _grpc_step(step: LoadStep, offsets: np.ndarray, tally: _Tally) -> None
         msg.transaction_id = f"{tally.prefix}{i}"
         messages.append(msg)
     # A local subchannel pool per channel: otherwise channels to one target share a connection.
+    addresses = step.target.split(",")
     channels = [
-        grpc.aio.insecure_channel(step.target, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(max(1, step.connections))
+        grpc.aio.insecure_channel(addresses[k % len(addresses)], options=[("grpc.use_local_subchannel_pool", 1)])
+        for k in range(max(1, step.connections, len(addresses)))
     ]
     try:
         await _send_all(step, offsets, tally, messages, [fraud_pb2_grpc.FraudScorerStub(c) for c in channels], channels)

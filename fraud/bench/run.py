@@ -103,17 +103,16 @@ def best_sustainable_rate(steps: list[dict], config: DecisionBenchConfig) -> flo
 
 @contextmanager
 def _servers(
-    mode: str, config: DecisionBenchConfig, env: dict[str, str], home: Path, port: int
+    mode: str, env: dict[str, str], home: Path, ports: list[int]
 ) -> Iterator[tuple[list[ChildProcess], list[int]]]:
-    """The scorer processes of a mode, and the Prometheus port of each."""
+    """The scorer processes of a mode (one per port), and the Prometheus port of each."""
     from deploy.embedded import free_port
 
     procs: list[ChildProcess] = []
     metrics_ports: list[int] = []
     args = {"kafka": ["--kafka"], BASELINE: ["--naive"]}.get(mode, [])
-    count = 1 if mode == BASELINE else config.server_procs
     try:
-        for i in range(count):
+        for i, port in enumerate(ports):
             metrics_ports.append(free_port())
             metrics = ["--metrics-port", str(metrics_ports[-1])]
             procs.append(ChildProcess(f"{mode}-server-{i}", ["serve", "--port", str(port), *metrics, *args], env, home))
@@ -123,7 +122,7 @@ def _servers(
             p.stop()
 
 
-def _wait_ready(mode: str, procs: list[ChildProcess], settings: Settings, port: int, world: BenchWorld) -> None:
+def _wait_ready(mode: str, procs: list[ChildProcess], settings: Settings, ports: list[int], world: BenchWorld) -> None:
     def alive() -> None:
         for p in procs:
             p.check_alive()
@@ -131,13 +130,14 @@ def _wait_ready(mode: str, procs: list[ChildProcess], settings: Settings, port: 
     if mode != "kafka":
         import grpc
 
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        ready = grpc.channel_ready_future(channel)
-        try:
-            wait_for(ready.done, 120, f"the {mode} scorer on port {port}", 0.2, alive)
-        finally:
-            ready.cancel()
-            channel.close()
+        for port in ports:
+            channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+            ready = grpc.channel_ready_future(channel)
+            try:
+                wait_for(ready.done, 120, f"the {mode} scorer on port {port}", 0.2, alive)
+            finally:
+                ready.cancel()
+                channel.close()
         return
     # The Kafka door is ready when its consumers hold partitions: one probe payment, answered.
     # The watcher starts at the end of `decisions`: earlier modes' decisions are not read again.
@@ -259,9 +259,12 @@ def run_decision_bench(
     say(f"model {world.model_version}; {world.entities:,} entity states in Redis")
     modes = [*config.modes, *([BASELINE] if config.baseline else [])]
     for mode in modes:
-        port = free_port()
-        with _servers(mode, config, env, settings.home / "logs", port) as (procs, metrics_ports):
-            _wait_ready(mode, procs, settings, port, world)
+        # One port per scorer process, and the generator spreads its calls over them round-robin
+        # (client-side balancing): one shared SO_REUSEPORT port balances connections, not calls,
+        # and left one process idle while the other saturated (docs/performance.md).
+        ports = [free_port() for _ in range(1 if mode == BASELINE else config.server_procs)]
+        with _servers(mode, env, settings.home / "logs", ports) as (procs, metrics_ports):
+            _wait_ready(mode, procs, settings, ports, world)
             pids = {f"server-{i}": p.proc.pid for i, p in enumerate(procs)}
             pids.update({k: v for k, v in (("redis", services.redis_pid), ("broker", services.broker_pid)) if v})
             mode_steps: list[dict] = []
@@ -272,7 +275,7 @@ def run_decision_bench(
                     duration_s=config.duration_s,
                     warmup_s=config.warmup_s,
                     payments=world.payments,
-                    target=services.kafka_bootstrap if mode == "kafka" else f"127.0.0.1:{port}",
+                    target=services.kafka_bootstrap if mode == "kafka" else ",".join(f"127.0.0.1:{p}" for p in ports),
                     transactions_topic=topics.transactions,
                     decisions_topic=topics.decisions,
                     step_id=f"{mode[0]}{n}x{uuid.uuid4().hex[:4]}",

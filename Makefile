@@ -24,10 +24,12 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -m "not integration"
 
 # The decision path under open-loop load (docs/performance.md): every mode and the naive baseline
-# with one scorer process, then unary calls with two (scaling efficiency). ~30 minutes.
+# with one scorer process; then batch and unary calls with two (scaling); then the broker alone (what
+# bounds kafka mode). ~45 minutes.
 bench: $(STAMP)
 	$(BIN)/fraud bench
-	$(BIN)/fraud bench --mode unary --server-procs 2 --no-baseline --rates 250,500,1000,2000,3000,5000
+	$(BIN)/fraud bench --mode batch,unary --server-procs 2 --no-baseline --rates 250,1000,2000,3000,4000,5000,6000,8000,10000
+	$(BIN)/fraud bench --broker-only --rates 2000,5000 --duration 30
 
 # The feature stream under sustained load (docs/features.md section 7): capacity and freshness with 1
 # and 2 bytewax processes, then memory over 5M payments with simulated time running 2000x so every

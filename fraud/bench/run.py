@@ -169,16 +169,17 @@ def _cpu(pids: dict[str, int]) -> dict[str, float]:
     return {name: _proc_stats(pid)[1] for name, pid in pids.items()}
 
 
-def scorer_batching(metrics_ports: list[int]) -> Counter[str]:
-    """The scorers' own counters, summed over processes: batches decided with features, gRPC
-    requests, decisions and degraded decisions (a scorer without them, e.g. the naive one, adds
-    nothing)."""
+def scorer_counters(metrics_ports: list[int]) -> list[Counter[str]]:
+    """Each scorer process's own counters: batches decided with features, gRPC requests, decisions
+    and degraded decisions (a scorer without them, e.g. the naive one, has none)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    totals: Counter[str] = Counter()
+    counters: list[Counter[str]] = []
     for port in metrics_ports:
+        totals: Counter[str] = Counter()
+        counters.append(totals)
         try:
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
         except OSError:
@@ -190,18 +191,21 @@ def scorer_batching(metrics_ports: list[int]) -> Counter[str]:
                     totals["batches" if stage == "features" else "requests"] += sample.value
                 elif sample.name in ("fraud_decisions_total", "fraud_degraded_decisions_total"):
                     totals[sample.name.removeprefix("fraud_").removesuffix("_total")] += sample.value
-    return totals
+    return counters
 
 
-def batching_between(before: Counter[str], after: Counter[str]) -> dict[str, float | None]:
-    """How the scorer batched a step: full (not degraded) decisions per batch, requests per batch."""
-    delta = {k: after[k] - before[k] for k in ("batches", "requests", "decisions", "degraded_decisions")}
+def batching_between(before: list[Counter[str]], after: list[Counter[str]]) -> dict:
+    """How the scorers batched a step: full (not degraded) decisions per batch, requests per
+    batch, and the decisions each process made (how evenly the load was spread)."""
+    total_before, total_after = sum(before, Counter()), sum(after, Counter())
+    delta = {k: total_after[k] - total_before[k] for k in ("batches", "requests", "decisions", "degraded_decisions")}
     batches = delta["batches"]
     full = delta["decisions"] - delta["degraded_decisions"]
     return {
         **delta,
         "rows_per_batch": round(full / batches, 1) if batches else None,
         "requests_per_batch": round(delta["requests"] / batches, 2) if batches and delta["requests"] else None,
+        "decisions_per_process": [a["decisions"] - b["decisions"] for b, a in zip(before, after, strict=True)],
     }
 
 
@@ -287,9 +291,9 @@ def run_decision_bench(
                 )
                 for p in procs:
                     p.check_alive()
-                before = scorer_batching(metrics_ports)
+                before = scorer_counters(metrics_ports)
                 measured = {**run_step_measured(step, pids), "mode": mode}
-                measured["server_batching"] = batching_between(before, scorer_batching(metrics_ports))
+                measured["server_batching"] = batching_between(before, scorer_counters(metrics_ports))
                 mode_steps.append(measured)
                 if on_step is not None:
                     on_step(measured)

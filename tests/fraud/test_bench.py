@@ -122,3 +122,24 @@ def test_fraud_bench_broker_only_measures_the_broker_hop_per_window(kafka_bootst
     windows = json.loads(path.read_text())["windows"]
     assert [w["rate"] for w in windows] == [100] * 3 + [300] * 3
     assert all(w["read"] > 0 and w["hop_p50_ms"] <= w["hop_p99_ms"] for w in windows)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_two_scorer_processes_share_the_calls_evenly(kafka_bootstrap, redis_url, tmp_path):
+    out = tmp_path / "result.json"
+    env = {**os.environ, "KAFKA_BOOTSTRAP": kafka_bootstrap, "REDIS_URL": redis_url}
+    args = ["--mode", "batch", "--server-procs", "2", "--no-baseline", "--rates", "200", "--duration", "2"]
+    args += ["--warmup", "1", "--customers", "1500", "--history-days", "6", "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fraud", "bench", "--home", str(tmp_path), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (step,) = json.loads(out.read_text())["steps"]
+    per_process = step["server_batching"]["decisions_per_process"]
+    assert len(per_process) == 2 and set(step["cpu_pct"]) >= {"server-0", "server-1"}
+    assert min(per_process) >= 0.4 * sum(per_process) > 0, per_process  # round-robin: about half each

@@ -49,6 +49,10 @@ class BenchConfig:
     snapshot_s: float | None = 10.0  # None: recovery off
     time_scale: float = 1.0  # simulated seconds per wall second; > 1 exercises window expiry
     seed: int = 1
+    # How long the generator's producer gathers payments into one batch per partition. It counts in
+    # freshness (the event time is stamped at produce), and every batch costs the embedded broker on
+    # each later fetch (docs/performance.md, the broker alone), so it trades freshness for broker CPU.
+    linger_ms: float = 5.0
     # Produce everything before the stream starts and time how fast it drains the backlog: the
     # stream's capacity with the generator off the CPU (freshness is meaningless then).
     preload: bool = False
@@ -87,7 +91,9 @@ def _generate(bootstrap: str, topic: str, config: BenchConfig, produced: mp.Valu
     from deploy.embedded import die_with_parent
 
     die_with_parent()  # a bench stopped by Ctrl-C or kill must not leave a generator producing
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "queue.buffering.max.messages": 1_000_000})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": config.linger_ms, "queue.buffering.max.messages": 1_000_000}
+    )
     rng = np.random.default_rng(config.seed)
     n_customers = max(1, int(config.cards / 1.3))
     # Activity is skewed (a few cards and merchants see most payments), as in real portfolios.

@@ -537,6 +537,9 @@ def bench_stream(
     preload: Annotated[
         bool, typer.Option("--preload", help="Produce everything first, then time the drain (capacity, no freshness).")
     ] = False,
+    linger_ms: Annotated[
+        float, typer.Option(help="The generator's producer linger: batches per partition (counts in freshness).")
+    ] = 5.0,
     out: Annotated[Path | None, typer.Option(help="JSON result (default HOME/bench/stream-<time>.json).")] = None,
 ) -> None:
     """Benchmark the feature stream: an open-loop generator produces payments at --rate while the
@@ -559,6 +562,7 @@ def bench_stream(
         snapshot_s=snapshot_s or None,
         time_scale=time_scale,
         preload=preload,
+        linger_ms=linger_ms,
     )
     path = out or settings.home / "bench" / f"stream-{datetime.now():%Y%m%d-%H%M%S}.json"
     with running_services(

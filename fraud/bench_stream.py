@@ -52,7 +52,7 @@ class BenchConfig:
     # How long the generator's producer gathers payments into one batch per partition. It counts in
     # freshness (the event time is stamped at produce), and every batch costs the embedded broker on
     # each later fetch (docs/performance.md, the broker alone), so it trades freshness for broker CPU.
-    linger_ms: float = 5.0
+    linger_ms: float = 50.0
     # Produce everything before the stream starts and time how fast it drains the backlog: the
     # stream's capacity with the generator off the CPU (freshness is meaningless then).
     preload: bool = False

@@ -539,7 +539,7 @@ def bench_stream(
     ] = False,
     linger_ms: Annotated[
         float, typer.Option(help="The generator's producer linger: batches per partition (counts in freshness).")
-    ] = 5.0,
+    ] = 50.0,
     out: Annotated[Path | None, typer.Option(help="JSON result (default HOME/bench/stream-<time>.json).")] = None,
 ) -> None:
     """Benchmark the feature stream: an open-loop generator produces payments at --rate while the

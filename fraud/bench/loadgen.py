@@ -138,8 +138,10 @@ def load_payments(path: Path) -> list[Transaction]:
     return [decoder.decode(line) for line in path.read_bytes().splitlines() if line]
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+def _iso_times(ts: np.ndarray) -> list[str]:
+    """UTC ISO-8601 times of epoch seconds, all at once (one at a time cost the generator ~10%)."""
+    stamps = np.datetime_as_string((ts * 1e6).astype("datetime64[us]"), unit="us")
+    return [f"{s}Z" for s in stamps.tolist()]
 
 
 # --- gRPC modes --------------------------------------------------------------------------------
@@ -181,7 +183,10 @@ async def _send_all(step: LoadStep, offsets: np.ndarray, tally: _Tally, messages
     n = len(offsets)
     for channel in channels:
         await channel.channel_ready()
-    t0 = time.time() + 0.2
+    # The clock starts after the event times (each payment's scheduled arrival) are formatted,
+    # about 1 µs each, so formatting them cannot put the first sends behind schedule.
+    t0 = time.time() + 0.2 + 2e-6 * n
+    event_times = _iso_times(t0 + offsets)
     in_flight: set[asyncio.Task[None]] = set()
     rotation = itertools.cycle(stubs)
 
@@ -224,7 +229,7 @@ async def _send_all(step: LoadStep, offsets: np.ndarray, tally: _Tally, messages
             j += 1
         groups = [[k] for k in range(i, j)] if step.mode == "unary" else [list(range(i, j))]
         for k in range(i, j):
-            messages[k].event_time = _iso(t0 + offsets[k])
+            messages[k].event_time = event_times[k]
         for group in groups:
             task = asyncio.create_task(call(group))
             in_flight.add(task)

@@ -1,34 +1,16 @@
 """The decision engine with a real Redis that is up, then unreachable, then back."""
 
-import numpy as np
 import pytest
 import redis
 
 from deploy import EmbeddedRedis
-from retrain import ModelRegistry
-from retrain.train import TrainingConfig, fit, to_onnx
 from rules_engine import load_rules
 from schema import DecisionThresholds, Outcome
 from scoring import DecisionEngine, ScorerMetrics
 from streaming import OnlineFeatureStore
-from streaming.features import MODEL_FEATURES
 from tests.factories import txn
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(2000, len(MODEL_FEATURES))).astype(np.float32)
-    y = (x[:, 0] > 1.5).astype(np.int8)
-    registry = ModelRegistry(tmp_path_factory.mktemp("registry"))
-    version = registry.register(
-        to_onnx(fit(x, y, TrainingConfig(n_estimators=20)), len(MODEL_FEATURES)),
-        {"feature_names": list(MODEL_FEATURES)},
-    )
-    registry.promote(version, {"reason": "test"})
-    return registry.load()
 
 
 def engine_for(client, model):

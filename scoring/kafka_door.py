@@ -2,10 +2,16 @@
 
 For producers that publish payments rather than call a service (a processor's authorisation log,
 a batch of card-not-present orders). Each poll takes what has arrived (up to ``max_batch``) and
-decides it as one batch, exactly as the gRPC door's batcher does. A message older than
-``shed_after_s`` when it is read (by its Kafka timestamp) is shed: it gets the rules-only
-degraded decision at once, so a backlog drains within the latency budget instead of every
-decision in it arriving late. Malformed messages go to the dead-letter topic with the reason.
+decides it as one batch, exactly as the gRPC door's batcher does.
+
+Shedding, while the door is behind: a message older than ``shed_after_s`` when it is read (by its
+Kafka timestamp) gets the rules-only degraded decision at once, so a backlog drains within the
+latency budget instead of every decision in it arriving late. "Behind" means the messages still
+waiting in the read partitions (cached high watermark minus the last offset read) would take
+longer than ``shed_after_s`` at the door's measured cost per payment. A message that is merely
+old because the broker or the producer was slow, with nothing queued behind it, is decided in
+full: shedding it would degrade the decision without making it any faster. Malformed messages
+go to the dead-letter topic with the reason.
 
 Delivery is at least once: offsets are committed after the batch's decisions are handed to the
 producer, so a crash between the two re-decides a few payments; decisions are keyed by
@@ -14,14 +20,16 @@ transaction id, so consumers of ``decisions`` keep the last one per key.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from schema import DeadLetter, InvalidEvent, Transaction, decode_transaction, encode
+from schema import DeadLetter, Decision, InvalidEvent, Transaction, decode_transaction, encode
 from scoring.engine import DecisionEngine
 from scoring.publisher import DecisionPublisher
 
@@ -31,6 +39,8 @@ class KafkaDoorConfig:
     max_batch: int = 4000
     poll_timeout_s: float = 0.002  # an empty poll costs this much latency at most
     shed_after_s: float = 0.05
+    # The cost per payment assumed before the first batch is measured (then an average of batches).
+    initial_cost_per_payment_s: float = 0.0005
 
 
 class KafkaDecisionDoor:
@@ -49,6 +59,7 @@ class KafkaDecisionDoor:
         self.dead_letters = dead_letters
         self.dead_letter_topic = dead_letter_topic
         self.config = config or KafkaDoorConfig()
+        self.cost_per_payment_s = self.config.initial_cost_per_payment_s
 
     def run(self, stop: threading.Event) -> None:
         """Decide until ``stop`` is set, then flush decisions and leave the group."""
@@ -63,20 +74,43 @@ class KafkaDecisionDoor:
     def step(self) -> int:
         """One poll: decide what arrived. Returns the number of messages read."""
         messages = self.consumer.consume(num_messages=self.config.max_batch, timeout=self.config.poll_timeout_s)
+        behind = self.backlog_s(messages) > self.config.shed_after_s
         fresh: list[Transaction] = []
         stale: list[Transaction] = []
         horizon_ms = (time.time() - self.config.shed_after_s) * 1000
         for msg in messages:
             txn = self._transaction(msg)
             if txn is not None:
-                (stale if msg.timestamp()[1] < horizon_ms else fresh).append(txn)
-        decisions = self.engine.decide_batch(fresh) if fresh else []
+                (stale if behind and msg.timestamp()[1] < horizon_ms else fresh).append(txn)
+        decisions = self._decide(fresh) if fresh else []
         if stale:
             decisions += self.engine.without_features(
                 stale, f"shed: queued over {self.config.shed_after_s * 1000:.0f} ms"
             )
         self.publisher.publish(decisions)
         return len(messages)
+
+    def backlog_s(self, messages: Sequence[Message]) -> float:
+        """Seconds of work waiting behind ``messages`` in their partitions, at the measured cost
+        per payment; infinite while a partition's high watermark is not known yet."""
+        last: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            if msg.error() is None:
+                last[(msg.topic(), msg.partition())] = msg.offset()
+        waiting = 0
+        for (topic, partition), offset in last.items():
+            offsets = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            if offsets is None or offsets[1] < 0:
+                return math.inf
+            waiting += max(0, offsets[1] - offset - 1)
+        return waiting * self.cost_per_payment_s
+
+    def _decide(self, transactions: list[Transaction]) -> list[Decision]:
+        started = time.perf_counter()
+        decisions = self.engine.decide_batch(transactions)
+        per_payment = (time.perf_counter() - started) / len(transactions)
+        self.cost_per_payment_s += 0.2 * (per_payment - self.cost_per_payment_s)  # a moving average
+        return decisions
 
     def _transaction(self, msg: Message) -> Transaction | None:
         err = msg.error()

@@ -19,7 +19,7 @@ from tests.factories import txn
 pytestmark = pytest.mark.integration
 
 
-def _door(kafka_bootstrap, topics, redis_client, model, shed_after_s):
+def _door(kafka_bootstrap, topics, redis_client, model, shed_after_s, max_batch=4000):
     metrics = ScorerMetrics()
     engine = DecisionEngine(
         load_rules(), model, OnlineFeatureStore(redis_client, "doortest"), DecisionThresholds(), metrics
@@ -32,7 +32,7 @@ def _door(kafka_bootstrap, topics, redis_client, model, shed_after_s):
         consumer,
         make_producer(kafka_bootstrap),
         topics.dead_letter,
-        KafkaDoorConfig(poll_timeout_s=0.2, shed_after_s=shed_after_s),
+        KafkaDoorConfig(max_batch=max_batch, poll_timeout_s=0.2, shed_after_s=shed_after_s),
     )
     return door, metrics
 
@@ -70,21 +70,32 @@ def test_payments_are_decided_and_bad_messages_go_to_dead_letter_without_stoppin
     assert metrics.registry.get_sample_value("fraud_invalid_requests_total") == 2
 
 
-def test_payments_that_waited_past_the_budget_are_shed_with_an_explicit_decision(
-    kafka_bootstrap, topics, redis_client, model
-):
-    late = [txn(n, minutes=n, amount_minor=amount) for n, amount in enumerate([2_000, 90_000])]
+def test_a_backlog_is_shed_with_explicit_decisions_and_drained_in_full(kafka_bootstrap, topics, redis_client, model):
+    backlog = [txn(n, minutes=n / 10, amount_minor=90_000 if n % 2 else 2_000) for n in range(300)]
+    produce_all(make_producer(kafka_bootstrap), topics.transactions, [(None, encode(t)) for t in backlog])
+    time.sleep(0.2)  # all of them are now older than the door's budget when it reads them
+    door, metrics = _door(kafka_bootstrap, topics, redis_client, model, shed_after_s=0.01, max_batch=50)
+
+    _drain(door, expected=len(backlog))
+
+    decisions = [decode_decision(m.value()) for m in read_topic(kafka_bootstrap, topics.decisions)]
+    assert sorted(d.transaction_id for d in decisions) == sorted(t.transaction_id for t in backlog)  # none dropped
+    shed = [d for d in decisions if d.degraded_reason is not None]
+    assert len(shed) >= 150, len(shed)  # while the door was behind
+    assert len(shed) < len(backlog)  # once nothing waited behind a poll, it decided in full
+    assert all(d.degraded_reason.startswith("shed") and d.score is None for d in shed)
+    assert {d.outcome for d in shed if d.transaction.amount_minor == 90_000} == {"flag"}  # the conservative default
+    assert metrics.registry.get_sample_value("fraud_degraded_decisions_total", {"reason": "shed"}) == len(shed)
+
+
+def test_an_old_payment_with_nothing_behind_it_is_decided_in_full(kafka_bootstrap, topics, redis_client, model):
+    late = [txn(n, minutes=n) for n in range(2)]
     produce_all(make_producer(kafka_bootstrap), topics.transactions, [(None, encode(t)) for t in late])
-    time.sleep(0.2)  # both are now older than the door's 50 ms budget when it reads them
-    door, metrics = _door(kafka_bootstrap, topics, redis_client, model, shed_after_s=0.05)
+    time.sleep(0.2)  # old, as after a slow broker hop, but the door is not behind
+    door, _ = _door(kafka_bootstrap, topics, redis_client, model, shed_after_s=0.05)
 
     _drain(door, expected=len(late))
 
-    decisions = {
-        d.transaction_id: d
-        for d in map(decode_decision, (m.value() for m in read_topic(kafka_bootstrap, topics.decisions)))
-    }
-    assert set(decisions) == {t.transaction_id for t in late}  # shed, never dropped
-    assert all(d.degraded_reason.startswith("shed") and d.score is None for d in decisions.values())
-    assert decisions[late[1].transaction_id].outcome == "flag"  # the conservative default: large amounts reviewed
-    assert metrics.registry.get_sample_value("fraud_degraded_decisions_total", {"reason": "shed"}) == 2
+    decisions = [decode_decision(m.value()) for m in read_topic(kafka_bootstrap, topics.decisions)]
+    assert sorted(d.transaction_id for d in decisions) == sorted(t.transaction_id for t in late)
+    assert all(d.degraded_reason is None and d.score is not None for d in decisions)

@@ -1,8 +1,10 @@
 """The Kafka door of the decision service: transactions in from a topic, decisions out to another.
 
 For producers that publish payments rather than call a service (a processor's authorisation log,
-a batch of card-not-present orders). Each poll takes what has arrived (up to ``max_batch``) and
-decides it as one batch, exactly as the gRPC door's batcher does.
+a batch of card-not-present orders). Each poll takes what has arrived and decides it as one
+batch, as the gRPC door's batcher does, and like it cuts the batch to about ``batch_time_s`` of
+work at the measured cost per payment (at most ``max_batch``), so one huge poll cannot hold every
+payment in it past the budget.
 
 Shedding, while the door is behind: a message older than ``shed_after_s`` when it is read (by its
 Kafka timestamp) gets the rules-only degraded decision at once, so a backlog drains within the
@@ -37,6 +39,7 @@ from scoring.publisher import DecisionPublisher
 @dataclass(frozen=True)
 class KafkaDoorConfig:
     max_batch: int = 4000
+    batch_time_s: float = 0.02  # the work one poll may take on (the gRPC batcher's cut, too)
     poll_timeout_s: float = 0.002  # an empty poll costs this much latency at most
     shed_after_s: float = 0.05
     # The cost per payment assumed before the first batch is measured (then an average of batches).
@@ -73,7 +76,7 @@ class KafkaDecisionDoor:
 
     def step(self) -> int:
         """One poll: decide what arrived. Returns the number of messages read."""
-        messages = self.consumer.consume(num_messages=self.config.max_batch, timeout=self.config.poll_timeout_s)
+        messages = self.consumer.consume(num_messages=self.poll_limit(), timeout=self.config.poll_timeout_s)
         behind = self.backlog_s(messages) > self.config.shed_after_s
         fresh: list[Transaction] = []
         stale: list[Transaction] = []
@@ -89,6 +92,10 @@ class KafkaDecisionDoor:
             )
         self.publisher.publish(decisions)
         return len(messages)
+
+    def poll_limit(self) -> int:
+        """Messages one poll may take: about ``batch_time_s`` of work, at least one."""
+        return max(1, min(self.config.max_batch, int(self.config.batch_time_s / self.cost_per_payment_s)))
 
     def backlog_s(self, messages: Sequence[Message]) -> float:
         """Seconds of work waiting behind ``messages`` in their partitions, at the measured cost

@@ -99,3 +99,18 @@ def test_an_old_payment_with_nothing_behind_it_is_decided_in_full(kafka_bootstra
     decisions = [decode_decision(m.value()) for m in read_topic(kafka_bootstrap, topics.decisions)]
     assert sorted(d.transaction_id for d in decisions) == sorted(t.transaction_id for t in late)
     assert all(d.degraded_reason is None and d.score is not None for d in decisions)
+
+
+def test_a_poll_takes_no_more_than_its_time_budget_of_work(kafka_bootstrap, topics, redis_client, model):
+    waiting = [txn(n, minutes=n) for n in range(12)]
+    produce_all(make_producer(kafka_bootstrap), topics.transactions, [(None, encode(t)) for t in waiting])
+    door, _ = _door(kafka_bootstrap, topics, redis_client, model, shed_after_s=600)
+    door.cost_per_payment_s = door.config.batch_time_s / 3  # as if each payment took a third of the budget
+
+    first = 0
+    deadline = time.monotonic() + 30
+    while first == 0 and time.monotonic() < deadline:
+        first = door.step()  # the first poll that finds the topic's messages
+
+    assert 0 < first <= 3  # all 12 were there to take; the cut allows 3
+    _drain(door, expected=len(waiting) - first)  # the rest follow, none lost

@@ -424,6 +424,9 @@ def bench(
         redis_url=base.redis_url,
         tansu_bin=base.tansu_bin,
     ) as services:
+        if broker_only:
+            _bench_broker(services, config, path.with_name(f"broker-{run_id}.json"), run_id)
+            return
         settings = _settings(
             home,
             kafka_bootstrap=services.kafka_bootstrap,
@@ -432,9 +435,6 @@ def bench(
             key_prefix="bench",
         )
         settings = settings.model_copy(update={"home": settings.home / "bench" / "world"})
-        if broker_only:
-            _bench_broker(services, config, path.with_name(f"broker-{run_id}.json"), run_id)
-            return
         console.print(f"setup: {config}")
         console.print(f"broker {services.kafka_bootstrap}, redis {services.redis_url}")
         console.print(_STEP_HEADER, soft_wrap=True)

@@ -77,14 +77,14 @@ class KafkaDecisionDoor:
     def step(self) -> int:
         """One poll: decide what arrived. Returns the number of messages read."""
         messages = self.consumer.consume(num_messages=self.poll_limit(), timeout=self.config.poll_timeout_s)
-        behind = self.backlog_s(messages) > self.config.shed_after_s
-        fresh: list[Transaction] = []
-        stale: list[Transaction] = []
         horizon_ms = (time.time() - self.config.shed_after_s) * 1000
-        for msg in messages:
-            txn = self._transaction(msg)
-            if txn is not None:
-                (stale if behind and msg.timestamp()[1] < horizon_ms else fresh).append(txn)
+        read = [
+            (txn, msg.timestamp()[1] < horizon_ms) for msg in messages if (txn := self._transaction(msg)) is not None
+        ]
+        # The backlog is only looked up when something is old enough to shed.
+        behind = any(old for _, old in read) and self.backlog_s(messages) > self.config.shed_after_s
+        fresh = [txn for txn, old in read if not (behind and old)]
+        stale = [txn for txn, old in read if behind and old]
         decisions = self._decide(fresh) if fresh else []
         if stale:
             decisions += self.engine.without_features(

@@ -63,21 +63,27 @@ def test_a_step_is_sustainable_only_within_budget_with_nothing_failed_and_little
     assert best_sustainable_rate(steps, config) == 5000
 
 
+def _fraud_bench(tmp_path, env_extra: dict[str, str], *args: str, timeout: float) -> str:
+    """Run `fraud bench` in a subprocess with HOME=tmp_path; it must succeed. Returns its stdout."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "fraud", "bench", "--home", str(tmp_path), *args],
+        env={**os.environ, **env_extra},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_fraud_bench_runs_every_mode_and_the_baseline_and_writes_json_and_a_plot(kafka_bootstrap, redis_url, tmp_path):
     out = tmp_path / "result.json"
-    env = {**os.environ, "KAFKA_BOOTSTRAP": kafka_bootstrap, "REDIS_URL": redis_url}
+    env = {"KAFKA_BOOTSTRAP": kafka_bootstrap, "REDIS_URL": redis_url}
     args = ["--rates", "40,80", "--duration", "2", "--warmup", "1", "--customers", "1500", "--history-days", "6"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "fraud", "bench", "--home", str(tmp_path), *args, "--out", str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "machine:" in proc.stdout and "model xgb-" in proc.stdout
+    stdout = _fraud_bench(tmp_path, env, *args, "--out", str(out), timeout=420)
+    assert "machine:" in stdout and "model xgb-" in stdout
 
     result = json.loads(out.read_text())
     modes = {s["mode"] for s in result["steps"]}
@@ -107,17 +113,9 @@ def test_fraud_bench_runs_every_mode_and_the_baseline_and_writes_json_and_a_plot
 
 @pytest.mark.integration
 def test_fraud_bench_broker_only_measures_the_broker_hop_per_window(kafka_bootstrap, tmp_path):
-    env = {**os.environ, "KAFKA_BOOTSTRAP": kafka_bootstrap}
     args = ["--broker-only", "--rates", "100,300", "--duration", "1.5"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "fraud", "bench", "--home", str(tmp_path), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "machine:" in proc.stdout and f"external {kafka_bootstrap}" in proc.stdout
+    stdout = _fraud_bench(tmp_path, {"KAFKA_BOOTSTRAP": kafka_bootstrap}, *args, timeout=120)
+    assert "machine:" in stdout and f"external {kafka_bootstrap}" in stdout
     (path,) = (tmp_path / "bench").glob("broker-*.json")
     windows = json.loads(path.read_text())["windows"]
     assert [w["rate"] for w in windows] == [100] * 3 + [300] * 3
@@ -128,17 +126,10 @@ def test_fraud_bench_broker_only_measures_the_broker_hop_per_window(kafka_bootst
 @pytest.mark.slow
 def test_two_scorer_processes_share_the_calls_evenly(kafka_bootstrap, redis_url, tmp_path):
     out = tmp_path / "result.json"
-    env = {**os.environ, "KAFKA_BOOTSTRAP": kafka_bootstrap, "REDIS_URL": redis_url}
+    env = {"KAFKA_BOOTSTRAP": kafka_bootstrap, "REDIS_URL": redis_url}
     args = ["--mode", "batch", "--server-procs", "2", "--no-baseline", "--rates", "200", "--duration", "2"]
     args += ["--warmup", "1", "--customers", "1500", "--history-days", "6", "--out", str(out)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "fraud", "bench", "--home", str(tmp_path), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _fraud_bench(tmp_path, env, *args, timeout=420)
     (step,) = json.loads(out.read_text())["steps"]
     per_process = step["server_batching"]["decisions_per_process"]
     assert len(per_process) == 2 and set(step["cpu_pct"]) >= {"server-0", "server-1"}

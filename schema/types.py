@@ -129,6 +129,7 @@ class GroundTruth(msgspec.Struct, frozen=True, kw_only=True):
     transaction_id: str
     is_fraud: bool
     scenario: str | None = None  # e.g. "card_testing"; None for legitimate traffic
+    changes: tuple[str, ...] = ()  # names of the drift-schedule changes that shaped this transaction
 
 
 class DecisionThresholds(msgspec.Struct, frozen=True, kw_only=True):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from simulator.schedule import Change, check_unique_names
 
 
 class ScenarioRates(BaseModel):
@@ -15,6 +19,8 @@ class ScenarioRates(BaseModel):
     card_testing: float = Field(6.0, ge=0, description="A stolen card tested with bursts of tiny payments.")
     account_takeover: float = Field(8.0, ge=0, description="New device, foreign country, high amounts.")
     compromised_merchant: float = Field(5.0, ge=0, description="A breached merchant's cards defrauded later.")
+    bust_out: float = Field(2.0, ge=0, description="A customer in good standing maxes the card out, then vanishes.")
+    friendly_fraud: float = Field(3.0, ge=0, description="A genuine-looking purchase the cardholder disputes.")
 
 
 class SimulationConfig(BaseModel):
@@ -33,16 +39,27 @@ class SimulationConfig(BaseModel):
     label_delay_sigma: float = Field(0.8, ge=0)
     label_delay_max_days: float = Field(30.0, gt=0)
     unreported_fraud_fraction: float = Field(0.1, ge=0, le=1)
-    # Covariate drift (e.g. a holiday surge) from this day on: larger amounts, more electronics/travel.
-    drift_start_day: int | None = Field(None, ge=0)
-    drift_amount_factor: float = Field(1.6, gt=0)
+    # The drift schedule: named changes by simulated day (simulator.schedule).
+    changes: tuple[Change, ...] = ()
 
     @model_validator(mode="after")
     def _aware_start(self) -> SimulationConfig:
         if self.start.tzinfo is None:
             raise ValueError("start: must be timezone-aware (UTC)")
+        check_unique_names(self.changes)
         return self
 
     @property
     def merchants(self) -> int:
         return self.n_merchants or max(50, self.n_customers // 10)
+
+
+def load_config(path: Path, **overrides: object) -> SimulationConfig:
+    """A simulation from a scenario file (YAML): the settings above, at the top level or under
+    ``simulation:`` (so a teaching scenario can keep its own settings beside them).
+    ``overrides`` (e.g. ``seed``, ``days``) win over the file; the file's errors name the field."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    settings = data.get("simulation", data)
+    return SimulationConfig.model_validate({**settings, **overrides})

@@ -44,7 +44,25 @@ def build_training_set(transactions: Iterable[Transaction], labels: Iterable[Lab
     history = [t for t in transactions if t.event_time <= as_of]
     known = [lb for lb in labels if lb.known_at <= as_of]
     ordered, features = feature_matrix(history, known)  # label-rate features: each label from its known_at
-    verdicts = resolve_labels(known, known_at=as_of)
+    return labelled_as_of(ordered, features, known, as_of)
+
+
+def labelled_as_of(
+    ordered: list[Transaction], features: np.ndarray, labels: Iterable[Label], as_of: datetime
+) -> TrainingSet:
+    """The training set as of ``as_of`` from features already replayed over a longer history.
+
+    Point-in-time features of a transaction depend only on what came before it, so one replay of
+    a whole history serves every cut-off (a scenario retrains many times); only the labels and
+    the rows after the cut-off must be cut here.
+
+    Args:
+        ordered: transactions in event order; ``features`` rows align with them.
+        labels: the label log; only labels known at ``as_of`` count.
+    """
+    end = int(np.searchsorted([t.event_ts for t in ordered], as_of.timestamp(), side="right"))
+    ordered, features = ordered[:end], features[:end]
+    verdicts = resolve_labels(labels, known_at=as_of)
     y = np.fromiter((verdicts.get(t.transaction_id, False) for t in ordered), dtype=np.int8, count=len(ordered))
     ts = np.fromiter((t.event_ts for t in ordered), dtype=np.float64, count=len(ordered))
     return TrainingSet(ordered, features, y, ts)

@@ -80,7 +80,11 @@ def retrain(
     policy: RetrainPolicy,
 ) -> RetrainResult:
     """Train a challenger from history known at ``as_of``; promote it if it beats the champion."""
-    data = build_training_set(transactions, labels, as_of)
+    return retrain_on(build_training_set(transactions, labels, as_of), registry, as_of, policy)
+
+
+def retrain_on(data: TrainingSet, registry: ModelRegistry, as_of: datetime, policy: RetrainPolicy) -> RetrainResult:
+    """``retrain`` from a training set already labelled as of ``as_of`` (``labelled_as_of``)."""
     train, evaluation = _split(data, as_of, policy)
     model = fit(train.features, train.labels, policy.training)
     onnx_bytes = to_onnx(model, len(MODEL_FEATURES))

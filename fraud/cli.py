@@ -345,6 +345,34 @@ def monitor(
     console.print(render_drift_table(results, threshold))
 
 
+@app.command()
+def scenario(
+    name: Annotated[str, typer.Argument(help="concept-drift, covariate-shift, new-fraud-pattern, or a story .yaml.")],
+    home: Home = None,
+    customers: Annotated[int | None, typer.Option(help="Override the story's number of customers.")] = None,
+    days: Annotated[int | None, typer.Option(help="Override the story's simulated days.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the story's seed.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report directory (default HOME/scenarios/NAME).")] = None,
+) -> None:
+    """Run a teaching scenario: simulate a world with scheduled drift, train a model on its first
+    weeks, then decide, review, watch drift and recall, and retrain day by day, narrating as it
+    goes; writes report.md with PNG plots and summary.json. Minutes on 2 cores. What each story
+    teaches and how to write your own: docs/scenarios.md."""
+    from fraud.scenario import load_story, run_scenario, write_report
+
+    settings = _settings(home)
+    try:
+        story = load_story(name, n_customers=customers, days=days, seed=seed)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="NAME") from None
+    workdir = out or settings.home / "scenarios" / story.name
+    console.rule(f"[bold]{story.title}")
+    console.print(story.teaches.strip(), highlight=False)
+    run = run_scenario(story, workdir, say=lambda line: console.print(line, highlight=False, markup=False))
+    report = write_report(run, workdir)
+    console.print(f"report: {report}")
+
+
 def _floats(text: str, what: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())

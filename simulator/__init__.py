@@ -2,5 +2,28 @@
 
 from simulator.config import ScenarioRates, SimulationConfig
 from simulator.generate import Simulation, read_simulation, simulate, write_simulation
+from simulator.importer import (
+    ImportMapping,
+    ImportOptions,
+    ImportReport,
+    MappingError,
+    Reject,
+    TooManyRejects,
+    import_transactions,
+)
 
-__all__ = ["ScenarioRates", "Simulation", "SimulationConfig", "read_simulation", "simulate", "write_simulation"]
+__all__ = [
+    "ImportMapping",
+    "ImportOptions",
+    "ImportReport",
+    "MappingError",
+    "Reject",
+    "ScenarioRates",
+    "Simulation",
+    "SimulationConfig",
+    "TooManyRejects",
+    "import_transactions",
+    "read_simulation",
+    "simulate",
+    "write_simulation",
+]

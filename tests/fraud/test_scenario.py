@@ -1,0 +1,106 @@
+"""The teaching scenarios at small scale: each story's key beats happen, and in the right order.
+
+Each story runs the real simulator, the offline point-in-time replay, the DecisionEngine, the
+retrain pipeline and the monitors; only the population is smaller than the shipped story.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fraud.scenario import load_story, run_scenario, story_names, write_report
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"n_customers": 1200}
+
+
+def _run(name, tmp_path, **overrides):
+    story = load_story(name, **{**SMALL, **overrides})
+    lines: list[str] = []
+    run = run_scenario(story, tmp_path, say=lines.append)
+    return story, run, lines
+
+
+def _fired(run, kind):
+    return [a["day"] for a in run.alerts if a["kind"] == kind and a["event"] == "fire"]
+
+
+def _later_retrains(run):
+    return [r for r in run.retrains[1:]]
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values)
+
+
+def test_shipped_stories_load_and_name_their_changes():
+    assert set(story_names()) >= {"concept-drift", "covariate-shift", "new-fraud-pattern"}
+    for name in story_names():
+        story = load_story(name)
+        assert story.simulation.changes, name
+        assert all(c.start_day >= story.story.train_days for c in story.simulation.changes), name
+
+
+def test_unknown_story_is_a_clear_error():
+    with pytest.raises(ValueError, match="shipped stories are"):
+        load_story("no-such-story")
+
+
+def test_covariate_shift_alerts_on_features_but_does_not_retrain_and_recall_holds(tmp_path):
+    story, run, lines = _run("covariate-shift", tmp_path)
+    start = story.simulation.changes[0].start_day
+    fired = _fired(run, "feature_drift")
+    assert fired and min(fired) >= start, f"feature drift fired on days {fired}; the surge starts on day {start}"
+    assert min(fired) <= start + story.story.sustain_days + 1
+    assert _later_retrains(run) == []  # covariate drift alone asks for no retrain
+    assert any("does not ask for one" in line for line in lines)
+    before = _mean([d.true_recall for d in run.days if d.day < start])
+    during = _mean([d.true_recall for d in run.days if d.day >= start])
+    assert during > before - 0.15, (before, during)
+
+    report = write_report(run, tmp_path / "report")
+    text = report.read_text()
+    assert "holiday-surge" in text and "## Key numbers" in text
+    for png in ("drift.png", "performance.png", "decisions.png", "caught_by.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 10_000
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["story"] == "covariate-shift" and summary["retrains"][0]["promoted"]
+
+
+def test_concept_drift_performance_alert_after_the_change_then_retrain_and_recovery(tmp_path):
+    story, run, _ = _run("concept-drift", tmp_path)
+    start = next(c.start_day for c in story.simulation.changes if c.kind == "concept")
+    fired = _fired(run, "performance")
+    assert fired and min(fired) > start, f"performance alert on days {fired}; the change starts on day {start}"
+    retrains = [r for r in _later_retrains(run) if r.get("promoted")]
+    assert retrains and retrains[0]["day"] >= min(fired)
+    swap = retrains[0]["day"] + 1
+    hurt = _mean([d.true_recall for d in run.days if start <= d.day < swap])
+    healed = _mean([d.true_recall for d in run.days if d.day >= swap])
+    before = _mean([d.true_recall for d in run.days if d.day < start])
+    assert hurt < before - 0.1, (before, hurt)
+    assert healed > hurt + 0.1, (hurt, healed)
+
+
+def test_new_fraud_pattern_appears_on_its_day_and_the_retrained_model_learns_it(tmp_path):
+    story, run, _ = _run("new-fraud-pattern", tmp_path)
+    start = story.simulation.changes[0].start_day
+    by_day = {d.day: d.caught_by.get("bust_out", {}) for d in run.days}
+    assert all(not counts for day, counts in by_day.items() if day < start)
+    assert sum(c.get("fraud", 0) for c in by_day.values()) > 20
+    retrains = [r for r in _later_retrains(run) if r.get("promoted")]
+    assert retrains, run.retrains
+    swap = retrains[0]["day"] + 1
+
+    def stopped_share(days):
+        fraud = sum(by_day[d].get("fraud", 0) for d in days)
+        missed = sum(by_day[d].get("missed", 0) for d in days)
+        return 1 - missed / fraud
+
+    before = stopped_share([d for d in by_day if start <= d < swap])
+    after = stopped_share([d for d in by_day if d >= swap])
+    assert after > before + 0.1, (before, after)

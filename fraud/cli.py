@@ -106,6 +106,117 @@ def simulate(
         console.print(f"produced {n} transactions to {settings.topics.transactions}")
 
 
+@app.command(name="import")
+def import_command(
+    source: Annotated[
+        Path,
+        typer.Argument(help="The transaction log, .csv or .parquet.", metavar="FILE", exists=True, dir_okay=False),
+    ],
+    mapping: Annotated[
+        list[str],
+        typer.Option(
+            "--map",
+            metavar="TARGET=COLUMN,...",
+            help="target=COLUMN pairs, comma-separated; may repeat. Required targets: time, card, merchant, amount. "
+            "Optional: customer, label, country, card_country, device, category, currency, channel, "
+            "transaction_id, scenario.",
+        ),
+    ],
+    home: Home = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default HOME/data).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="csv or parquet (default: from the suffix).")] = None,
+    delimiter: Annotated[str, typer.Option(help="CSV field separator.")] = ",",
+    amount_unit: Annotated[
+        str, typer.Option(help="major: 12.34 means 1234 cents (rounded half to even); minor: already cents.")
+    ] = "major",
+    time_format: Annotated[
+        str, typer.Option(help="auto (a number is epoch seconds, else ISO 8601), iso, epoch_s or epoch_ms.")
+    ] = "auto",
+    assume_tz: Annotated[
+        str | None, typer.Option(help="Zone of times without an offset, e.g. UTC; unset: such rows are rejected.")
+    ] = None,
+    label_delay_days: Annotated[
+        float,
+        typer.Option(help="Days from a fraud payment to its chargeback label. Data rarely says: an assumption."),
+    ] = 7.0,
+    currency: Annotated[str, typer.Option(help="Currency when no column is mapped.")] = "EUR",
+    country: Annotated[str, typer.Option(help="Merchant country when no column is mapped.")] = "DE",
+    category: Annotated[str, typer.Option(help="Merchant category when no column is mapped.")] = "other",
+    channel: Annotated[str, typer.Option(help="ecommerce or card_present, when no column is mapped.")] = "ecommerce",
+    max_bad_fraction: Annotated[
+        float, typer.Option(help="Above this share of bad rows: exit 1, write only rejected.jsonl.")
+    ] = 0.01,
+) -> None:
+    """Import your own or public payment data: read a CSV or Parquet transaction log, write
+    transactions.jsonl, labels.jsonl and truth.jsonl as `fraud simulate` does, so `fraud train`,
+    `fraud retrain --data`, the stream and the scorer run on it unchanged. A row that cannot be
+    imported goes to rejected.jsonl with its line number (CSV: the physical line where the record
+    starts, header = 1; Parquet: the 1-based row), the field and the problem: none is dropped.
+
+    Fraud rows (label column 1/true/yes) become chargeback labels, known a fixed number of days
+    after the payment: public datasets say which payments were fraud, not when that became known,
+    so the label delay is your assumption (default 7 days, as the Fraud Detection Handbook assumes).
+    Unmapped targets get defaults: customer = the card, card_country = the row's country, device =
+    one per card (dev-of-CARD), transaction_id = imp-LINE. Without a label column no labels and no
+    truth are written: nothing is known about fraud.
+
+    \b
+    The Fraud Detection Handbook's simulated data (times without offset, taken as UTC):
+      fraud import simulated-data.csv --assume-tz UTC \\
+        --map transaction_id=TRANSACTION_ID,time=TX_DATETIME,card=CUSTOMER_ID \\
+        --map merchant=TERMINAL_ID,amount=TX_AMOUNT,label=TX_FRAUD,scenario=TX_FRAUD_SCENARIO
+
+    \b
+    A generic CSV (semicolons, epoch milliseconds, amounts in cents):
+      fraud import payments.csv --delimiter ";" --time-format epoch_ms --amount-unit minor \\
+        --map time=ts,card=card_hash,merchant=shop_id,amount=cents,label=is_fraud,country=shop_country
+    """
+    from pydantic import ValidationError
+
+    from simulator import ImportMapping, ImportOptions, MappingError, TooManyRejects, import_transactions
+
+    settings = _settings(home)
+    try:
+        columns = ImportMapping.parse(",".join(mapping))
+        options = ImportOptions(
+            format=fmt,
+            delimiter=delimiter,
+            amount_unit=amount_unit,
+            time_format=time_format,
+            assume_tz=assume_tz,
+            label_delay_days=label_delay_days,
+            currency=currency,
+            country=country,
+            category=category,
+            channel=channel,
+            max_bad_fraction=max_bad_fraction,
+        )
+        report = import_transactions(source, out or settings.data_dir, columns, options)
+        failure = None
+    except ValidationError as exc:  # an option value: name the flag as the user typed it
+        for err in exc.errors():
+            console.print(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}", style="red", markup=False)
+        raise typer.Exit(2) from exc
+    except MappingError as exc:
+        console.print(str(exc), style="red", markup=False)
+        raise typer.Exit(2) from exc
+    except TooManyRejects as exc:
+        report, failure = exc.report, exc
+    for r in report.first_rejects:
+        column = f" ({r.column})" if r.column else ""
+        console.print(f"line {r.line}: {r.field}{column}: {r.error}", markup=False)
+    if report.rejected > len(report.first_rejects):
+        console.print(f"... {report.rejected - len(report.first_rejects)} more", markup=False)
+    for name, path in report.paths.items():
+        console.print(f"{name}: {path}", markup=False)
+    console.print(report.summary())
+    if failure is not None:
+        console.print(str(failure), style="red", markup=False)
+        raise typer.Exit(1)
+    if not report.labelled:
+        console.print("no label column: labels.jsonl and truth.jsonl are empty; training needs labels", style="yellow")
+
+
 @app.command()
 def stream(
     home: Home = None,

@@ -334,8 +334,8 @@ def _check_columns(source: Path, mapping: ImportMapping, available: Sequence[str
             hint = difflib.get_close_matches(column, available, n=1)
             raise MappingError(
                 f"{source}: column {column!r} (mapped to {target}) is not in the file"
-                + (f"; did you mean {hint[0]!r}?" if hint else "")
-                + f" Available columns: {', '.join(available)}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + f"; available columns: {', '.join(available)}"
             )
         if seen[column] > 1:
             raise MappingError(

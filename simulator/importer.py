@@ -389,19 +389,28 @@ def _open_parquet(source: Path, mapping: ImportMapping) -> tuple[list[str], Reco
 
 
 def _parquet_records(parquet, header: list[str]) -> Records:
-    import pyarrow as pa
-
     row = 0
     for batch in parquet.iter_batches(batch_size=65_536, columns=header):
-        columns = []
-        for column in batch.columns:
-            if pa.types.is_timestamp(column.type) and column.type.unit == "ns":
-                # Python datetimes hold microseconds; without the cast to_pylist refuses sub-us values.
-                column = column.cast(pa.timestamp("us", column.type.tz), safe=False)
-            columns.append(column.to_pylist())
+        columns = [_python_values(column) for column in batch.columns]
         for fields in zip(*columns, strict=True):
             row += 1
             yield row, fields, None
+
+
+def _python_values(column) -> list[Any]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_timestamp(column.type) and column.type.unit == "ns":
+        # Python datetimes hold microseconds; without the cast to_pylist refuses sub-us values.
+        column = column.cast(pa.timestamp("us", column.type.tz), safe=False)
+    elif pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        # Numbers become text in Arrow, in bulk, so rows take the CSV fast path (ids, amounts, epochs):
+        # Arrow writes the shortest round-trip form, as repr does (57.16, not 57.159999...).
+        if pa.types.is_floating(column.type):
+            column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)  # NaN: missing
+        column = column.cast(pa.string())
+    return column.to_pylist()
 
 
 # ---- building events --------------------------------------------------------------------------

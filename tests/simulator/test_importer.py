@@ -128,40 +128,43 @@ def test_parquet_round_trip_with_native_types(tmp_path):
     table = pa.table(
         {
             "when": pa.array(
-                [datetime(2026, 3, 1, 12, 0, 0, 123456), datetime(2026, 3, 1, 11, 0), datetime(2026, 3, 2)],
+                [datetime(2026, 3, 1, 12, 0, 0, 123456), datetime(2026, 3, 1, 11, 0), datetime(2026, 3, 2)] * 2,
                 pa.timestamp("ns", tz="UTC"),
             ),
-            "card": pa.array([7, 8, 9], pa.int64()),
-            "terminal": pa.array([101.0, None, 103.0]),  # a float id column with a null, as pandas writes it
-            "amount": pa.array([10.1, 20.0, 0.07]),
-            "fraud": pa.array([False, True, True]),
-            "unused": pa.array(["x", "y", "z"]),
+            "card": pa.array([7, 8, 9, 10, 11, 12], pa.int64()),
+            "terminal": pa.array([101.0, None, 103.0, 104.0, 105.0, 106.0]),  # a float id with a null, as pandas
+            "amount": pa.array([10.1, 20.0, 0.07, float("nan"), 1e-7, 1e22]),
+            "fraud": pa.array([False, True, True, False, False, False]),
+            "unused": pa.array(["x", "y", "z"] * 2),
         }
     )
     source = tmp_path / "log.parquet"
     pq.write_table(table, source)
     mapping = ImportMapping.parse("time=when,card=card,merchant=terminal,amount=amount,label=fraud")
     out = tmp_path / "out"
-    report = import_transactions(source, out, mapping, ImportOptions(max_bad_fraction=0.5))
+    report = import_transactions(source, out, mapping, ImportOptions(max_bad_fraction=0.7))
     sim = read_simulation(out)
 
-    assert (report.format, report.rows, report.accepted, report.rejected) == ("parquet", 3, 2, 1)
+    assert (report.format, report.rows, report.accepted, report.rejected) == ("parquet", 6, 2, 4)
     assert [(t.transaction_id, t.card_id, t.merchant_id, t.amount_minor) for t in sim.transactions] == [
         ("imp-000000001", "7", "101", 1010),
         ("imp-000000003", "9", "103", 7),
     ]
     assert sim.transactions[0].event_time == datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
     assert [lb.transaction_id for lb in sim.labels] == ["imp-000000003"]
-    # Parquet rejects carry the 1-based row number and the mapped columns' raw values.
-    assert _rejects(out) == [
-        {
-            "line": 2,
-            "field": "merchant",
-            "column": "terminal",
-            "error": "missing value",
-            "row": {"when": "2026-03-01T11:00:00Z", "card": 8, "terminal": None, "amount": 20.0, "fraud": True},
-        }
-    ]
+    # Parquet rejects carry the 1-based row number and the mapped columns' values (numbers as text).
+    rejects = _rejects(out)
+    assert rejects[0] == {
+        "line": 2,
+        "field": "merchant",
+        "column": "terminal",
+        "error": "missing value",
+        "row": {"when": "2026-03-01T11:00:00Z", "card": "8", "terminal": None, "amount": "20", "fraud": True},
+    }
+    assert [(r["line"], r["field"]) for r in rejects[1:]] == [(4, "amount"), (5, "amount"), (6, "amount")]
+    assert rejects[1]["error"] == "missing value"  # NaN
+    assert "must be > 0" in rejects[2]["error"]  # 1e-7 rounds to 0 minor units
+    assert "<= 1000000000000 - at `$.amount_minor`" in rejects[3]["error"]  # the schema's own bound
 
 
 BAD_CSV = """\

@@ -12,6 +12,7 @@ field holding a newline makes later records skip a number); for Parquet the 1-ba
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
 import os
@@ -97,7 +98,9 @@ _FIRST_REJECTS = 10
 
 
 class MappingError(ValueError):
-    """The mapping does not fit the file (unknown target, missing column): nothing was imported."""
+    """The file cannot be imported as asked (unknown target, missing column, wrong encoding or format).
+
+    Nothing was imported: the event files are untouched."""
 
 
 class ImportMapping(BaseModel):
@@ -152,6 +155,7 @@ class ImportOptions(BaseModel):
 
     format: Literal["csv", "parquet"] | None = None  # None: from the file suffix
     delimiter: str = Field(",", min_length=1, max_length=1)
+    encoding: str = "utf-8-sig"  # CSV text encoding; -sig: spreadsheet exports often start with a BOM
     # major: 12.34 -> 1234 (x100, rounded half to even); minor: the value is already 1234.
     amount_unit: Literal["major", "minor"] = "major"
     # auto: a number is epoch seconds, anything else ISO 8601.
@@ -165,6 +169,12 @@ class ImportOptions(BaseModel):
     category: str = Field("other", min_length=1)
     channel: Channel = Channel.ECOMMERCE
     max_bad_fraction: float = Field(0.01, ge=0, le=1)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, name: str) -> str:
+        codecs.lookup(name)  # LookupError -> a validation error naming the option
+        return name
 
     @field_validator("assume_tz")
     @classmethod
@@ -258,7 +268,10 @@ def import_transactions(
     source, out_dir = Path(source), Path(out_dir)
     started = time.perf_counter()
     fmt = options.format or _format_from_suffix(source)
-    header, records = _open_csv(source, mapping, options.delimiter) if fmt == "csv" else _open_parquet(source, mapping)
+    if fmt == "csv":
+        header, records = _open_csv(source, mapping, options.delimiter, options.encoding)
+    else:
+        header, records = _open_parquet(source, mapping)
     report = ImportReport(source=source, format=fmt, labelled=mapping.label is not None)
     builder = _RowBuilder(mapping, options, header)
     accepted: list[tuple[datetime, str, bytes, str | None]] = []  # (time, id, encoded, scenario if fraud)
@@ -291,7 +304,7 @@ def _format_from_suffix(source: Path) -> str:
     suffixes = [s.lower() for s in source.suffixes]
     if ".parquet" in suffixes or ".pq" in suffixes:
         return "parquet"
-    if ".csv" in suffixes or ".txt" in suffixes or ".tsv" in suffixes:
+    if ".csv" in suffixes:
         return "csv"
     raise MappingError(f"{source}: cannot tell the format from the suffix; say csv or parquet")
 
@@ -343,19 +356,35 @@ def _check_columns(source: Path, mapping: ImportMapping, available: Sequence[str
             )
 
 
-def _open_csv(source: Path, mapping: ImportMapping, delimiter: str) -> tuple[list[str], Records]:
-    fh = source.open(newline="", encoding="utf-8-sig")  # -sig: spreadsheet exports often start with a BOM
+def _open_csv(source: Path, mapping: ImportMapping, delimiter: str, encoding: str) -> tuple[list[str], Records]:
+    fh = source.open(newline="", encoding=encoding)
     reader = csv.reader(fh, delimiter=delimiter)
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except UnicodeDecodeError as exc:
+        fh.close()
+        raise _not_decodable(source, encoding, 1, exc) from None
     if not header:
         fh.close()
         raise MappingError(f"{source}: empty file, expected a header line naming the columns")
     header = [name.strip() for name in header]
-    _check_columns(source, mapping, header)
-    return header, _csv_records(fh, reader, len(header))
+    try:
+        _check_columns(source, mapping, header)
+    except MappingError:
+        fh.close()
+        raise
+    return header, _csv_records(source, fh, reader, len(header))
 
 
-def _csv_records(fh, reader, width: int) -> Records:
+def _not_decodable(source: Path, encoding: str, line: int, exc: UnicodeDecodeError) -> MappingError:
+    # Text is decoded a block at a time, so the line is where reading stood, not the exact byte.
+    return MappingError(
+        f"{source}: not {encoding} text near line {line} ({exc.reason}); "
+        "give the file's encoding (CLI: --encoding latin-1, or cp1252)"
+    )
+
+
+def _csv_records(source: Path, fh, reader, width: int) -> Records:
     with fh:
         end = reader.line_num
         while True:
@@ -364,6 +393,8 @@ def _csv_records(fh, reader, width: int) -> Records:
                 fields = next(reader)
             except StopIteration:
                 return
+            except UnicodeDecodeError as exc:
+                raise _not_decodable(source, fh.encoding, start, exc) from None
             except csv.Error as exc:
                 end = reader.line_num
                 yield start, [], f"unreadable CSV record: {exc}"
@@ -381,7 +412,10 @@ def _csv_records(fh, reader, width: int) -> Records:
 def _open_parquet(source: Path, mapping: ImportMapping) -> tuple[list[str], Records]:
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(source)
+    try:
+        parquet = pq.ParquetFile(source)
+    except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+        raise MappingError(f"{source}: not a readable Parquet file: {exc}") from None
     _check_columns(source, mapping, parquet.schema_arrow.names)
     # Only the mapped columns are read: a reject shows those, and wide files stay cheap.
     header = list(dict.fromkeys(mapping.columns().values()))

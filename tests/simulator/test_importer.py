@@ -296,6 +296,23 @@ def test_mapping_mistakes_are_explained(text, complaint):
         ImportMapping.parse(text)
 
 
+def test_a_file_in_another_encoding_or_format_is_an_error_saying_so(tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_bytes("t,c,m,a\n2026-01-05T10:00:00Z,Müller,m,1\n".encode("latin-1"))
+    mapping = ImportMapping.parse("time=t,card=c,merchant=m,amount=a")
+    with pytest.raises(MappingError, match="not utf-8-sig text near line .*--encoding latin-1"):
+        import_transactions(source, tmp_path / "out", mapping)
+    import_transactions(source, tmp_path / "out", mapping, ImportOptions(encoding="latin-1"))
+    assert read_simulation(tmp_path / "out").transactions[0].card_id == "Müller"
+
+    fake = tmp_path / "in.parquet"
+    fake.write_text("t,c,m,a\n")
+    with pytest.raises(MappingError, match="not a readable Parquet file"):
+        import_transactions(fake, tmp_path / "out", mapping)
+    with pytest.raises(MappingError, match="cannot tell the format"):
+        import_transactions(tmp_path / "in.xlsx", tmp_path / "out", mapping)
+
+
 def test_too_many_bad_rows_writes_the_rejects_and_leaves_the_events_alone(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -352,3 +369,8 @@ def test_cli_imports_and_fails_over_the_bad_fraction(tmp_path):
 
     unknown = runner.invoke(app, ["import", str(source), "--map", "time=a,when=b"], env={"COLUMNS": "200"})
     assert unknown.exit_code == 2 and "unknown target 'when'" in unknown.output
+
+    source.write_bytes(HANDBOOK_CSV.replace("plain", "café").encode("cp1252"))
+    args = ["import", str(source), "--out", str(tmp_path / "y"), "--assume-tz", "UTC", "--map", HANDBOOK_MAP]
+    assert runner.invoke(app, args, env={"COLUMNS": "200"}).exit_code == 2  # not UTF-8: said, not garbled
+    assert runner.invoke(app, [*args, "--encoding", "cp1252"], env={"COLUMNS": "200"}).exit_code == 0

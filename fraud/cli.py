@@ -126,6 +126,9 @@ def import_command(
     out: Annotated[Path | None, typer.Option(help="Output directory (default HOME/data).")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="csv or parquet (default: from the suffix).")] = None,
     delimiter: Annotated[str, typer.Option(help="CSV field separator.")] = ",",
+    encoding: Annotated[
+        str, typer.Option(help="CSV text encoding, e.g. latin-1 or cp1252 (utf-8-sig: UTF-8, a BOM ignored).")
+    ] = "utf-8-sig",
     amount_unit: Annotated[
         str, typer.Option(help="major: 12.34 means 1234 cents (rounded half to even); minor: already cents.")
     ] = "major",
@@ -181,6 +184,7 @@ def import_command(
         options = ImportOptions(
             format=fmt,
             delimiter=delimiter,
+            encoding=encoding,
             amount_unit=amount_unit,
             time_format=time_format,
             assume_tz=assume_tz,

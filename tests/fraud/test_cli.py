@@ -12,6 +12,8 @@ runner = CliRunner()
 SUBCOMMANDS = [
     ["up"],
     ["simulate"],
+    ["import"],
+    ["scenario"],
     ["stream"],
     ["train"],
     ["serve"],

@@ -1,7 +1,15 @@
 """A seeded simulator of card payments with fraud scenarios and delayed chargebacks."""
 
-from simulator.config import ScenarioRates, SimulationConfig
-from simulator.generate import Simulation, read_simulation, simulate, write_simulation
+from simulator.config import ScenarioRates, SimulationConfig, load_config
+from simulator.files import iter_transactions
+from simulator.generate import (
+    DayDone,
+    Simulation,
+    read_simulation,
+    simulate,
+    simulate_to_files,
+    write_simulation,
+)
 from simulator.importer import (
     ImportMapping,
     ImportOptions,
@@ -11,6 +19,14 @@ from simulator.importer import (
     TooManyRejects,
     import_transactions,
 )
+from simulator.schedule import (
+    SCENARIO_NAMES,
+    Change,
+    ConceptChange,
+    CovariateChange,
+    FraudSignature,
+    NewPatternChange,
+)
 
 __all__ = [
     "ImportMapping",
@@ -18,12 +34,22 @@ __all__ = [
     "ImportReport",
     "MappingError",
     "Reject",
+    "SCENARIO_NAMES",
+    "Change",
+    "ConceptChange",
+    "CovariateChange",
+    "DayDone",
+    "FraudSignature",
+    "NewPatternChange",
     "ScenarioRates",
     "Simulation",
     "SimulationConfig",
     "TooManyRejects",
     "import_transactions",
+    "iter_transactions",
+    "load_config",
     "read_simulation",
     "simulate",
+    "simulate_to_files",
     "write_simulation",
 ]

@@ -8,19 +8,22 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from simulator.schedule import Change, check_unique_names
+from simulator.schedule import Change, check_signature_categories, check_unique_names
+from streaming.features import MERCHANT_CATEGORIES
 
 
 class ScenarioRates(BaseModel):
-    """How often each fraud scenario starts: events per simulated day per 10,000 customers."""
+    """How often each fraud scenario starts: incidents per simulated day per 10,000 customers (0: off).
+
+    The defaults give about 0.5% fraudulent payments (simulator.patterns describes each scenario)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    card_testing: float = Field(6.0, ge=0, description="A stolen card tested with bursts of tiny payments.")
-    account_takeover: float = Field(8.0, ge=0, description="New device, foreign country, high amounts.")
-    compromised_merchant: float = Field(5.0, ge=0, description="A breached merchant's cards defrauded later.")
-    bust_out: float = Field(2.0, ge=0, description="A customer in good standing maxes the card out, then vanishes.")
-    friendly_fraud: float = Field(3.0, ge=0, description="A genuine-looking purchase the cardholder disputes.")
+    card_testing: float = Field(2.5, ge=0, description="A stolen card tested with bursts of tiny payments.")
+    account_takeover: float = Field(5.0, ge=0, description="New device, foreign country, high amounts.")
+    compromised_merchant: float = Field(2.5, ge=0, description="A breached merchant's cards defrauded later.")
+    bust_out: float = Field(1.0, ge=0, description="A customer in good standing maxes the card out, then vanishes.")
+    friendly_fraud: float = Field(8.0, ge=0, description="A genuine-looking purchase the cardholder disputes.")
 
 
 class SimulationConfig(BaseModel):
@@ -35,9 +38,10 @@ class SimulationConfig(BaseModel):
     home_market: str = Field("DE", pattern="^[A-Z]{2}$")
     scenarios: ScenarioRates = ScenarioRates()
     # Chargebacks: lognormal delay (median, spread), capped; some fraud is never reported at all.
-    label_delay_median_days: float = Field(2.0, gt=0)
-    label_delay_sigma: float = Field(0.8, ge=0)
-    label_delay_max_days: float = Field(30.0, gt=0)
+    # Friendly fraud and bust-outs take longer and are always found (simulator.patterns.REPORTING).
+    label_delay_median_days: float = Field(3.0, gt=0)
+    label_delay_sigma: float = Field(1.0, ge=0)
+    label_delay_max_days: float = Field(60.0, gt=0)
     unreported_fraud_fraction: float = Field(0.1, ge=0, le=1)
     # The drift schedule: named changes by simulated day (simulator.schedule).
     changes: tuple[Change, ...] = ()
@@ -47,6 +51,7 @@ class SimulationConfig(BaseModel):
         if self.start.tzinfo is None:
             raise ValueError("start: must be timezone-aware (UTC)")
         check_unique_names(self.changes)
+        check_signature_categories(self.changes, MERCHANT_CATEGORIES)
         return self
 
     @property

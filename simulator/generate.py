@@ -1,31 +1,36 @@
-"""Generate a simulation: ordinary spending, fraud scenarios, delayed chargebacks, ground truth."""
+"""Generate a simulation one simulated day at a time: ordinary spending, fraud, chargebacks, truth.
+
+Each day: that day's legitimate payments and the fraud incidents starting that day are drawn as
+columns; payments falling on a later day (a burst across midnight, a breached merchant's cards
+used days later, a bust-out over three days) wait in a pending buffer; the day's payments are
+sorted by time and numbered in global order (``tx-{seed}-{i:09d}``). ``simulate`` keeps the run in
+memory as schema objects (small runs); ``simulate_to_files`` writes each day and drops it, so a
+month of tens of millions of payments runs in bounded memory. Both run the same code and give the
+same data for the same config.
+"""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
-from schema import Channel, GroundTruth, Label, LabelSource, Transaction, read_jsonl, write_jsonl
+from schema import GroundTruth, Label, Transaction, write_jsonl
 from simulator.config import SimulationConfig
-from simulator.population import (
-    CATEGORIES,
-    CATEGORY_AMOUNT_SHIFT,
-    COUNTRIES,
-    ECOMMERCE_SHARE,
-    HOURLY_RHYTHM,
-    Population,
-    build_population,
-    customer_id,
-    merchant_id,
-)
-from simulator.scenarios import DAY, Row, _Devices, account_takeover, card_testing, compromised_merchant
+from simulator.files import Formatter, Sink, detect_format, paths, read_kind, to_objects
+from simulator.patterns import fraud_of_the_day
+from simulator.rows import DAY_MS, Rows
+from simulator.schedule import SCENARIO_NAMES
+from simulator.spending import ordinary_spending
+from simulator.world import World
 
-PREFERENCE = np.array([0.55, 0.3, 0.15])  # how a customer splits spending over their 3 categories
-WEEKDAY_FACTOR = np.array([0.95, 0.95, 1.0, 1.0, 1.1, 1.2, 0.8])  # Mon..Sun
+# The JSON-lines file of each kind (Parquet runs use the same names with ``.parquet``).
+FILES = {kind: path.name for kind, path in paths(Path("."), "jsonl").items()}
 
 
 @dataclass(frozen=True)
@@ -36,144 +41,136 @@ class Simulation:
 
     def summary(self) -> dict[str, object]:
         fraud = Counter(g.scenario for g in self.truth if g.is_fraud)
-        n = len(self.transactions)
-        return {
-            "transactions": n,
-            "fraud": sum(fraud.values()),
-            "fraud_rate": round(sum(fraud.values()) / n, 5) if n else 0.0,
-            "fraud_by_scenario": dict(sorted(fraud.items())),
-            "chargebacks": len(self.labels),
-        }
+        changes = Counter(name for g in self.truth for name in g.changes)
+        return _summary(len(self.transactions), fraud, len(self.labels), changes)
+
+
+@dataclass(frozen=True)
+class DayDone:
+    """Progress of a run: ``day`` (0-based) has been generated and written."""
+
+    day: int
+    days: int
+    transactions: int  # so far
+    fraud: int  # so far
+    seconds: float  # since the run started
+
+
+class _Run:
+    """One run's day loop: the world, the payments still to come, and the running numbering."""
+
+    def __init__(self, config: SimulationConfig) -> None:
+        self.world = World.create(config)
+        self.formatter = Formatter(self.world)
+        self.pending = Rows.empty()
+        self.emitted = 0
+        self.fraud: Counter[str] = Counter()
+        self.changes: Counter[str] = Counter()
+        self._labels: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def days(self) -> Iterator[tuple[int, pa.Table, pa.Table]]:
+        """(day, transactions, truth) of every simulated day, in order."""
+        for day in range(self.world.config.days):
+            rows = self._day(day)
+            index = self.emitted + np.arange(len(rows))
+            self.emitted += len(rows)
+            self._keep_labels(rows, index)
+            self._count(rows)
+            ids = self.formatter.transaction_ids(index)
+            yield day, self.formatter.transactions(rows, ids), self.formatter.truth(rows, ids)
+
+    def labels(self) -> pa.Table:
+        """Every chargeback of the run, sorted by when it becomes known (then transaction id)."""
+        index, known_at, merchant = (np.concatenate(parts) for parts in zip(*self._labels, strict=True))
+        order = np.lexsort((index, known_at))
+        return self.formatter.labels(index[order], known_at[order], merchant[order])
+
+    def summary(self) -> dict[str, object]:
+        return _summary(self.emitted, self.fraud, sum(len(parts[0]) for parts in self._labels), self.changes)
+
+    def _day(self, day: int) -> Rows:
+        legit = ordinary_spending(self.world, day)
+        rows = Rows.concat([self.pending, legit, *fraud_of_the_day(self.world, day, legit)])
+        day_of = (rows.ts - self.world.start_ms) // DAY_MS
+        later = (day_of > day) & (day_of < self.world.config.days)  # past the last day: outside the run
+        self.pending = rows.take(np.flatnonzero(later))
+        return rows.take(np.flatnonzero(day_of == day)).in_time_order()
+
+    def _keep_labels(self, rows: Rows, index: np.ndarray) -> None:
+        reported = np.flatnonzero(rows.known_at >= 0)
+        self._labels.append((index[reported], rows.known_at[reported], rows.merchant[reported]))
+
+    def _count(self, rows: Rows) -> None:
+        codes = np.bincount(rows.scenario, minlength=len(SCENARIO_NAMES) + 1)
+        self.fraud.update({name: int(codes[k + 1]) for k, name in enumerate(SCENARIO_NAMES) if codes[k + 1]})
+        for j, change in enumerate(self.world.schedule.changes):
+            tagged = int(np.count_nonzero(rows.changes >> j & 1))
+            if tagged:
+                self.changes[change.name] += tagged
+
+
+def _summary(n: int, fraud: Counter[str], chargebacks: int, changes: Counter[str]) -> dict[str, object]:
+    total = sum(fraud.values())
+    return {
+        "transactions": n,
+        "fraud": total,
+        "fraud_rate": round(total / n, 5) if n else 0.0,
+        "fraud_by_scenario": dict(sorted(fraud.items())),
+        "chargebacks": chargebacks,
+        "changes": dict(sorted(changes.items())),
+    }
 
 
 def simulate(config: SimulationConfig) -> Simulation:
-    """A reproducible simulation: the same config (seed included) gives the same output."""
-    rng = np.random.default_rng(config.seed)
-    pop = build_population(config, rng)
-    t0 = config.start.timestamp()
-    legit = _ordinary_spending(pop, config, t0, rng)
-    devices = _Devices()
-    rates = config.scenarios
-    fraud = (
-        card_testing(pop, rates.card_testing, config.days, t0, rng, devices)
-        + account_takeover(pop, rates.account_takeover, config.days, t0, rng, devices)
-        + compromised_merchant(pop, legit, rates.compromised_merchant, config.days, t0, rng, devices)
-    )
-    rows = sorted(legit + fraud, key=lambda r: (r.ts, r.card, r.merchant, r.amount_minor))
-    transactions = [_transaction(i, row, pop, config) for i, row in enumerate(rows)]
-    truth = [
-        GroundTruth(transaction_id=t.transaction_id, is_fraud=r.scenario is not None, scenario=r.scenario)
-        for t, r in zip(transactions, rows, strict=True)
-    ]
-    return Simulation(transactions, _chargebacks(transactions, truth, config, rng), truth)
-
-
-def _ordinary_spending(pop: Population, config: SimulationConfig, t0: float, rng: np.random.Generator) -> list[Row]:
-    weekday = (config.start.weekday() + np.arange(config.days)) % 7
-    counts = rng.poisson(np.outer(pop.activity, WEEKDAY_FACTOR[weekday]))  # customers x days
-    cust = np.repeat(np.arange(pop.n_customers), counts.sum(axis=1))
-    day = np.concatenate([np.repeat(np.arange(config.days), row) for row in counts])
-    n = len(cust)
-    ts = t0 + day * DAY + rng.choice(24, size=n, p=HOURLY_RHYTHM) * 3600.0 + rng.uniform(0, 3600, size=n)
-    ts = np.round(ts, 3)
-    category = pop.preferred[cust, rng.choice(3, size=n, p=PREFERENCE)]
-    factor = np.ones(n)
-    if config.drift_start_day is not None:
-        drifted = day >= config.drift_start_day
-        factor[drifted] = config.drift_amount_factor
-        shift = drifted & (rng.random(n) < 0.2)
-        category[shift] = rng.choice([CATEGORIES.index("electronics"), CATEGORIES.index("travel")], size=shift.sum())
-    amount = np.exp(rng.normal(pop.amount_mu[cust] + CATEGORY_AMOUNT_SHIFT[category], pop.amount_sigma[cust]))
-    amount = np.maximum(50, np.round(amount * factor)).astype(np.int64)
-    ecommerce = rng.random(n) < ECOMMERCE_SHARE[category]
-    merchant = _pick_merchants(pop, category, pop.home_country[cust], rng)
-    card_pick = rng.random(n)
-    device_pick = rng.random(n)
-    return [
-        Row(
-            float(ts[i]),
-            int(c),
-            pop.cards[c][int(card_pick[i] * len(pop.cards[c]))],
-            int(merchant[i]),
-            int(amount[i]),
-            pop.devices[c][int(device_pick[i] * len(pop.devices[c]))],
-            bool(ecommerce[i]),
-        )
-        for i, c in enumerate(cust)
-    ]
-
-
-def _pick_merchants(pop: Population, category: np.ndarray, home: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Mostly merchants in the customer's own country, sometimes anywhere (travel, online)."""
-    merchant = np.empty(len(category), dtype=np.int64)
-    local = rng.random(len(category)) < 0.92
-    for c in np.unique(category):
-        for h in np.unique(home[category == c]):
-            idx = np.flatnonzero((category == c) & (home == h) & local)
-            pool = pop.merchants_by_category_country.get((int(c), int(h)), pop.merchants_by_category[int(c)])
-            merchant[idx] = rng.choice(pool, size=len(idx))
-        idx = np.flatnonzero((category == c) & ~local)
-        merchant[idx] = rng.choice(pop.merchants_by_category[int(c)], size=len(idx))
-    return merchant
-
-
-def _transaction(i: int, row: Row, pop: Population, config: SimulationConfig) -> Transaction:
-    return Transaction(
-        transaction_id=f"tx-{config.seed}-{i:09d}",
-        event_time=datetime.fromtimestamp(row.ts, UTC),
-        card_id=row.card,
-        customer_id=customer_id(row.customer),
-        merchant_id=merchant_id(row.merchant),
-        merchant_category=CATEGORIES[int(pop.merchant_category[row.merchant])],
-        amount_minor=row.amount_minor,
-        currency="EUR",
-        country=COUNTRIES[int(pop.merchant_country[row.merchant])],
-        card_country=COUNTRIES[int(pop.home_country[row.customer])],
-        device_id=row.device,
-        channel=Channel.ECOMMERCE if row.ecommerce else Channel.CARD_PRESENT,
+    """A reproducible simulation in memory: the same config (seed included) gives the same output.
+    For runs beyond a few million payments, use ``simulate_to_files``."""
+    run = _Run(config)
+    transactions, truth = [], []
+    for _, day_transactions, day_truth in run.days():
+        transactions.append(day_transactions)
+        truth.append(day_truth)
+    return Simulation(
+        to_objects(pa.concat_tables(transactions), Transaction),
+        to_objects(run.labels(), Label),
+        to_objects(pa.concat_tables(truth), GroundTruth),
     )
 
 
-def _chargebacks(
-    transactions: list[Transaction], truth: list[GroundTruth], config: SimulationConfig, rng: np.random.Generator
-) -> list[Label]:
-    labels = []
-    for txn, g in zip(transactions, truth, strict=True):
-        if not g.is_fraud or rng.random() < config.unreported_fraud_fraction:
-            continue
-        delay_days = min(
-            rng.lognormal(np.log(config.label_delay_median_days), config.label_delay_sigma), config.label_delay_max_days
-        )
-        labels.append(
-            Label(
-                transaction_id=txn.transaction_id,
-                is_fraud=True,
-                source=LabelSource.CHARGEBACK,
-                known_at=txn.event_time + timedelta(days=float(delay_days)),
-                author="issuer",
-                merchant_id=txn.merchant_id,
-            )
-        )
-    return sorted(labels, key=lambda lb: (lb.known_at, lb.transaction_id))
-
-
-FILES = {"transactions": "transactions.jsonl", "labels": "labels.jsonl", "truth": "truth.jsonl"}
+def simulate_to_files(
+    config: SimulationConfig,
+    out_dir: Path,
+    fmt: str = "parquet",
+    progress: Callable[[DayDone], None] | None = None,
+) -> dict[str, object]:
+    """Write transactions, labels and truth (``fmt``: "parquet" or "jsonl") to ``out_dir`` a
+    simulated day at a time, never holding more than a day of payments. ``progress`` is called
+    after each day. Returns the summary, with the files, the wall time and rows per second."""
+    started = time.perf_counter()
+    run = _Run(config)
+    with Sink(Path(out_dir), fmt) as sink:
+        for day, transactions, truth in run.days():
+            sink.write("transactions", transactions)
+            sink.write("truth", truth)
+            if progress is not None:
+                fraud = sum(run.fraud.values())
+                progress(DayDone(day, config.days, run.emitted, fraud, time.perf_counter() - started))
+        sink.write("labels", run.labels())
+    seconds = time.perf_counter() - started
+    files = {kind: str(path) for kind, path in sink.paths.items()}
+    return {**run.summary(), "seconds": round(seconds, 2), "rows_per_s": round(run.emitted / seconds), "files": files}
 
 
 def write_simulation(sim: Simulation, out_dir: Path) -> dict[str, Path]:
-    paths = {name: Path(out_dir) / file for name, file in FILES.items()}
-    write_jsonl(paths["transactions"], sim.transactions)
-    write_jsonl(paths["labels"], sim.labels)
-    write_jsonl(paths["truth"], sim.truth)
-    return paths
+    """Write an in-memory simulation as JSON lines (removing any Parquet files of an older run)."""
+    written = paths(out_dir, "jsonl")
+    Sink(Path(out_dir), "jsonl").close()  # creates the directory, clears the other format
+    write_jsonl(written["transactions"], sim.transactions)
+    write_jsonl(written["labels"], sim.labels)
+    write_jsonl(written["truth"], sim.truth)
+    return written
 
 
 def read_simulation(out_dir: Path) -> Simulation:
-    out_dir = Path(out_dir)
-    if not (out_dir / FILES["transactions"]).exists():
-        raise FileNotFoundError(f"no simulation in {out_dir}: run `fraud simulate` first")
-    return Simulation(
-        list(read_jsonl(out_dir / FILES["transactions"], Transaction)),
-        list(read_jsonl(out_dir / FILES["labels"], Label)),
-        list(read_jsonl(out_dir / FILES["truth"], GroundTruth)),
-    )
+    """A simulation directory (Parquet or JSON lines) as schema objects, validated."""
+    fmt = detect_format(Path(out_dir))
+    return Simulation(*(read_kind(Path(out_dir), kind, fmt) for kind in ("transactions", "labels", "truth")))

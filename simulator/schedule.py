@@ -30,12 +30,22 @@ model got worse at the old ones".
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ScenarioName = Literal["card_testing", "account_takeover", "compromised_merchant", "bust_out", "friendly_fraud"]
 SCENARIO_NAMES: tuple[str, ...] = ScenarioName.__args__  # type: ignore[attr-defined]
+# Category names end up verbatim in JSON and Parquet files: plain lower-case words only.
+CATEGORY_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+
+def _check_category_names(names: Iterable[str], where: str) -> None:
+    bad = [n for n in names if not CATEGORY_NAME.match(n)]
+    if bad:
+        raise ValueError(f"{where}: category names must be lower-case words (a-z, 0-9, _), got {bad}")
 
 
 class FraudSignature(BaseModel):
@@ -62,6 +72,7 @@ class FraudSignature(BaseModel):
             value = getattr(self, name)
             if value is not None and not 0 < value[0] <= value[1]:
                 raise ValueError(f"{name}: expected 0 < low <= high, got {list(value)}")
+        _check_category_names(self.categories or (), "categories")
         return self
 
 
@@ -103,6 +114,7 @@ class CovariateChange(_Change):
     def _boost(self) -> CovariateChange:
         if sum(self.category_boost.values()) >= 1 or min(self.category_boost.values(), default=0) < 0:
             raise ValueError(f"{self.name}: category_boost shares must be >= 0 and sum to less than 1")
+        _check_category_names(self.category_boost, f"{self.name}: category_boost")
         return self
 
 
@@ -132,6 +144,19 @@ def check_unique_names(changes: tuple[Change, ...]) -> None:
         raise ValueError(f"changes: names must be unique, got {names}")
 
 
+def check_signature_categories(changes: tuple[Change, ...], known: Iterable[str]) -> None:
+    """A signature may only target ``known`` categories or one a covariate change introduces."""
+    known = set(known) | {name for c in changes if isinstance(c, CovariateChange) for name in c.category_boost}
+    for c in changes:
+        targeted = c.signature.categories if isinstance(c, ConceptChange | NewPatternChange) else None
+        unknown = sorted(set(targeted or ()) - known)
+        if unknown:
+            raise ValueError(
+                f"{c.name}: signature categories {unknown} are neither merchant categories "
+                f"({', '.join(sorted(known))}) nor introduced by a covariate change's category_boost"
+            )
+
+
 __all__ = [
     "SCENARIO_NAMES",
     "Change",
@@ -140,5 +165,6 @@ __all__ = [
     "FraudSignature",
     "NewPatternChange",
     "ScenarioName",
+    "check_signature_categories",
     "check_unique_names",
 ]

@@ -89,18 +89,19 @@ def _free_port() -> int:
 def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str, object]:
     from deploy.kafka import make_producer, produce_all
     from scoring import ScorerClient
-    from simulator import SimulationConfig, simulate, write_simulation
+    from simulator import CovariateChange, SimulationConfig, simulate, write_simulation
     from streaming import OfflineFeatureBuilder, OnlineFeatureStore
 
     console.rule("2. simulate")
-    sim = simulate(
-        SimulationConfig(
-            seed=config.seed,
-            days=config.days,
-            n_customers=config.customers,
-            drift_start_day=config.days - config.live_days,
-        )
+    # The live days bring a spending surge (covariate drift): step 8 should see it in the features.
+    surge = CovariateChange(
+        name="live-week-surge",
+        description="Customers spend more, and more on electronics and travel, in the live days.",
+        start_day=config.days - config.live_days,
+        amount_factor=1.6,
+        category_boost={"electronics": 0.1, "travel": 0.1},
     )
+    sim = simulate(SimulationConfig(seed=config.seed, days=config.days, n_customers=config.customers, changes=(surge,)))
     write_simulation(sim, settings.data_dir)
     console.print(sim.summary())
     live_start = min(t.event_time for t in sim.transactions) + timedelta(days=config.days - config.live_days)

@@ -78,31 +78,88 @@ def up(home: Home = None) -> None:
 @app.command()
 def simulate(
     home: Home = None,
-    days: Annotated[int, typer.Option(help="Simulated days.")] = 7,
-    customers: Annotated[int, typer.Option(help="Number of customers.")] = 2000,
-    seed: Annotated[int, typer.Option(help="Random seed: same seed, same stream.")] = 7,
+    scenario_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--scenario-file",
+            exists=True,
+            dir_okay=False,
+            help="A scenario file (YAML): population, fraud rates and a drift schedule of named changes "
+            "by simulated day. See docs/simulator.md. The options below override it.",
+        ),
+    ] = None,
+    days: Annotated[int | None, typer.Option(help="Simulated days. [default: 7, or the file's]")] = None,
+    customers: Annotated[
+        int | None, typer.Option(help="Customers, about 2 payments each a day. [default: 2000, or the file's]")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed: same seed and settings, same files. [default: 7, or the file's]")
+    ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="jsonl: one JSON transaction per line, easy to read. "
+            "parquet: columnar and compact, the faster choice for big runs.",
+        ),
+    ] = "jsonl",
     out: Annotated[Path | None, typer.Option(help="Output directory (default HOME/data).")] = None,
     to_kafka: Annotated[bool, typer.Option("--to-kafka", help="Also produce transactions to the broker.")] = False,
 ) -> None:
-    """Generate a reproducible stream of card transactions with fraud scenarios and delayed
-    chargeback labels; write transactions.jsonl, labels.jsonl and truth.jsonl."""
-    from simulator import SimulationConfig, write_simulation
-    from simulator import simulate as run_simulation
+    """Generate a reproducible stream of card payments with fraud scenarios, delayed chargeback
+    labels and the ground truth (which payments were fraud, which drift changes shaped them).
+    Writes transactions, labels and truth (.jsonl or .parquet) to OUT, a simulated day at a time
+    (files of the other format in OUT are removed, so readers find only this run).
 
+    \b
+    Examples:
+      fraud simulate                                  7 days, 2,000 customers
+      fraud simulate --days 30 --customers 300000 --format parquet --out /tmp/month
+                                                      a mid-size issuer's month (~18M payments)
+      fraud simulate --scenario-file holiday.yaml     a drift schedule (docs/simulator.md)
+    """
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from yaml import YAMLError
+
+    from simulator import SimulationConfig, iter_transactions, load_config, simulate_to_files
+
+    if fmt not in ("jsonl", "parquet"):
+        raise typer.BadParameter(f"expected jsonl or parquet, got {fmt!r}", param_hint="--format")
+    overrides = {k: v for k, v in {"days": days, "n_customers": customers, "seed": seed}.items() if v is not None}
+    try:
+        config = load_config(scenario_file, **overrides) if scenario_file else SimulationConfig(**overrides)
+    except (ValidationError, YAMLError, ValueError) as exc:
+        raise typer.BadParameter(f"invalid simulation settings: {exc}") from exc
     settings = _settings(home)
-    sim = run_simulation(SimulationConfig(seed=seed, days=days, n_customers=customers))
-    paths = write_simulation(sim, out or settings.data_dir)
-    for name, path in paths.items():
+    out_dir = out or settings.data_dir
+    changes = ", ".join(f"{c.name} ({c.kind}, day {c.start_day})" for c in config.changes) or "none"
+    console.print(
+        f"simulating {config.days} days, {config.n_customers:,} customers, seed {config.seed}; changes: {changes}"
+    )
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[payments]}")]
+    with Progress(*columns, TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("day 0", total=config.days, payments="")
+
+        def day_done(d) -> None:
+            speed = d.transactions / d.seconds if d.seconds else 0
+            rate = f"{d.transactions:,} payments, {d.fraud:,} fraud, {speed:,.0f}/s"
+            bar.update(task, completed=d.day + 1, description=f"day {d.day + 1}/{d.days}", payments=rate)
+
+        summary = simulate_to_files(config, out_dir, fmt, progress=day_done)
+    for name, path in summary.pop("files").items():
         console.print(f"{name}: {path}")
-    console.print(sim.summary())
+    seconds, speed = summary.pop("seconds"), summary.pop("rows_per_s")
+    for key, value in summary.items():
+        console.print(f"{key:>18}: {value}")
+    console.print(f"{summary['transactions']:,} payments in {seconds:.1f} s: {speed:,} per second")
     if to_kafka:
         from deploy.kafka import make_producer, produce_all
         from schema import encode
 
         producer = make_producer(settings.require_kafka())
-        n = produce_all(
-            producer, settings.topics.transactions, ((t.card_id.encode(), encode(t)) for t in sim.transactions)
-        )
+        payments = ((t.card_id.encode(), encode(t)) for t in iter_transactions(out_dir))
+        n = produce_all(producer, settings.topics.transactions, payments)
         console.print(f"produced {n} transactions to {settings.topics.transactions}")
 
 

@@ -119,7 +119,7 @@ def account_takeover(world: World, day: int, n: int, sig: Signature, rng: np.ran
     customer = rng.integers(pop.n_customers, size=n)
     card = pop.own_card(customer, rng.random(n))
     incident, ts = _sprees(rng, sig, world.day_start_ms(day) + rng.integers(0, DAY_MS, size=n))
-    return _spree_rows(world, day, rng, sig, "account_takeover", customer, card, incident, ts, online=True)
+    return _spree_rows(world, day, rng, sig, "account_takeover", customer, card, incident, ts, online_share=1.0)
 
 
 def compromised_merchant(world: World, day: int, n: int, sig: Signature, rng: np.random.Generator, legit: Rows) -> Rows:
@@ -142,7 +142,7 @@ def compromised_merchant(world: World, day: int, n: int, sig: Signature, rng: np
     v = len(card)
     start = world.day_start_ms(day) + (rng.uniform(1.0, 5.0, size=v) * DAY_MS).astype(np.int64)
     incident, ts = _sprees(rng, sig, start)
-    return _spree_rows(world, day, rng, sig, "compromised_merchant", customer, card, incident, ts, online=True)
+    return _spree_rows(world, day, rng, sig, "compromised_merchant", customer, card, incident, ts, online_share=1.0)
 
 
 def bust_out(world: World, day: int, n: int, sig: Signature, rng: np.random.Generator, legit: Rows) -> Rows:
@@ -160,7 +160,7 @@ def bust_out(world: World, day: int, n: int, sig: Signature, rng: np.random.Gene
     card = pop.own_card(customer, rng.random(m))
     waking = rng.integers(8 * 3_600_000, 20 * 3_600_000, size=m)
     incident, ts = _sprees(rng, sig, world.day_start_ms(day) + waking)
-    rows = _spree_rows(world, day, rng, sig, "bust_out", customer, card, incident, ts, online=False)
+    rows = _spree_rows(world, day, rng, sig, "bust_out", customer, card, incident, ts, online_share=None)
     world.gone_from[customer] = day + 1  # the account goes quiet: no more ordinary spending
     return rows
 
@@ -182,8 +182,9 @@ def friendly_fraud(world: World, day: int, n: int, sig: Signature, rng: np.rando
     hour = (rng.choice(24, size=m, p=HOURLY_RHYTHM) + pop.rhythm_shift[customer]) % 24
     start = world.day_start_ms(day) + hour * 3_600_000 + rng.integers(0, 3_600_000, size=m)
     incident, ts = _sprees(rng, sig, start)
-    online = rng.random(len(ts)) < FRIENDLY_ECOMMERCE_SHARE
-    return _spree_rows(world, day, rng, sig, "friendly_fraud", customer, card, incident, ts, online=online)
+    return _spree_rows(
+        world, day, rng, sig, "friendly_fraud", customer, card, incident, ts, online_share=FRIENDLY_ECOMMERCE_SHARE
+    )
 
 
 Pattern = Callable[[World, int, int, Signature, np.random.Generator, Rows], Rows]
@@ -238,16 +239,17 @@ def _spree_rows(
     card: np.ndarray,
     incident: np.ndarray,
     ts: np.ndarray,
-    online: bool | np.ndarray,
+    online_share: float | None,
 ) -> Rows:
-    """Payments of incidents on one card each, at merchants of the signature's categories."""
+    """Payments of incidents on one card each, at merchants of the signature's categories; online
+    with ``online_share`` (None: the category's own share, as the customer would)."""
     pop = world.pop
     who = customer[incident]
     category = _categories(world, day, rng, sig, scenario, who)
     merchant = pop.pools.pick(category, pop.home_country[who], _where(sig), rng.random(len(ts)))
     amount = _amounts(world, rng, sig, who, category)
-    if isinstance(online, bool):
-        online = np.full(len(ts), online) if online else pop.category_ecommerce[category] > rng.random(len(ts))
+    share = pop.category_ecommerce[category] if online_share is None else online_share
+    online = rng.random(len(ts)) < share
     device = _devices(world, day, rng, sig, customer)[incident]
     rows = Rows.build(ts, who, card[incident], merchant, amount, device, online)
     return _finish(world, rng, rows, incident, len(customer), scenario)

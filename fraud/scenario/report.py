@@ -167,16 +167,23 @@ def _mean(values: list[float | None]) -> str:
 
 
 def _phases(run: ScenarioRun) -> list[tuple[str, list[DayRecord]]]:
-    """Before the first change, after it until a new model serves, and after that."""
-    first_change = min((c.start_day for c in run.story.simulation.changes), default=None)
-    later = [r["day"] + 1 for r in run.retrains[1:] if r.get("promoted")]
-    swap = min((d for d in later if first_change is None or d > first_change), default=None)
-    before = [d for d in run.days if first_change is None or d.day < first_change]
-    during = [
-        d for d in run.days if first_change is not None and d.day >= first_change and (swap is None or d.day < swap)
-    ]
-    after = [d for d in run.days if swap is not None and d.day >= swap]
-    return [("before the change", before), ("after the change, old model", during), ("after the retrain", after)]
+    """The run cut at each change's start and end and at each newly served model."""
+    cuts: dict[int, str] = {}
+    for c in run.story.simulation.changes:
+        cuts.setdefault(c.start_day, f"'{c.name}' active")
+        if c.end_day is not None:
+            cuts.setdefault(c.end_day, f"after '{c.name}' ended")
+    for r in run.retrains[1:]:
+        if r.get("promoted"):
+            cuts[r["day"] + 1] = f"{r['challenger']} serving"
+    phases, label, current = [], "before any change", []
+    for d in run.days:
+        if d.day in cuts:
+            phases.append((label, current))
+            label, current = cuts[d.day], []
+        current.append(d)
+    phases.append((label, current))
+    return [(name, days) for name, days in phases if days]
 
 
 def _markdown(run: ScenarioRun) -> str:

@@ -280,44 +280,72 @@ class _World:
         self.performance_alert = SustainedAlert("realised recall", 1 - self.cfg.recall_floor, sustain)
 
     def _watch(self, day: int, record: DayRecord) -> None:
-        requests = []
-        for name, alert in self.feature_alerts.items():
-            if self._alert_event(day, record, alert, record.kl.get(name), "feature_drift", f"KL {name}"):
-                requests.append(("feature_drift", f"feature drift on {name}"))
-        if self._alert_event(day, record, self.score_alert, record.kl.get("score"), "score_drift", "KL score"):
-            requests.append(("score_drift", "the score distribution drifted"))
-        miss = None if record.realised_recall is None else 1 - record.realised_recall
-        if self._alert_event(day, record, self.performance_alert, miss, "performance", "realised recall"):
-            requests.append(("performance", f"realised recall {record.realised_recall:.2f} < {self.cfg.recall_floor}"))
-        wanted = [reason for kind, reason in requests if kind in self.cfg.retrain_on]
-        firing_kinds = self._firing_kinds()
-        if not wanted and firing_kinds & set(self.cfg.retrain_on):
-            wanted = [f"{sorted(firing_kinds & set(self.cfg.retrain_on))[0]} alert still firing"]
+        """Feed the day's statistics to the alerts, narrate what changed, and act on the policy."""
+        fired: list[tuple[str, str]] = []  # (kind, why)
+        self._watch_features(day, record, fired)
+        score_kl = record.kl.get("score")
+        what = f"KL score {_num(score_kl)} vs threshold {self.cfg.kl_threshold}"
+        if self._observe(day, self.score_alert, score_kl, "score_drift", record, what) == "fire":
+            fired.append(("score_drift", "the score distribution drifted"))
+        recall = record.realised_recall
+        miss = None if recall is None else 1 - recall
+        what = f"realised recall {_num(recall)} vs floor {self.cfg.recall_floor}"
+        if self._observe(day, self.performance_alert, miss, "performance", record, what) == "fire":
+            fired.append(("performance", f"realised recall {recall:.2f} < {self.cfg.recall_floor}"))
+        triggers = set(self.cfg.retrain_on)
+        wanted = [why for kind, why in fired if kind in triggers]
+        still = sorted(self._firing_kinds() & triggers)
+        if not wanted and still:
+            wanted = [f"{still[0]} alert still firing"]
         if wanted:
             self._request_retrain(day, record, "; ".join(wanted))
-        elif requests:
+        elif fired:
+            kinds = ", ".join(sorted({kind for kind, _ in fired}))
+            record.events.append(f"no retrain: {kinds} alone does not ask for one (retrain on: {', '.join(triggers)})")
+
+    def _watch_features(self, day: int, record: DayRecord, fired: list[tuple[str, str]]) -> None:
+        """Per-feature alerts, narrated as one line per day (a shift moves many features at once)."""
+        changes = {"fire": [], "clear": []}
+        for name, alert in self.feature_alerts.items():
+            change = self._observe(day, alert, record.kl.get(name), "feature_drift")
+            if change:
+                changes[change].append(name)
+        if changes["fire"]:
+            top = sorted(changes["fire"], key=lambda n: -record.kl[n])
+            shown = ", ".join(f"{n} {record.kl[n]:.2f}" for n in top[:4])
+            more = f" and {len(top) - 4} more" if len(top) > 4 else ""
             record.events.append(
-                "no retrain: " + ", ".join(sorted({k for k, _ in requests})) + " alone does not ask for one"
+                f"ALERT feature_drift: {len(top)} features over KL {self.cfg.kl_threshold} for "
+                f"{self.cfg.sustain_days} days: {shown}{more}"
             )
+            fired.append(("feature_drift", f"feature drift on {top[0]}"))
+        if changes["clear"]:
+            record.events.append(f"cleared feature_drift on {len(changes['clear'])} features")
 
     def _firing_kinds(self) -> set[str]:
         kinds = {"feature_drift"} if any(a.firing for a in self.feature_alerts.values()) else set()
         kinds |= {"score_drift"} if self.score_alert.firing else set()
         return kinds | ({"performance"} if self.performance_alert.firing else set())
 
-    def _alert_event(
-        self, day: int, record: DayRecord, alert: SustainedAlert, value: float | None, kind: str, what: str
-    ) -> bool:
+    def _observe(
+        self,
+        day: int,
+        alert: SustainedAlert,
+        value: float | None,
+        kind: str,
+        record: DayRecord | None = None,
+        what: str = "",
+    ) -> str | None:
+        """Feed one alert; log a state change in ``alerts`` (and narrate it when ``record`` is given)."""
         change = alert.observe(value)
         if change is None:
-            return False
-        shown = "-" if value is None else f"{value:.3f}"
+            return None
         self.alerts.append({"day": day, "kind": kind, "name": alert.name, "event": change, "value": value})
-        if change == "fire":
-            record.events.append(f"ALERT {kind}: {what} = {shown} over {alert.threshold:.3f} for {alert.sustain} days")
-        else:
-            record.events.append(f"cleared {kind}: {what} = {shown}")
-        return change == "fire"
+        if record is not None and change == "fire":
+            record.events.append(f"ALERT {kind}: {what}, {alert.sustain} days running")
+        elif record is not None:
+            record.events.append(f"cleared {kind}: {what}")
+        return change
 
     def _request_retrain(self, day: int, record: DayRecord, reason: str) -> None:
         last = max((r["day"] for r in self.retrains), default=-(10**9))
@@ -366,6 +394,10 @@ def _short_window_features() -> tuple[str, ...]:
     long = {f.name for f in WINDOWED_FEATURES if f.window.length_s >= 7 * 86400}
     long |= {"card_amount_to_mean_30d", "merchant_fraud_rate_7d", "merchant_fraud_rate_30d"}
     return tuple(n for n in MODEL_FEATURES if n not in long)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _chunks(items: list, size: int):

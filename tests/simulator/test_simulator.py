@@ -233,16 +233,13 @@ def test_bust_out_maxes_out_an_own_card_at_home_then_goes_quiet(busy, busy_popul
 
 def test_friendly_fraud_looks_like_the_customers_own_purchase(busy, busy_population):
     rows = by_scenario(busy, "friendly_fraud")
-    countries = defaultdict(set)
-    for t in legit(busy):
-        countries[t.customer_id].add(t.country)
     assert len(rows) > 20
     for t in rows:
         assert t.card_id in own_cards(busy_population, t.customer_id)
         assert t.device_id in own_devices(busy_population, t.customer_id)
-        assert t.country in countries[t.customer_id] | {t.card_country}
         assert t.merchant_category in {CATEGORIES[c] for c in busy_population.preferred[number(t.customer_id)]}
     assert sum(t.channel == "ecommerce" for t in rows) > 0.6 * len(rows)
+    # At home, unless the customer's country has no merchant of the category (as for their own shopping).
     assert sum(t.country == t.card_country for t in rows) > 0.7 * len(rows)
 
 

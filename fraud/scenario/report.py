@@ -161,6 +161,12 @@ def _nan(value: float | None) -> float:
     return float("nan") if value is None else value
 
 
+def _pooled_recall(days: list[DayRecord]) -> str:
+    """Fraud stopped over fraud, summed over the days (a mean of daily ratios overweights quiet days)."""
+    fraud = sum(d.fraud for d in days)
+    return f"{sum(d.fraud_stopped for d in days) / fraud:.2f} ({fraud} fraud)" if fraud else "-"
+
+
 def _mean(values: list[float | None]) -> str:
     real = [v for v in values if v is not None]
     return f"{sum(real) / len(real):.2f}" if real else "-"
@@ -217,13 +223,13 @@ def _markdown(run: ScenarioRun) -> str:
         "",
         "## Key numbers",
         "",
-        "| phase | days | true recall | realised recall | flags/day | blocks/day |",
+        "| phase | days | true recall (pooled) | realised recall (mean of days) | flags/day | blocks/day |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for label, days in _phases(run):
         if days:
             lines.append(
-                f"| {label} | {days[0].day}-{days[-1].day} | {_mean([d.true_recall for d in days])} | "
+                f"| {label} | {days[0].day}-{days[-1].day} | {_pooled_recall(days)} | "
                 f"{_mean([d.realised_recall for d in days])} | "
                 f"{sum(d.outcomes.get('flag', 0) for d in days) / len(days):.0f} | "
                 f"{sum(d.outcomes.get('block', 0) for d in days) / len(days):.0f} |"

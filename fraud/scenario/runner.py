@@ -246,6 +246,9 @@ class _World:
             for i in np.flatnonzero((self.day_of > day - self.cfg.performance_window_days) & (self.day_of <= day))
             if (t := self.ordered[i]).transaction_id in self.decided
         ]
+        # Judge the serving model on its own decisions only: after a swap, the old model's misses
+        # would keep the alert firing for a window's length.
+        window = [d for d in window if d.model_version == self.engine.model.version]
         known = {lb.transaction_id for lb in self._labels_known_at(end) if lb.is_fraud}
         stopped = np.array([d.outcome is not Outcome.APPROVE for d in window], dtype=bool)
         known_fraud = np.array([d.transaction_id in known for d in window], dtype=bool)

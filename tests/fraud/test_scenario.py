@@ -32,9 +32,10 @@ def _later_retrains(run):
     return [r for r in run.retrains[1:]]
 
 
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values)
+def _recall(run, first_day, end_day=10**9):
+    """True recall pooled over days [first_day, end_day): fraud stopped / fraud, from ground truth."""
+    days = [d for d in run.days if first_day <= d.day < end_day]
+    return sum(d.fraud_stopped for d in days) / sum(d.fraud for d in days)
 
 
 def test_shipped_stories_load_and_name_their_changes():
@@ -58,8 +59,7 @@ def test_covariate_shift_alerts_on_features_but_does_not_retrain_and_recall_hold
     assert min(fired) <= start + story.story.sustain_days + 1
     assert _later_retrains(run) == []  # covariate drift alone asks for no retrain
     assert any("does not ask for one" in line for line in lines)
-    before = _mean([d.true_recall for d in run.days if d.day < start])
-    during = _mean([d.true_recall for d in run.days if d.day >= start])
+    before, during = _recall(run, 0, start), _recall(run, start)
     assert during > before - 0.15, (before, during)
 
     report = write_report(run, tmp_path / "report")
@@ -79,9 +79,7 @@ def test_concept_drift_performance_alert_after_the_change_then_retrain_and_recov
     retrains = [r for r in _later_retrains(run) if r.get("promoted")]
     assert retrains and retrains[0]["day"] >= min(fired)
     swap = retrains[0]["day"] + 1
-    hurt = _mean([d.true_recall for d in run.days if start <= d.day < swap])
-    healed = _mean([d.true_recall for d in run.days if d.day >= swap])
-    before = _mean([d.true_recall for d in run.days if d.day < start])
+    before, hurt, healed = _recall(run, 0, start), _recall(run, start, swap), _recall(run, swap)
     assert hurt < before - 0.1, (before, hurt)
     assert healed > hurt + 0.1, (hurt, healed)
 

@@ -20,7 +20,7 @@ from simulator.drift import Signature
 from simulator.population import ABROAD, HOURLY_RHYTHM, LOCAL, PREFERENCE
 from simulator.rows import DAY_MS, NOT_REPORTED, Rows
 from simulator.schedule import SCENARIO_NAMES
-from simulator.world import FRAUD, NEW_PATTERN, World
+from simulator.world import FRAUD, NEVER, NEW_PATTERN, World
 
 SCENARIO_CODE = {name: k + 1 for k, name in enumerate(SCENARIO_NAMES)}  # 0 is legitimate
 
@@ -155,6 +155,7 @@ def bust_out(world: World, day: int, n: int, sig: Signature, rng: np.random.Gene
     """
     pop = world.pop
     eligible = world.customers_with_history(day, payments=6)
+    eligible = eligible[world.gone_from[eligible] == NEVER]  # a card is busted out once
     customer = rng.choice(eligible, size=min(n, len(eligible)), replace=False)
     m = len(customer)
     card = pop.own_card(customer, rng.random(m))

@@ -19,6 +19,7 @@ from simulator.rows import DAY_MS
 
 # Stream purposes (the second number of every stream's seed); population.py uses 1-3.
 SPENDING, COVARIATE, FRAUD, NEW_PATTERN = 10, 11, 20, 30
+NEVER = np.iinfo(np.int64).max
 
 
 @dataclass
@@ -28,7 +29,7 @@ class World:
     pop: Population
     switches: dict[int, np.ndarray]  # covariate change index -> each customer's new device, or -1
     n_devices: int  # customers' devices, the new ones included
-    gone_from: np.ndarray  # per customer: first day without ordinary spending (after a bust-out)
+    gone_from: np.ndarray  # per customer: first day without ordinary spending (after a bust-out), or NEVER
     fraudster_devices: int = 0
     seed: tuple[int, ...] = field(default=())
 
@@ -38,7 +39,7 @@ class World:
         schedule = Schedule(config.changes)
         pop = build_population(config, schedule.new_categories, seed)
         switches, n_devices = schedule.device_switches(pop, seed)
-        gone_from = np.full(pop.n_customers, config.days, dtype=np.int64)
+        gone_from = np.full(pop.n_customers, NEVER, dtype=np.int64)
         return cls(config, schedule, pop, switches, n_devices, gone_from, seed=seed)
 
     def rng(self, *stream: int) -> np.random.Generator:

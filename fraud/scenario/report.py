@@ -30,11 +30,14 @@ def write_report(run: ScenarioRun, out_dir: Path) -> Path:
 
 
 def _mark_changes(ax, run: ScenarioRun) -> None:
+    by_day: dict[int, list[str]] = {}
     for change in run.story.simulation.changes:
-        ax.axvline(change.start_day, color="tab:red", linestyle="--", linewidth=1)
+        by_day.setdefault(change.start_day, []).append(change.name)
+    for day, names in by_day.items():
+        ax.axvline(day, color="tab:red", linestyle="--", linewidth=1)
         ax.annotate(
-            change.name,
-            (change.start_day, 1),
+            " + ".join(names),
+            (day, 0.98),
             xycoords=("data", "axes fraction"),
             rotation=90,
             va="top",

@@ -427,3 +427,15 @@ def _caught_by_total(days: list[DayRecord]) -> dict[str, dict[str, int]]:
         for scenario, counts in d.caught_by.items():
             total.setdefault(scenario, Counter()).update(counts)
     return {k: dict(v) for k, v in total.items()}
+
+
+def run_quietly(
+    name_or_path: str | Path, workdir: Path, **simulation_overrides: object
+) -> tuple[ScenarioRun, list[str]]:
+    """Run a story without printing; returns the run and its narration. A module-level function, so
+    stories can run in parallel worker processes (tests, notebooks)."""
+    from fraud.scenario.story import load_story
+
+    lines: list[str] = []
+    run = run_scenario(load_story(name_or_path, **simulation_overrides), workdir, say=lines.append)
+    return run, lines

@@ -7,21 +7,26 @@ retrain pipeline and the monitors; only the population is smaller than the shipp
 from __future__ import annotations
 
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from fraud.scenario import load_story, run_scenario, story_names, write_report
+from fraud.scenario import load_story, run_quietly, story_names, write_report
 
 pytestmark = pytest.mark.slow
 
 SMALL = {"n_customers": 1200}
+STORIES = ("covariate-shift", "concept-drift", "new-fraud-pattern")
 
 
-def _run(name, tmp_path, **overrides):
-    story = load_story(name, **{**SMALL, **overrides})
-    lines: list[str] = []
-    run = run_scenario(story, tmp_path, say=lines.append)
-    return story, run, lines
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """All three stories, two at a time in worker processes (each is one core's work for a minute)."""
+    root = tmp_path_factory.mktemp("stories")
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {name: pool.submit(run_quietly, name, root / name, **SMALL) for name in STORIES}
+        return {name: (load_story(name, **SMALL), *future.result()) for name, future in futures.items()}
 
 
 def _fired(run, kind):
@@ -51,8 +56,8 @@ def test_unknown_story_is_a_clear_error():
         load_story("no-such-story")
 
 
-def test_covariate_shift_alerts_on_features_but_does_not_retrain_and_recall_holds(tmp_path):
-    story, run, lines = _run("covariate-shift", tmp_path)
+def test_covariate_shift_alerts_on_features_but_does_not_retrain_and_recall_holds(runs, tmp_path):
+    story, run, lines = runs["covariate-shift"]
     start = story.simulation.changes[0].start_day
     fired = _fired(run, "feature_drift")
     assert fired and min(fired) >= start, f"feature drift fired on days {fired}; the surge starts on day {start}"
@@ -71,8 +76,8 @@ def test_covariate_shift_alerts_on_features_but_does_not_retrain_and_recall_hold
     assert summary["story"] == "covariate-shift" and summary["retrains"][0]["promoted"]
 
 
-def test_concept_drift_performance_alert_after_the_change_then_retrain_and_recovery(tmp_path):
-    story, run, _ = _run("concept-drift", tmp_path)
+def test_concept_drift_performance_alert_after_the_change_then_retrain_and_recovery(runs):
+    story, run, _ = runs["concept-drift"]
     start = next(c.start_day for c in story.simulation.changes if c.kind == "concept")
     fired = _fired(run, "performance")
     assert fired and min(fired) > start, f"performance alert on days {fired}; the change starts on day {start}"
@@ -84,8 +89,8 @@ def test_concept_drift_performance_alert_after_the_change_then_retrain_and_recov
     assert healed > hurt + 0.1, (hurt, healed)
 
 
-def test_new_fraud_pattern_appears_on_its_day_and_the_retrained_model_learns_it(tmp_path):
-    story, run, _ = _run("new-fraud-pattern", tmp_path)
+def test_new_fraud_pattern_appears_on_its_day_and_the_retrained_model_learns_it(runs):
+    story, run, _ = runs["new-fraud-pattern"]
     start = story.simulation.changes[0].start_day
     by_day = {d.day: d.caught_by.get("bust_out", {}) for d in run.days}
     assert all(not counts for day, counts in by_day.items() if day < start)

@@ -122,6 +122,7 @@ def simulate(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from yaml import YAMLError
 
+    from fraud.bench_stream import machine_info
     from simulator import SimulationConfig, iter_transactions, load_config, simulate_to_files
 
     if fmt not in ("jsonl", "parquet"):
@@ -153,6 +154,8 @@ def simulate(
     for key, value in summary.items():
         console.print(f"{key:>18}: {value}")
     console.print(f"{summary['transactions']:,} payments in {seconds:.1f} s: {speed:,} per second")
+    cpu = machine_info()
+    console.print(f"machine: {cpu['cpu']}, {cpu['cores']} cores, Python {cpu['python']} (generation uses one core)")
     if to_kafka:
         from deploy.kafka import make_producer, produce_all
         from schema import encode

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 
 import matplotlib
@@ -160,6 +159,13 @@ def _plot_caught_by(run: ScenarioRun, path: Path) -> None:
     plt.close(fig)
 
 
+def _machine() -> str:
+    from fraud.bench_stream import machine_info
+
+    info = machine_info()
+    return f"{info['cpu']}, {info['cores']} cores, Python {info['python']}"
+
+
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else value
 
@@ -213,7 +219,7 @@ def _markdown(run: ScenarioRun) -> str:
         f"at least {cfg.min_known_fraud} known frauds). Retrain on: {', '.join(cfg.retrain_on) or 'nothing'}.",
         f"- Review: {cfg.review_capacity_per_day} flagged cases a day, verdict known {cfg.review_delay_hours:g} h "
         "after the payment.",
-        f"- Machine: {platform.machine()}, Python {platform.python_version()}; times: "
+        f"- Machine: {_machine()}; times: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in run.timings_s.items()),
         "",
         "## Scheduled changes",

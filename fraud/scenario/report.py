@@ -69,9 +69,7 @@ def _plot_drift(run: ScenarioRun, path: Path) -> None:
         title="Drift per day (red: scheduled change, green: new model serving)",
     )
     ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_performance(run: ScenarioRun, path: Path) -> None:
@@ -105,9 +103,7 @@ def _plot_performance(run: ScenarioRun, path: Path) -> None:
         title="Recall as the system saw it, and as it was",
     )
     ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_decisions(run: ScenarioRun, path: Path) -> None:
@@ -124,9 +120,7 @@ def _plot_decisions(run: ScenarioRun, path: Path) -> None:
     bottom.legend(fontsize=8)
     _mark_changes(top, run)
     _mark_changes(bottom, run)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _plot_caught_by(run: ScenarioRun, path: Path) -> None:
@@ -154,6 +148,10 @@ def _plot_caught_by(run: ScenarioRun, path: Path) -> None:
     axes[0, 0].legend(fontsize=8, loc="upper left")
     axes[0, 0].set_title("Fraud per day by pattern: who stopped it")
     axes[-1, 0].set_xlabel("simulated day")
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -219,8 +217,7 @@ def _markdown(run: ScenarioRun) -> str:
         f"at least {cfg.min_known_fraud} known frauds). Retrain on: {', '.join(cfg.retrain_on) or 'nothing'}.",
         f"- Review: {cfg.review_capacity_per_day} flagged cases a day, verdict known {cfg.review_delay_hours:g} h "
         "after the payment.",
-        f"- Machine: {_machine()}; times: "
-        + ", ".join(f"{k} {v:.0f} s" for k, v in run.timings_s.items()),
+        f"- Machine: {_machine()}; times: " + ", ".join(f"{k} {v:.0f} s" for k, v in run.timings_s.items()),
         "",
         "## Scheduled changes",
     ]

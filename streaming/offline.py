@@ -16,7 +16,7 @@ duplicate events are not applied) picks exactly the events the online store hold
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -86,8 +86,10 @@ class OfflineFeatureBuilder:
         transactions: Sequence[Transaction],
         labels: Iterable[Label] = (),
         allowed_lateness_s: float = DEFAULT_ALLOWED_LATENESS_S,
+        progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, np.ndarray]:
-        """As ``replay``, each transaction's features as a row in ``MODEL_FEATURES`` order."""
+        """As ``replay``, each transaction's features as a row in ``MODEL_FEATURES`` order.
+        ``progress(done, total)`` is called after each run of payments (long replays)."""
         transactions = list(transactions)
         verdicts = admissions_in_arrival_order(transactions, allowed_lateness_s)
         by_id = {t.transaction_id: t for t in transactions}
@@ -108,6 +110,8 @@ class OfflineFeatureBuilder:
                 if admitted:
                     self.apply(t)
             run.clear()
+            if progress is not None:
+                progress(len(rows), len(transactions))
 
         for _, _, _, index, item in timeline:
             if isinstance(item, Label):
@@ -124,11 +128,13 @@ class OfflineFeatureBuilder:
 
 
 def feature_matrix(
-    transactions: Iterable[Transaction], labels: Iterable[Label] = ()
+    transactions: Iterable[Transaction],
+    labels: Iterable[Label] = (),
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[Transaction], np.ndarray]:
     """Replay history; returns the transactions in event order and their feature matrix."""
     transactions = list(transactions)
-    rows = OfflineFeatureBuilder().replay_rows(transactions, labels)
+    rows = OfflineFeatureBuilder().replay_rows(transactions, labels, progress=progress)
     ordered = sorted({t.transaction_id: t for t in transactions}.values(), key=event_order)
     matrix = np.array([rows[t.transaction_id] for t in ordered], dtype=np.float32)
     return ordered, matrix.reshape(len(ordered), len(MODEL_FEATURES))

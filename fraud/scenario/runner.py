@@ -114,7 +114,7 @@ def run_scenario(story: Story, workdir: Path, say: Say = print) -> ScenarioRun:
 
     started = time.perf_counter()
     say("replaying point-in-time features for every payment (the online feature code, offline)...")
-    ordered, matrix = feature_matrix(sim.transactions, sim.labels)
+    ordered, matrix = feature_matrix(sim.transactions, sim.labels, progress=_every_tenth(say))
     timings["features"] = time.perf_counter() - started
 
     world = _World(story, workdir, ordered, matrix, sim.labels, {g.transaction_id: g for g in sim.truth}, say)
@@ -397,6 +397,19 @@ def _short_window_features() -> tuple[str, ...]:
     long = {f.name for f in WINDOWED_FEATURES if f.window.length_s >= 7 * 86400}
     long |= {"card_amount_to_mean_30d", "merchant_fraud_rate_7d", "merchant_fraud_rate_30d"}
     return tuple(n for n in MODEL_FEATURES if n not in long)
+
+
+def _every_tenth(say: Say) -> Callable[[int, int], None]:
+    """A replay progress callback that speaks at each tenth of the way."""
+    spoken = [0]
+
+    def progress(done: int, total: int) -> None:
+        tenth = done * 10 // max(total, 1)
+        if tenth > spoken[0]:
+            spoken[0] = tenth
+            say(f"  features: {done:,} of {total:,} payments")
+
+    return progress
 
 
 def _num(value: float | None) -> str:

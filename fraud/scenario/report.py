@@ -183,7 +183,9 @@ def _phases(run: ScenarioRun) -> list[tuple[str, list[DayRecord]]]:
     """The run cut at each change's start and end and at each newly served model."""
     cuts: dict[int, str] = {}
     for c in run.story.simulation.changes:
-        cuts.setdefault(c.start_day, f"'{c.name}' active")
+        cuts[c.start_day] = f"{cuts[c.start_day]} + '{c.name}'" if c.start_day in cuts else f"'{c.name}'"
+    cuts = {day: f"{names} active" for day, names in cuts.items()}
+    for c in run.story.simulation.changes:
         if c.end_day is not None:
             cuts.setdefault(c.end_day, f"after '{c.name}' ended")
     for r in run.retrains[1:]:

@@ -300,6 +300,9 @@ class _World:
         still = sorted(self._firing_kinds() & triggers)
         if not wanted and still:
             wanted = [f"{still[0]} alert still firing"]
+        every = self.cfg.retrain_every_days
+        if not wanted and every and day - self.retrains[-1]["day"] >= every:
+            wanted = [f"scheduled, every {every} days"]
         if wanted:
             self._request_retrain(day, record, "; ".join(wanted))
         elif fired:

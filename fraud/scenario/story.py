@@ -50,6 +50,9 @@ class StoryConfig(BaseModel):
         ("performance",), description="Alerts that request a retrain; covariate (feature) drift alone does not."
     )
     min_days_between_retrains: int = Field(5, ge=1, description="Rate limit on retrain requests.")
+    retrain_every_days: int | None = Field(
+        None, gt=0, description="Scheduled retrains (production: monthly), besides those the alerts ask for."
+    )
     # Review: flagged payments, highest score x amount first, up to capacity per day; each verdict
     # (the simulator's ground truth) is known a few hours after the payment.
     review_capacity_per_day: int = Field(150, ge=0)

@@ -151,6 +151,25 @@ def _plot_caught_by(run: ScenarioRun, path: Path) -> None:
     _save(fig, path)
 
 
+def _by_model_table(run: ScenarioRun) -> list[str]:
+    """How much of each fraud pattern was stopped while each model served: when a model learned what."""
+    models = list(dict.fromkeys(d.model_version for d in run.days))
+    totals: dict[tuple[str, str], list[int]] = {}
+    for d in run.days:
+        for scenario, c in d.caught_by.items():
+            t = totals.setdefault((scenario, d.model_version), [0, 0])
+            t[0] += c.get("fraud", 0)
+            t[1] += c.get("fraud", 0) - c.get("missed", 0)
+    rows = ["| pattern | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+    for scenario in sorted({k[0] for k in totals}):
+        cells = []
+        for m in models:
+            fraud, stopped = totals.get((scenario, m), [0, 0])
+            cells.append(f"{stopped / fraud:.0%} of {fraud}" if fraud else "-")
+        rows.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -254,6 +273,7 @@ def _markdown(run: ScenarioRun) -> str:
             f"| {scenario} | {c.get('fraud', 0)} | {c.get('rules', 0)} | {c.get('model', 0)} | "
             f"{c.get('review', 0)} | {c.get('missed', 0)} |"
         )
+    lines += ["", "## Share of each pattern stopped, by serving model", ""] + _by_model_table(run)
     lines += [
         "",
         "## Plots",

@@ -69,7 +69,7 @@ def test_covariate_shift_alerts_on_features_but_does_not_retrain_and_recall_hold
 
     report = write_report(run, tmp_path / "report")
     text = report.read_text()
-    assert "holiday-surge" in text and "## Key numbers" in text
+    assert "holiday-surge" in text and "## Key numbers" in text and "stopped, by serving model" in text
     for png in ("drift.png", "performance.png", "decisions.png", "caught_by.png"):
         assert (tmp_path / "report" / png).stat().st_size > 10_000
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())

@@ -44,7 +44,7 @@ def test_commands_needing_a_broker_say_how_to_get_one(tmp_path):
 
 @pytest.mark.slow
 def test_simulate_then_train_registers_a_served_model(tmp_path):
-    result = runner.invoke(app, ["simulate", "--home", str(tmp_path), "--days", "6", "--customers", "1500"])
+    result = runner.invoke(app, ["simulate", "--home", str(tmp_path), "--days", "10", "--customers", "1500"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "data" / "transactions.jsonl").exists()
     result = runner.invoke(app, ["train", "--home", str(tmp_path), "--label-maturity-days", "1"])

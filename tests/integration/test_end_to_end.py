@@ -26,11 +26,22 @@ from review_queue import ReviewStore
 from schema import LabelSource, Outcome, decode_label
 from scoring import ScorerClient
 from scoring.proto import fraud_pb2 as pb
-from simulator import SimulationConfig, simulate, write_simulation
+from simulator import ScenarioRates, SimulationConfig, simulate, write_simulation
 from streaming import OfflineFeatureBuilder, OnlineFeatureStore
 from tests.factories import txn
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+# Six days of 1,500 customers, with fraud about three times the simulator's default and chargebacks
+# a little faster, so that five days of history hold enough known fraud to train the first model.
+TRAINABLE_WEEK = SimulationConfig(
+    seed=5,
+    days=6,
+    n_customers=1500,
+    scenarios=ScenarioRates(card_testing=6, account_takeover=8, compromised_merchant=5),
+    label_delay_median_days=2.0,
+)
 
 
 def burst(start, card="card-planted"):
@@ -64,7 +75,7 @@ def run(kafka_bootstrap, redis_url, tmp_path_factory):
         metrics_port=free_port(),
     )
     ensure_topics(kafka_bootstrap, settings.topics.all())
-    sim = simulate(SimulationConfig(seed=5, days=6, n_customers=1500))
+    sim = simulate(TRAINABLE_WEEK)
     write_simulation(sim, settings.data_dir)
     live_start = sim.transactions[0].event_time.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=5)
     history = [t for t in sim.transactions if t.event_time < live_start]

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from fraud.scenario.story import Story
+from fraud.scenario.story import Story, load_story
 from monitoring import DriftReference, SustainedAlert, compare, realised_performance
 from retrain import ModelRegistry, NotEnoughData, RetrainPolicy, labelled_as_of, retrain_on
 from rules_engine import load_rules
@@ -141,6 +141,7 @@ class _World:
         self.ordered, self.matrix, self.truth = ordered, matrix, truth
         self.chargebacks = chargebacks
         self.reviews: list[Label] = []
+        self.reviewed: set[str] = set()  # transaction ids of self.reviews
         self.t0 = story.simulation.start.timestamp()
         self.event_ts = np.array([t.event_ts for t in ordered])
         self.day_of = ((self.event_ts - self.t0) // DAY_S).astype(int)
@@ -201,6 +202,7 @@ class _World:
         flagged.sort(key=lambda d: -(d.score or 0.0) * d.transaction.amount_minor)
         delay = timedelta(hours=self.cfg.review_delay_hours)
         for d in flagged[: self.cfg.review_capacity_per_day]:
+            self.reviewed.add(d.transaction_id)
             self.reviews.append(
                 Label(
                     transaction_id=d.transaction_id,
@@ -255,7 +257,6 @@ class _World:
         return realised_performance(stopped, known_fraud, self.cfg.min_known_fraud)
 
     def _caught_by(self, decisions: list[Decision]) -> dict[str, dict[str, int]]:
-        reviewed = {lb.transaction_id for lb in self.reviews}
         tally: dict[str, Counter] = {}
         for d in decisions:
             truth = self.truth[d.transaction_id]
@@ -267,7 +268,7 @@ class _World:
             by_model = d.score is not None and d.score >= self.cfg.flag_threshold
             c["rules"] += by_rule
             c["model"] += by_model and not by_rule
-            c["review"] += d.transaction_id in reviewed
+            c["review"] += d.transaction_id in self.reviewed
             c["missed"] += d.outcome is Outcome.APPROVE
         return {k: dict(v) for k, v in tally.items()}
 
@@ -450,8 +451,6 @@ def run_quietly(
 ) -> tuple[ScenarioRun, list[str]]:
     """Run a story without printing; returns the run and its narration. A module-level function, so
     stories can run in parallel worker processes (tests, notebooks)."""
-    from fraud.scenario.story import load_story
-
     lines: list[str] = []
     run = run_scenario(load_story(name_or_path, **simulation_overrides), workdir, say=lines.append)
     return run, lines

@@ -34,7 +34,7 @@ def _fired(run, kind):
 
 
 def _later_retrains(run):
-    return [r for r in run.retrains[1:]]
+    return run.retrains[1:]
 
 
 def _recall(run, first_day, end_day=10**9):

@@ -20,6 +20,7 @@ from schema.types import (
     Label,
     LabelSource,
     Outcome,
+    ReasonCode,
     RuleHit,
     Transaction,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "Label",
     "LabelSource",
     "Outcome",
+    "ReasonCode",
     "RuleHit",
     "Transaction",
     "decode_decision",

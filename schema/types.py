@@ -81,6 +81,19 @@ class RuleHit(msgspec.Struct, frozen=True, kw_only=True):
     evaluated: bool = True  # False: a feature it needs was missing; reason says which
 
 
+class ReasonCode(msgspec.Struct, frozen=True, kw_only=True):
+    """One feature's push on the model's score, in words an analyst reads.
+
+    ``contribution`` is XGBoost's per-feature contribution (SHAP value, in log-odds): positive
+    pushed towards fraud. Computed only for flagged and blocked decisions.
+    """
+
+    feature: str  # e.g. "card_count_1h"
+    value: float  # the feature's value for this transaction
+    contribution: float  # log-odds pushed onto the score
+    text: str  # "7 payments on this card in the last hour (usual: 1)"
+
+
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
     """What the scorer decided for one transaction, with everything needed to audit it later."""
 
@@ -95,6 +108,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     propensity: Probability = 1.0  # P(this arm's policy | transaction); 1.0 without an experiment
     degraded_reason: str | None = None  # set when a dependency was unavailable
     feature_staleness_s: float | None = None  # event time minus the newest event in the stored aggregates
+    reasons: list[ReasonCode] = []  # top feature contributions, strongest first (flag and block only)
 
     @property
     def transaction_id(self) -> str:

@@ -16,7 +16,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/fraud demo
 
+# The reviewer console's end-to-end test drives headless Chromium: Debian's packages, installed
+# here when missing (as root, or through sudo), because pip cannot provide a browser.
 test: $(STAMP)
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	fi
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

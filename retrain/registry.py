@@ -38,6 +38,9 @@ class RegisteredModel:
     version: str
     metadata: dict[str, Any]
     session: ort.InferenceSession
+    # The same model in XGBoost's format, for reason codes (scoring.reasons); None or a path that
+    # does not exist when the version was registered without it: decisions are then made without reasons.
+    native_path: Path | None = None
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Fraud probability per row of a float32 matrix in ``MODEL_FEATURES`` order."""
@@ -135,4 +138,4 @@ class ModelRegistry:
                 f"model {version} was trained on features {metadata.get('feature_names')}, "
                 f"but this code computes {list(MODEL_FEATURES)}"
             )
-        return RegisteredModel(version=version, metadata=metadata, session=session)
+        return RegisteredModel(version=version, metadata=metadata, session=session, native_path=folder / "xgboost.ubj")

@@ -26,6 +26,7 @@ from retrain.registry import RegisteredModel
 from rules_engine import RuleSet
 from schema import Decision, DecisionThresholds, FeatureVector, Outcome, RuleHit, Transaction
 from scoring.metrics import ScorerMetrics
+from scoring.reasons import ReasonExplainer
 from streaming import OnlineFeatureStore
 from streaming.windows import context_features
 
@@ -51,6 +52,7 @@ class DecisionEngine:
         self.thresholds = thresholds
         self.metrics = metrics
         self.fallback = fallback or FallbackPolicy()
+        self.reasons = ReasonExplainer()  # follows self.model when it is swapped
         metrics.model_loaded(model.version)
 
     def decide_batch(self, transactions: Sequence[Transaction]) -> list[Decision]:
@@ -76,8 +78,19 @@ class DecisionEngine:
         now = datetime.now(UTC)
         decisions = []
         all_hits = self.rules.evaluate_batch(transactions, vectors, batch.column)
-        for txn, vector, score, hits in zip(transactions, vectors, scores.tolist(), all_hits, strict=True):
-            outcome = max([self.thresholds.outcome(float(score)), *(h.action for h in hits)], key=_severity)
+        score_list = scores.tolist()
+        outcomes = [
+            max([self.thresholds.outcome(float(score)), *(h.action for h in hits)], key=_severity)
+            for score, hits in zip(score_list, all_hits, strict=True)
+        ]
+        rules_done = time.perf_counter()
+        # Reason codes for flagged and blocked rows only: an all-approve batch never touches the booster.
+        explain = [i for i, outcome in enumerate(outcomes) if outcome is not Outcome.APPROVE]
+        reasons = self.reasons.reasons_for(self.model, batch.matrix, explain) if explain else {}
+        reasons_done = time.perf_counter()
+        for i, (txn, vector, score, hits, outcome) in enumerate(
+            zip(transactions, vectors, score_list, all_hits, outcomes, strict=True)
+        ):
             staleness = None if batch.stream_watermark is None else txn.event_ts - batch.stream_watermark
             if staleness is not None:
                 self.metrics.feature_staleness.observe(max(staleness, 0.0))
@@ -91,9 +104,12 @@ class DecisionEngine:
                     features=vector,
                     decided_at=now,
                     feature_staleness_s=staleness,
+                    reasons=reasons.get(i, []),
                 )
             )
-        self.metrics.observe_stage("rules_thresholds", time.perf_counter() - model_done)
+        if explain:
+            self.metrics.observe_stage("reasons", reasons_done - rules_done)
+        self.metrics.observe_stage("rules_thresholds", time.perf_counter() - model_done - (reasons_done - rules_done))
         self.metrics.count_decisions(decisions)
         return decisions
 

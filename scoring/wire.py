@@ -65,4 +65,8 @@ def decision_to_proto(decision: Decision) -> pb.Decision:
         degraded_reason=decision.degraded_reason or "",
         policy_arm=decision.policy_arm,
         propensity=decision.propensity,
+        reasons=[
+            pb.ReasonCode(feature=r.feature, value=r.value, contribution=r.contribution, text=r.text)
+            for r in decision.reasons
+        ],
     )

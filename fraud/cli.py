@@ -28,7 +28,10 @@ from rich.table import Table
 from fraud.config import MissingService, Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
-review_app = typer.Typer(no_args_is_help=True, help="The human review queue: list cases, label them.")
+review_app = typer.Typer(
+    no_args_is_help=True,
+    help="The human review queue: list cases, label them, or serve the reviewer console (--web).",
+)
 app.add_typer(review_app, name="review")
 console = Console()
 
@@ -453,22 +456,54 @@ def _serve_kafka(settings: Settings, service) -> None:
         door.run(stop)
 
 
+@review_app.callback(invoke_without_command=True)
+def review(
+    ctx: typer.Context,
+    web: Annotated[bool, typer.Option("--web", help="Serve the reviewer console (needs FRAUD_REVIEW_TOKEN).")] = False,
+    host: Annotated[str, typer.Option(help="Console address; loopback unless you mean to expose it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Console port.")] = 8088,
+    home: Home = None,
+) -> None:
+    """The human review queue: list cases, label them, or serve the reviewer console (--web)."""
+    if ctx.invoked_subcommand is not None:
+        if web:
+            raise typer.BadParameter("--web serves the console; it takes no subcommand", param_hint="--web")
+        return
+    if not web:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+    settings = _settings(home)
+    if settings.review_token is None or not settings.review_token.get_secret_value():
+        console.print(
+            "[red]refusing to serve the reviewer console without a login token: "
+            "set FRAUD_REVIEW_TOKEN (and optionally FRAUD_REVIEW_SESSION_SECRET)[/red]"
+        )
+        raise typer.Exit(2)
+    from fraud.lifecycle import review_console
+    from review_queue.console import serve
+
+    console.print(f"reviewer console on http://{host}:{port}/ (store {settings.review_db})")
+    serve(review_console(settings), host, port)
+
+
 @review_app.command("list")
 def review_list(home: Home = None, limit: Annotated[int, typer.Option(help="Cases to show.")] = 20) -> None:
-    """Open cases, highest priority (score x amount) first."""
-    from review_queue import ReviewStore
+    """Open cases in queue order: score x amount, boosted by age against the review SLA."""
+    from fraud.lifecycle import open_review_store
 
     settings = _settings(home)
-    with ReviewStore(settings.review_db) as store:
-        table = Table("transaction", "score", "amount", "card", "merchant", "rule hits")
+    with open_review_store(settings) as store:
+        table = Table("transaction", "kind", "score", "amount", "card", "merchant", "claimed by", "rule hits")
         for case in store.open_cases(limit):
             d = case.decision
             table.add_row(
                 case.transaction_id,
+                case.kind.value,
                 "-" if d.score is None else f"{d.score:.3f}",
                 f"{d.transaction.amount_minor / 100:,.2f} {d.transaction.currency}",
                 d.transaction.card_id,
                 d.transaction.merchant_id,
+                case.claimed_by or "",
                 "; ".join(h.reason for h in d.rule_hits) or "-",
             )
         console.print(table)
@@ -483,11 +518,21 @@ def review_label(
     note: Annotated[str, typer.Option(help="Why.")] = "",
     home: Home = None,
 ) -> None:
-    """Record a reviewer's label (durable before this returns) and publish it to `labels`."""
-    from fraud.lifecycle import record_review_label
+    """Record a reviewer's label (durable before this returns) and publish it to `labels`.
+    A case someone else has claimed in the console is refused."""
+    from fraud.lifecycle import record_review_verdict
+    from review_queue import ClaimConflict, Verdict
 
-    label = record_review_label(_settings(home), transaction_id, fraud, reviewer, note)
-    console.print(f"recorded: {label.transaction_id} is_fraud={label.is_fraud} by {label.author}")
+    verdict = Verdict.FRAUD if fraud else Verdict.LEGITIMATE
+    try:
+        recorded = record_review_verdict(_settings(home), transaction_id, verdict, reviewer, note)
+    except ClaimConflict as conflict:
+        console.print(f"[red]not recorded: {conflict}[/red]")
+        raise typer.Exit(1) from None
+    label = recorded.label
+    assert label is not None
+    published = "published to labels" if recorded.published else "saved; publishing retried on the next label or intake"
+    console.print(f"recorded: {label.transaction_id} is_fraud={label.is_fraud} by {label.author} ({published})")
 
 
 @review_app.command("intake")
@@ -495,10 +540,16 @@ def review_intake(
     home: Home = None,
     idle_s: Annotated[float, typer.Option(help="Stop after this long without new decisions.")] = 5.0,
 ) -> None:
-    """Read `decisions` and open a case for every flagged one (idempotent by transaction id)."""
-    from fraud.lifecycle import intake_decisions
+    """Read `decisions`: a case for every flagged one and for the audit sample of approved ones
+    (idempotent by transaction id); read chargebacks from `labels` into the label log; publish any
+    labels still in the outbox."""
+    from fraud.lifecycle import intake_decisions, intake_labels, publish_pending_labels
 
-    console.print(f"opened {intake_decisions(_settings(home), idle_s)} new cases")
+    settings = _settings(home)
+    opened = intake_decisions(settings, idle_s)
+    chargebacks = intake_labels(settings, idle_s)
+    pending = publish_pending_labels(settings)
+    console.print(f"opened {opened} new cases; {chargebacks} new external labels; {pending} labels still unpublished")
 
 
 @app.command()

@@ -2,27 +2,49 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import msgspec
 import numpy as np
 import redis
 
-from fraud.config import Settings
+from fraud.config import MissingService, Settings
 from schema import Decision, Label, Transaction, decode_decision, encode
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from review_queue import ReviewStore, Verdict
+
+log = logging.getLogger(__name__)
 
 
 def load_labels(chargebacks: Iterable[Label], review_db: Path | None) -> list[Label]:
-    """Every label in the label log: chargebacks plus reviewers' labels (if a review store exists)."""
+    """Every label in the label log: chargebacks plus the review store's labels (if it exists).
+
+    The store also holds the chargebacks its intake read from `labels`, so a chargeback can come
+    from both sources: one copy per (transaction, source, author) is kept, the key the store
+    itself is unique on. (resolve_labels would reach the same verdicts from duplicates, but a
+    caller counting labels would not.)"""
     labels = list(chargebacks)
     if review_db is not None and review_db.exists():
         from review_queue import ReviewStore
 
         with ReviewStore(review_db) as store:
             labels.extend(store.labels())
-    return labels
+    seen: set[tuple[str, str, str]] = set()
+    unique = []
+    for label in labels:
+        key = (label.transaction_id, label.source.value, label.author)
+        if key not in seen:
+            seen.add(key)
+            unique.append(label)
+    return unique
 
 
 def run_retrain(
@@ -70,24 +92,114 @@ def build_service(settings: Settings):
     return FraudScorerService(engine, publisher, ServerConfig(host=settings.grpc_host, port=settings.grpc_port))
 
 
+def open_review_store(settings: Settings) -> ReviewStore:
+    """The review store with the configured claim timeout and SLA."""
+    from review_queue import ReviewStore
+
+    return ReviewStore(
+        settings.review_db,
+        claim_timeout=timedelta(seconds=settings.review_claim_timeout_s),
+        sla=timedelta(seconds=settings.review_sla_s),
+    )
+
+
+@dataclass(frozen=True)
+class RecordedVerdict:
+    """A verdict committed to the review store; ``published``: the outbox is empty again."""
+
+    verdict: Verdict
+    label: Label | None  # None for unsure: no training label
+    published: bool
+
+
+def record_review_verdict(
+    settings: Settings,
+    transaction_id: str,
+    verdict: Verdict,
+    reviewer: str,
+    note: str,
+    at: datetime | None = None,
+    require_claim: bool = False,
+) -> RecordedVerdict:
+    """Commit a reviewer's verdict to the review store, then publish the outbox to `labels`.
+
+    The commit comes first and is what makes the verdict true: if the broker is away the label
+    waits in the outbox (``published`` False) and the next label or intake publishes it."""
+    with open_review_store(settings) as store:
+        label = store.record_verdict(transaction_id, verdict, reviewer, note, at=at, require_claim=require_claim)
+    pending = publish_pending_labels(settings)
+    return RecordedVerdict(verdict, label, published=pending == 0)
+
+
 def record_review_label(
     settings: Settings, transaction_id: str, is_fraud: bool, reviewer: str, note: str, at: datetime | None = None
 ) -> Label:
-    """Commit the label to the review store, then publish it to `labels`."""
-    from deploy.kafka import make_producer, produce_all
-    from review_queue import ReviewStore
+    """Commit a fraud/legitimate label to the review store, then publish it to `labels` (outbox)."""
+    from review_queue import Verdict
 
-    with ReviewStore(settings.review_db) as store:
-        label = store.record_label(transaction_id, is_fraud, reviewer, note, at=at)
-        case = store.get_case(transaction_id)
-    if case is not None:  # the stream attributes the label to the merchant without a lookup
-        label = msgspec.structs.replace(label, merchant_id=case.decision.transaction.merchant_id)
-    produce_all(
-        make_producer(settings.require_kafka()),
-        settings.topics.labels,
-        [(label.transaction_id.encode(), encode(label))],
+    recorded = record_review_verdict(
+        settings, transaction_id, Verdict.FRAUD if is_fraud else Verdict.LEGITIMATE, reviewer, note, at=at
     )
-    return label
+    assert recorded.label is not None
+    return recorded.label
+
+
+# One publisher at a time per process: two console requests draining the outbox together would
+# send the same labels twice. Across processes (the console and `fraud review intake`) duplicates
+# remain possible, so `labels` is at-least-once: readers key labels by (transaction, source, author).
+_OUTBOX_LOCK = threading.Lock()
+
+
+def publish_pending_labels(settings: Settings) -> int:
+    """Publish every committed, unpublished label to `labels`; returns how many are still pending.
+
+    Never raises for a missing or unreachable broker: the labels stay in the outbox for the next
+    try, and the failure is logged."""
+    from confluent_kafka import KafkaException
+
+    from deploy.kafka import make_producer, produce_all
+
+    with _OUTBOX_LOCK, open_review_store(settings) as store:
+        pending = store.unpublished_labels()
+        if not pending:
+            return 0
+        try:
+            producer = make_producer(
+                settings.require_kafka(), message_timeout_ms=int(settings.label_publish_timeout_s * 1000)
+            )
+            produce_all(
+                producer,
+                settings.topics.labels,
+                [(label.transaction_id.encode(), encode(label)) for _, label in pending],
+            )
+        except (MissingService, KafkaException, RuntimeError) as exc:
+            log.warning("%d labels stay in the outbox: %s", len(pending), exc)
+            return len(pending)
+        store.mark_published([label_id for label_id, _ in pending])
+    return 0
+
+
+def review_console(settings: Settings) -> Starlette:
+    """The reviewer console wired to this deployment: the review store, and verdicts that commit
+    (the reviewer must hold the claim) and then publish the outbox to `labels`."""
+    import secrets
+    from functools import partial
+
+    from review_queue.console import ConsoleConfig, create_app
+
+    if settings.review_token is None:
+        raise MissingService("no reviewer login token: set FRAUD_REVIEW_TOKEN")
+    secret = settings.review_session_secret
+    config = ConsoleConfig(
+        token=settings.review_token.get_secret_value(),
+        # Random per start when unset: sessions end with the process, which is safe, only inconvenient.
+        session_secret=secret.get_secret_value() if secret else secrets.token_urlsafe(32),
+    )
+    return create_app(
+        config,
+        open_store=partial(open_review_store, settings),
+        record=partial(record_review_verdict, settings, require_claim=True),
+    )
 
 
 def read_decisions(settings: Settings, idle_s: float, group: str | None = None) -> list[Decision]:
@@ -105,13 +217,41 @@ def read_decisions(settings: Settings, idle_s: float, group: str | None = None) 
 
 
 def intake_decisions(settings: Settings, idle_s: float) -> int:
-    """Open review cases for flagged decisions on `decisions` (a consumer group resumes where it left)."""
-    from review_queue import ReviewStore
+    """Open review cases from `decisions` (a consumer group resumes where it left); returns how many are new.
+
+    Every flagged decision opens a case; approved decisions in the audit sample open audit cases
+    (``review_audit_rate``, chosen by a stable hash so a redelivery picks the same ones); every
+    decision goes into its card's recent history for the case pages."""
+    from review_queue import in_audit_sample
     from schema import Outcome
 
     decisions = read_decisions(settings, idle_s, group="review-intake")
-    with ReviewStore(settings.review_db) as store:
-        return store.add_cases([d for d in decisions if d.outcome is Outcome.FLAG])
+    rate = settings.review_audit_rate
+    audit = [d for d in decisions if d.outcome is Outcome.APPROVE and in_audit_sample(d.transaction_id, rate)]
+    with open_review_store(settings) as store:
+        store.record_payments(decisions, keep=timedelta(days=settings.review_history_days))
+        opened = store.add_cases([d for d in decisions if d.outcome is Outcome.FLAG])
+        if audit:
+            opened += store.add_audit_cases(audit, sample_rate=rate)
+    return opened
+
+
+def intake_labels(settings: Settings, idle_s: float) -> int:
+    """Record labels from `labels` that did not come from review (chargebacks) in the review store,
+    so the store is the one label log; returns how many were new. Its own consumer group.
+
+    Review labels on the topic were published from this store's outbox: skipped, not re-recorded."""
+    from deploy.kafka import consume_until_idle, make_consumer
+    from schema import LabelSource, decode_label
+
+    consumer = make_consumer(settings.require_kafka(), "review-label-intake", [settings.topics.labels])
+    try:
+        labels = [decode_label(m.value()) for m in consume_until_idle(consumer, idle_s=idle_s)]
+    finally:
+        consumer.close()
+    external = [lb for lb in labels if lb.source is not LabelSource.REVIEW]
+    with open_review_store(settings) as store:
+        return store.record_external_labels(external)
 
 
 def decision_samples(decisions: Sequence[Decision]) -> dict[str, np.ndarray]:

@@ -498,13 +498,18 @@ class ReviewStore:
         return label
 
     def record_external_label(self, label: Label) -> bool:
-        """A label from outside review (a chargeback read from `labels`); True if it was new.
+        """A label from outside review (a chargeback read from `labels`); True if it was new."""
+        return self.record_external_labels([label]) == 1
 
-        Stored as published: it came from the topic, so it must not be sent back to it."""
+    def record_external_labels(self, labels: Iterable[Label]) -> int:
+        """Labels from outside review in one transaction; returns how many were new or changed.
+
+        Stored as published: they came from the topic, so they must not be sent back to it."""
         with self._tx():
             before = self.db.total_changes
-            self._upsert(label, published=True)
-            return self.db.total_changes > before
+            for label in labels:
+                self._upsert(label, published=True)
+            return self.db.total_changes - before
 
     def _upsert(self, label: Label, published: bool) -> None:
         self.db.execute(

@@ -69,13 +69,26 @@ class Settings(BaseSettings):
     snapshot_interval_s: float = Field(10.0, gt=0.0, description="Seconds between feature-stream snapshots.")
     key_prefix: str = Field("fraud", description="Prefix of every Redis key this system writes.")
     topic_suffix: str = Field("", description="Appended to every topic name, to run isolated copies on one broker.")
-    flag_threshold: float = Field(0.7, ge=0.0, le=1.0)
-    block_threshold: float = Field(0.9, ge=0.0, le=1.0)
+    flag_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Override the served model's flag threshold (default: its own)."
+    )
+    block_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Override the served model's block threshold (default: its own)."
+    )
+    review_capacity_per_day: float = Field(
+        200.0, gt=0.0, description="Flagged cases reviewers can work per day; each model's thresholds fit it."
+    )
+    retrain_every_days: float = Field(30.0, gt=0.0, description="`fraud retrain --if-due`: retrain after this long.")
     rules_file: Path | None = Field(None, description="Rule file (YAML); unset: the rules shipped.")
 
-    @property
-    def thresholds(self) -> DecisionThresholds:
-        return DecisionThresholds(flag=self.flag_threshold, block=self.block_threshold)
+    def threshold_override(self, model_thresholds: DecisionThresholds) -> DecisionThresholds | None:
+        """Thresholds set by flag or env, the unset one taken from the model's; None: the model's own."""
+        if self.flag_threshold is None and self.block_threshold is None:
+            return None
+        return DecisionThresholds(
+            flag=model_thresholds.flag if self.flag_threshold is None else self.flag_threshold,
+            block=model_thresholds.block if self.block_threshold is None else self.block_threshold,
+        )
 
     @property
     def topics(self) -> Topics:

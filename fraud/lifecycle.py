@@ -55,9 +55,13 @@ def run_retrain(
     label_maturity_days: float,
 ):
     from retrain import ModelRegistry, RetrainPolicy, retrain
+    from retrain.thresholds import ThresholdPolicy
 
     cutoff = as_of or max(t.event_time for t in transactions)
-    policy = RetrainPolicy(label_maturity=timedelta(days=label_maturity_days), thresholds=settings.thresholds)
+    policy = RetrainPolicy(
+        label_maturity=timedelta(days=label_maturity_days),
+        threshold_policy=ThresholdPolicy(review_capacity_per_day=settings.review_capacity_per_day),
+    )
     return retrain(transactions, labels, ModelRegistry(settings.registry_dir), cutoff, policy)
 
 

@@ -5,6 +5,8 @@ at a fixed false-positive budget. ROC-AUC is reported too but never used to choo
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 
 
@@ -62,4 +64,49 @@ def fraud_metrics(y_true: np.ndarray, scores: np.ndarray, flag: float, block: fl
         "precision_at_block": block_p,
         "recall_at_block": block_r,
         "recall_at_fpr_0.5pct": recall_at_fpr(y_true, scores, 0.005),
+    }
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """What each outcome costs, in major units, for the money view of a model.
+
+    The stated model (defaults are illustrative; set them from your own finance team's numbers):
+    a fraud that is approved loses its amount (the chargeback) plus a chargeback fee; a blocked
+    fraud loses nothing; a flagged fraud is caught by the reviewer (it costs one review); a
+    legitimate payment that is flagged costs one review, one that is blocked costs the customer's
+    friction (a declined good customer, some of whom leave).
+    """
+
+    review_cost: float = 4.0  # analyst time per flagged case
+    false_block_cost: float = 15.0  # friction of declining a good customer
+    chargeback_fee: float = 20.0  # issuer/scheme fee on top of the lost amount
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def money_outcome(
+    y_true: np.ndarray, scores: np.ndarray, amounts: np.ndarray, flag: float, block: float, cost: CostModel
+) -> dict[str, float]:
+    """Money saved and lost at the operating thresholds under ``cost`` (major units).
+
+    ``saved`` is the fraud amount stopped (blocked, or flagged and caught in review); ``lost`` what
+    approved fraud costs; ``spent`` the reviews and false-block friction; ``net`` = saved - spent
+    - lost. ``net_vs_no_model`` compares with approving everything (which loses all fraud).
+    """
+    fraud = y_true == 1
+    flagged = (scores >= flag) & (scores < block)
+    blocked = scores >= block
+    approved = ~(flagged | blocked)
+    saved = float(amounts[fraud & (flagged | blocked)].sum())
+    lost = float(amounts[fraud & approved].sum() + cost.chargeback_fee * (fraud & approved).sum())
+    spent = float(cost.review_cost * flagged.sum() + cost.false_block_cost * (blocked & ~fraud).sum())
+    all_fraud_loss = float(amounts[fraud].sum() + cost.chargeback_fee * fraud.sum())
+    return {
+        "money_saved": saved,
+        "money_lost": lost,
+        "money_spent": spent,
+        "money_net": saved - spent - lost,
+        "money_net_vs_no_model": all_fraud_loss - lost - spent,
     }

@@ -21,8 +21,9 @@ import numpy as np
 
 from monitoring import DriftReference
 from retrain.dataset import TrainingSet, build_training_set
-from retrain.evaluate import fraud_metrics
-from retrain.registry import ModelLoadError, ModelRegistry
+from retrain.evaluate import CostModel, fraud_metrics, money_outcome
+from retrain.registry import ModelLoadError, ModelRegistry, data_fingerprint, feature_list_hash, model_thresholds
+from retrain.thresholds import OperatingPoint, ThresholdPolicy, choose_thresholds
 from retrain.train import TrainingConfig, check_parity, fit, to_onnx
 from schema import DecisionThresholds, Label, Transaction
 from streaming.features import MODEL_FEATURES
@@ -32,9 +33,16 @@ from streaming.features import MODEL_FEATURES
 class RetrainPolicy:
     label_maturity: timedelta = timedelta(days=2)
     eval_window: timedelta = timedelta(days=2)
+    # How far back training reaches from the evaluation slice (None: all history). Old fraud
+    # patterns fade; a bounded window also bounds training time as history grows.
+    train_window: timedelta | None = None
     min_train_fraud: int = 20  # fewer known frauds than this and a model learns nothing useful
     min_improvement: float = 0.0  # challenger PR-AUC must exceed the champion's by more than this
-    thresholds: DecisionThresholds = field(default_factory=DecisionThresholds)
+    # Operating thresholds: chosen per model for the review capacity, unless fixed here (the
+    # teaching scenarios fix them so every model in a story is judged at the same cut-offs).
+    threshold_policy: ThresholdPolicy = field(default_factory=ThresholdPolicy)
+    fixed_thresholds: DecisionThresholds | None = None
+    cost: CostModel = field(default_factory=CostModel)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
 
@@ -61,7 +69,8 @@ class NotEnoughData(ValueError):
 def _split(data: TrainingSet, as_of: datetime, policy: RetrainPolicy) -> tuple[TrainingSet, TrainingSet]:
     mature_end = as_of - policy.label_maturity
     eval_start = mature_end - policy.eval_window
-    train, evaluation = data.between(None, eval_start), data.between(eval_start, mature_end)
+    train_start = None if policy.train_window is None else eval_start - policy.train_window
+    train, evaluation = data.between(train_start, eval_start), data.between(eval_start, mature_end)
     if int(train.labels.sum()) < policy.min_train_fraud:
         raise NotEnoughData(
             f"only {int(train.labels.sum())} known frauds before {eval_start:%Y-%m-%d %H:%M} "
@@ -90,30 +99,23 @@ def retrain_on(data: TrainingSet, registry: ModelRegistry, as_of: datetime, poli
     onnx_bytes = to_onnx(model, len(MODEL_FEATURES))
     parity = check_parity(model, onnx_bytes, evaluation.features, policy.training.parity_tolerance)
 
-    t = policy.thresholds
     challenger_scores = model.predict_proba(evaluation.features)[:, 1]
-    challenger_metrics = fraud_metrics(evaluation.labels, challenger_scores, t.flag, t.block)
-    train_scores = model.predict_proba(train.features)[:, 1]
-    reference = DriftReference.from_samples(
-        {**{n: train.features[:, i] for i, n in enumerate(MODEL_FEATURES)}, "score": train_scores}
-    )
-    metadata: dict[str, Any] = {
-        "feature_names": list(MODEL_FEATURES),
-        "as_of": as_of.isoformat(),
-        "train_rows": len(train),
-        "train_fraud": int(train.labels.sum()),
-        "eval_rows": len(evaluation),
-        "eval_fraud": int(evaluation.labels.sum()),
-        "label_maturity_s": policy.label_maturity.total_seconds(),
+    operating = _operating_point(evaluation, challenger_scores, policy)
+    challenger_metrics = _metrics(evaluation, challenger_scores, operating.thresholds, policy.cost)
+    champion = registry.champion()
+    metadata = {
+        **_lineage(train, evaluation, as_of, policy, champion),
         "metrics": challenger_metrics,
+        "operating_point": operating.as_dict(),
+        "threshold_policy": None if policy.fixed_thresholds else policy.threshold_policy.as_dict(),
+        "cost_model": policy.cost.as_dict(),
         "onnx_parity_max_abs_diff": parity,
         "training_config": policy.training.as_dict(),
-        "drift_reference": reference.to_dict(),
+        "drift_reference": _reference(train, model.predict_proba(train.features)[:, 1]).to_dict(),
     }
     challenger = registry.register(onnx_bytes, metadata, native_model=bytes(model.get_booster().save_raw("ubj")))
 
-    champion = registry.champion()
-    champion_metrics = _champion_metrics(registry, champion, evaluation, t)
+    champion_metrics = _champion_metrics(registry, champion, evaluation, policy.cost)
     promoted, reason = _verdict(challenger_metrics, champion_metrics, policy.min_improvement)
     record = {
         "challenger": challenger,
@@ -132,16 +134,76 @@ def retrain_on(data: TrainingSet, registry: ModelRegistry, as_of: datetime, poli
     )
 
 
+def _operating_point(evaluation: TrainingSet, scores: np.ndarray, policy: RetrainPolicy) -> OperatingPoint:
+    days = policy.eval_window.total_seconds() / 86_400
+    if policy.fixed_thresholds is None:
+        return choose_thresholds(evaluation.labels, scores, days, policy.threshold_policy)
+    t = policy.fixed_thresholds
+    flagged, blocked = (scores >= t.flag) & (scores < t.block), scores >= t.block
+    y = evaluation.labels
+    return OperatingPoint(
+        t,
+        float(flagged.sum()) / days,
+        float(blocked.sum()) / days,
+        float(y[flagged].mean()) if flagged.any() else float("nan"),
+        float(y[blocked].mean()) if blocked.any() else float("nan"),
+    )
+
+
+def _metrics(evaluation: TrainingSet, scores: np.ndarray, t: DecisionThresholds, cost: CostModel) -> dict[str, float]:
+    amounts = evaluation.features[:, MODEL_FEATURES.index("amount")].astype(np.float64)
+    return {
+        **fraud_metrics(evaluation.labels, scores, t.flag, t.block),
+        **money_outcome(evaluation.labels, scores, amounts, t.flag, t.block, cost),
+    }
+
+
+def _lineage(
+    train: TrainingSet, evaluation: TrainingSet, as_of: datetime, policy: RetrainPolicy, parent: str | None
+) -> dict[str, Any]:
+    """Where a model came from: enough to reproduce it and to audit what it could have known."""
+
+    def span(rows: TrainingSet) -> list[str | None]:
+        if len(rows) == 0:
+            return [None, None]
+        return [rows.transactions[0].event_time.isoformat(), rows.transactions[-1].event_time.isoformat()]
+
+    return {
+        "feature_names": list(MODEL_FEATURES),
+        "feature_list_hash": feature_list_hash(MODEL_FEATURES),
+        "as_of": as_of.isoformat(),
+        "label_cutoff": as_of.isoformat(),  # no label known after this entered training or evaluation
+        "training_window": span(train),
+        "evaluation_window": span(evaluation),
+        "parent_version": parent,
+        "data_fingerprint": data_fingerprint(
+            [*train.transactions, *evaluation.transactions], np.concatenate([train.labels, evaluation.labels])
+        ),
+        "train_rows": len(train),
+        "train_fraud": int(train.labels.sum()),
+        "eval_rows": len(evaluation),
+        "eval_fraud": int(evaluation.labels.sum()),
+        "label_maturity_s": policy.label_maturity.total_seconds(),
+    }
+
+
+def _reference(train: TrainingSet, train_scores: np.ndarray) -> DriftReference:
+    return DriftReference.from_samples(
+        {**{n: train.features[:, i] for i, n in enumerate(MODEL_FEATURES)}, "score": train_scores}
+    )
+
+
 def _champion_metrics(
-    registry: ModelRegistry, champion: str | None, evaluation: TrainingSet, t: DecisionThresholds
+    registry: ModelRegistry, champion: str | None, evaluation: TrainingSet, cost: CostModel
 ) -> dict[str, float] | None:
+    """The champion on the same slice and labels, at its own operating thresholds."""
     if champion is None:
         return None
     try:
         model = registry.load(champion)
     except ModelLoadError:
         return None  # a champion that can no longer load loses to any valid challenger
-    return fraud_metrics(evaluation.labels, model.predict_proba(evaluation.features), t.flag, t.block)
+    return _metrics(evaluation, model.predict_proba(evaluation.features), model_thresholds(model.metadata), cost)
 
 
 def _verdict(challenger: dict[str, float], champion: dict[str, float] | None, margin: float) -> tuple[bool, str]:

@@ -14,8 +14,10 @@ computes: serving a model features in the wrong order is a silent disaster, refu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,11 +26,38 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from schema import DecisionThresholds, Transaction
 from streaming.features import MODEL_FEATURES
 
 
 class ModelLoadError(RuntimeError):
     """A model that must not serve: missing, corrupt, or built for other features."""
+
+
+def feature_list_hash(names: Sequence[str]) -> str:
+    """A short fingerprint of an ordered feature list: same names, same order, same hash."""
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def data_fingerprint(transactions: Sequence[Transaction], labels: np.ndarray) -> str:
+    """A fingerprint of the rows and labels a model was trained and evaluated on.
+
+    Two models with the same fingerprint saw the same payments with the same verdicts, so a
+    difference between them is the training configuration, not the data.
+    """
+    digest = hashlib.sha256()
+    for t in transactions:
+        digest.update(f"{t.transaction_id}|{t.event_ts}\n".encode())
+    digest.update(np.ascontiguousarray(labels, dtype=np.int8).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def model_thresholds(metadata: dict[str, Any]) -> DecisionThresholds:
+    """The operating thresholds chosen for this model at training (defaults for older models)."""
+    point = metadata.get("operating_point")
+    if not point:
+        return DecisionThresholds()
+    return DecisionThresholds(flag=point["flag"], block=point["block"])
 
 
 @dataclass
@@ -100,6 +129,77 @@ class ModelRegistry:
         tmp.write_text(version + "\n")
         os.replace(tmp, self.root / "champion")
         self.record({"event": "promote", "version": version, **record})
+        running = self.challenger()
+        if running is not None and running["version"] == version:
+            (self.root / "challenger.json").unlink(missing_ok=True)
+
+    def rollback(self, reason: str, by: str = "operator") -> str:
+        """Serve the champion before the current one again (hot: scorers pick it up by polling)."""
+        current = self.champion()
+        # Champions form a stack: a promotion pushes, a rollback pops. Rolling back twice goes
+        # two versions back, never forward again.
+        stack: list[str] = []
+        for entry in self.history():
+            if entry["event"] == "promote":
+                stack.append(entry["version"])
+            elif entry["event"] == "rollback" and stack:
+                stack.pop()
+        if current is None or len(stack) < 2:
+            raise ModelLoadError("nothing to roll back to: no earlier champion in the history")
+        target = stack[-2]
+        tmp = self.root / "champion.tmp"
+        tmp.write_text(target + "\n")
+        os.replace(tmp, self.root / "champion")
+        self.record({"event": "rollback", "version": target, "from": current, "reason": reason, "by": by})
+        return target
+
+    def challenger(self) -> dict[str, Any] | None:
+        """The running release experiment: version, mode (shadow | canary), share, guard; or None."""
+        path = self.root / "challenger.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def start_challenger(
+        self, version: str, mode: str, share: float = 0.0, guard: dict[str, float] | None = None
+    ) -> None:
+        """Run ``version`` beside the champion: ``shadow`` (scored, never acted on) or ``canary``
+        (decides ``share`` of cards). One challenger at a time; starting one replaces the last."""
+        if mode not in ("shadow", "canary"):
+            raise ValueError(f"mode: expected shadow or canary, got {mode!r}")
+        if mode == "canary" and not 0.0 < share < 1.0:
+            raise ValueError(f"share: a canary takes a share of cards strictly between 0 and 1, got {share}")
+        if version == self.champion():
+            raise ValueError(f"{version} is the champion already")
+        self.load(version)  # refuse now, not in every scorer, a model that cannot serve
+        entry = {"version": version, "mode": mode, "share": share if mode == "canary" else 0.0, "guard": guard or {}}
+        self._write_json("challenger.json", {**entry, "started_at": datetime.now(UTC).isoformat()})
+        self.record({"event": f"start_{mode}", **entry})
+
+    def stop_challenger(self, event: str, reason: str, by: str = "operator") -> dict[str, Any] | None:
+        """End the experiment (``event``: stop | rollback); returns what was running."""
+        running = self.challenger()
+        if running is None:
+            return None
+        (self.root / "challenger.json").unlink(missing_ok=True)
+        self.record(
+            {"event": event, "version": running["version"], "mode": running["mode"], "reason": reason, "by": by}
+        )
+        return running
+
+    def release_stamp(self) -> tuple[float, ...]:
+        """Changes whenever the champion or the challenger changes: cheap to poll."""
+        stamps = []
+        for name in ("champion", "challenger.json"):
+            try:
+                stamps.append((self.root / name).stat().st_mtime_ns)
+            except FileNotFoundError:
+                stamps.append(0)
+        return tuple(stamps)
+
+    def _write_json(self, name: str, data: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f"{name}.tmp"
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        os.replace(tmp, self.root / name)  # readers see the old file or the new one, never half
 
     def record(self, entry: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -137,5 +237,11 @@ class ModelRegistry:
             raise ModelLoadError(
                 f"model {version} was trained on features {metadata.get('feature_names')}, "
                 f"but this code computes {list(MODEL_FEATURES)}"
+            )
+        stored_hash = metadata.get("feature_list_hash")
+        if stored_hash is not None and stored_hash != feature_list_hash(MODEL_FEATURES):
+            raise ModelLoadError(
+                f"model {version}: feature list hash {stored_hash} does not match the served features' "
+                f"{feature_list_hash(MODEL_FEATURES)} (metadata edited or corrupt)"
             )
         return RegisteredModel(version=version, metadata=metadata, session=session, native_path=folder / "xgboost.ubj")

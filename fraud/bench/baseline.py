@@ -41,7 +41,7 @@ import xgboost as xgb
 from confluent_kafka import KafkaError, Message, Producer
 
 from deploy.kafka import make_producer
-from retrain.registry import ModelLoadError, ModelRegistry
+from retrain.registry import ModelLoadError, ModelRegistry, model_thresholds
 from rules_engine import RuleSet, load_rules
 from schema import Decision, DecisionThresholds, FeatureVector, InvalidEvent, Outcome, Transaction, encode
 from scoring.proto import fraud_pb2 as pb
@@ -154,12 +154,15 @@ class NaiveScorerService(fraud_pb2_grpc.FraudScorerServicer):
     def connect(
         cls, redis_url: str, kafka_bootstrap: str, registry_dir: Path, decisions_topic: str, prefix: str = "fraud"
     ) -> NaiveScorerService:
+        model = NaiveModel.champion(registry_dir)
         return cls(
             redis.Redis.from_url(redis_url),
             make_producer(kafka_bootstrap),
-            NaiveModel.champion(registry_dir),
+            model,
             decisions_topic,
             prefix,
+            # The model's own operating thresholds, as the optimised scorer serves them.
+            thresholds=model_thresholds(ModelRegistry(registry_dir).metadata(model.version)),
         )
 
     def entity_values(self, entity: str, layout: EntityLayout, txn: Transaction) -> FeatureVector:

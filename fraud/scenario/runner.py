@@ -150,7 +150,7 @@ class _World:
         self.policy = RetrainPolicy(
             label_maturity=timedelta(days=self.cfg.label_maturity_days),
             eval_window=timedelta(days=self.cfg.eval_window_days),
-            thresholds=self.cfg.thresholds,
+            fixed_thresholds=self.cfg.thresholds,
         )
         self.watched = self.cfg.watched_features or _short_window_features()
         self.retrains: list[dict[str, Any]] = []

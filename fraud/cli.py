@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fraud.config import MissingService, Settings
+from fraud.models_cli import models_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
 review_app = typer.Typer(
@@ -33,6 +34,7 @@ review_app = typer.Typer(
     help="The human review queue: list cases, label them, or serve the reviewer console (--web).",
 )
 app.add_typer(review_app, name="review")
+app.add_typer(models_app, name="models")
 console = Console()
 
 Home = Annotated[Path | None, typer.Option(help="Working directory (data, models, review store). Env FRAUD_HOME.")]
@@ -377,8 +379,8 @@ def serve(
     home: Home = None,
     port: Annotated[int | None, typer.Option(help="gRPC port. Env FRAUD_GRPC_PORT.")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (0: off).")] = None,
-    flag: Annotated[float | None, typer.Option(help="Flag at score >= this (default 0.7).")] = None,
-    block: Annotated[float | None, typer.Option(help="Block at score >= this (default 0.9).")] = None,
+    flag: Annotated[float | None, typer.Option(help="Flag at score >= this (default: the model's own).")] = None,
+    block: Annotated[float | None, typer.Option(help="Block at score >= this (default: the model's own).")] = None,
     rules: Annotated[Path | None, typer.Option(help="Rule file (YAML).")] = None,
     kafka: Annotated[
         bool, typer.Option("--kafka", help="Decide payments read from `transactions` instead of serving gRPC.")
@@ -640,6 +642,15 @@ def bench(
             "--duration s on a fresh topic, its CPU and hop latency every 10 s or so (what bounds kafka mode).",
         ),
     ] = False,
+    reasons_only: Annotated[
+        bool,
+        typer.Option(
+            "--reasons-only",
+            help="Measure reason codes alone instead: µs per explained row, and decide_batch of --batch-size "
+            "payments all approved vs 1% flagged, for --duration s, in this process (no gRPC, no Kafka).",
+        ),
+    ] = False,
+    batch_size: Annotated[int, typer.Option(help="--reasons-only: payments per decide_batch call.")] = 100,
 ) -> None:
     """Benchmark the decision path: an open-loop generator offers each rate for --duration seconds
     and measures every payment from its scheduled arrival to its decision (rules, Redis features
@@ -680,6 +691,9 @@ def bench(
     ) as services:
         if broker_only:
             _bench_broker(services, config, path.with_name(f"broker-{run_id}.json"), run_id)
+            return
+        if reasons_only:
+            _bench_reasons(home, services, config, batch_size, path.with_name(f"reasons-{run_id}.json"), run_id)
             return
         settings = _settings(
             home,
@@ -726,6 +740,42 @@ def _bench_broker(services, config, path: Path, run_id: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine, "broker": broker, "windows": [asdict(w) for w in windows]}
     path.write_text(json.dumps(result, indent=1))
+    console.print(f"result: {path}")
+
+
+def _bench_reasons(home, services, config, batch_size: int, path: Path, run_id: str) -> None:
+    from dataclasses import asdict
+
+    import redis
+
+    from fraud.bench.loadgen import load_payments
+    from fraud.bench.reasons_speed import format_reasons_speed, measure_reasons, restamp
+    from fraud.bench.world import prepare_world
+    from fraud.bench_stream import machine_info
+    from retrain import ModelRegistry
+    from rules_engine import load_rules
+    from schema import DecisionThresholds
+    from scoring import DecisionEngine, ScorerMetrics
+    from streaming import OnlineFeatureStore
+
+    settings = _settings(home, redis_url=services.redis_url, key_prefix=f"bench-reasons-{run_id}")
+    settings = settings.model_copy(update={"home": settings.home / "bench" / "world"})
+    machine = machine_info()
+    console.print(f"machine: {machine}")
+    client = redis.Redis.from_url(services.redis_url)
+    world = prepare_world(settings, client, config.world, say=console.print)
+    model = ModelRegistry(settings.registry_dir).load(world.model_version)
+    engine = DecisionEngine(
+        load_rules(), model, OnlineFeatureStore(client, settings.key_prefix), DecisionThresholds(), ScorerMetrics()
+    )
+    # The first payments after the history, moved to start now (the history in Redis ends now).
+    payments = restamp(load_payments(world.payments)[: 200 * batch_size])
+    console.print(f"setup: one process, batch {batch_size}, {config.duration_s:.0f} s measured, model {model.version}")
+    result = measure_reasons(engine, payments, batch_size, seconds=config.duration_s, say=console.print)
+    console.print(format_reasons_speed(result), soft_wrap=True)
+    client.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine, **asdict(result)}, indent=1))
     console.print(f"result: {path}")
 
 

@@ -22,6 +22,7 @@ class Topics:
     decisions: str = "decisions"
     dead_letter: str = "dead-letter"
     labels: str = "labels"
+    shadow_decisions: str = "decisions-shadow"  # what a shadow challenger would have decided
 
     def all(self) -> tuple[str, ...]:
         return astuple(self)

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     review_capacity_per_day: float = Field(
         200.0, gt=0.0, description="Flagged cases reviewers can work per day; each model's thresholds fit it."
     )
+    release_poll_s: float = Field(1.0, gt=0.0, description="How often a scorer checks the registry for a new release.")
     retrain_every_days: float = Field(30.0, gt=0.0, description="`fraud retrain --if-due`: retrain after this long.")
     rules_file: Path | None = Field(None, description="Rule file (YAML); unset: the rules shipped.")
 

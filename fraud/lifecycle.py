@@ -77,20 +77,30 @@ def build_service(settings: Settings):
     from retrain import ModelRegistry
     from rules_engine import load_rules
     from scoring import DecisionEngine, DecisionPublisher, FraudScorerService, ScorerMetrics, ServerConfig
+    from scoring.release import RegistryRelease
     from streaming import OnlineFeatureStore
 
     metrics = ScorerMetrics()
-    engine = DecisionEngine(
-        rules=load_rules(settings.rules_file),
-        model=ModelRegistry(settings.registry_dir).load(),
-        store=OnlineFeatureStore(redis_client(settings.require_redis()), settings.key_prefix),
-        thresholds=settings.thresholds,
-        metrics=metrics,
+    release = RegistryRelease(
+        ModelRegistry(settings.registry_dir),
+        on_change=lambda r: (metrics.model_loaded(r.champion.version), metrics.release_events.labels("swap").inc()),
+        on_rollback=lambda *_: metrics.release_events.labels("canary_rollback").inc(),
     )
+    release.set_thresholds(settings.threshold_override(release.current.champion_thresholds))
+    release.watch(settings.release_poll_s)  # promotions, canaries and rollbacks apply without a restart
     # Delivery reports only for failures: a Python callback per delivered decision cost more than
     # the produce itself under load (docs/performance.md); failures are all the publisher counts.
     producer = make_producer(settings.require_kafka(), delivery_report_only_error=True)
     publisher = DecisionPublisher(producer, settings.topics.decisions, metrics)
+    shadow = DecisionPublisher(producer, settings.topics.shadow_decisions, metrics)
+    engine = DecisionEngine(
+        rules=load_rules(settings.rules_file),
+        model=release,
+        store=OnlineFeatureStore(redis_client(settings.require_redis()), settings.key_prefix),
+        thresholds=None,
+        metrics=metrics,
+        on_shadow=shadow.publish,
+    )
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
     return FraudScorerService(engine, publisher, ServerConfig(host=settings.grpc_host, port=settings.grpc_port))

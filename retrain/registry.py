@@ -159,7 +159,7 @@ class ModelRegistry:
         return json.loads(path.read_text()) if path.exists() else None
 
     def start_challenger(
-        self, version: str, mode: str, share: float = 0.0, guard: dict[str, float] | None = None
+        self, version: str, mode: str, share: float = 0.0, guard: dict[str, float] | None = None, by: str = "operator"
     ) -> None:
         """Run ``version`` beside the champion: ``shadow`` (scored, never acted on) or ``canary``
         (decides ``share`` of cards). One challenger at a time; starting one replaces the last."""
@@ -172,7 +172,7 @@ class ModelRegistry:
         self.load(version)  # refuse now, not in every scorer, a model that cannot serve
         entry = {"version": version, "mode": mode, "share": share if mode == "canary" else 0.0, "guard": guard or {}}
         self._write_json("challenger.json", {**entry, "started_at": datetime.now(UTC).isoformat()})
-        self.record({"event": f"start_{mode}", **entry})
+        self.record({"event": f"start_{mode}", **entry, "by": by})
 
     def stop_challenger(self, event: str, reason: str, by: str = "operator") -> dict[str, Any] | None:
         """End the experiment (``event``: stop | rollback); returns what was running."""

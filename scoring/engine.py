@@ -14,21 +14,26 @@ needs nothing but the store coming back.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import msgspec
 import numpy as np
 import redis
 
 from retrain.registry import RegisteredModel
 from rules_engine import RuleSet
-from schema import Decision, DecisionThresholds, FeatureVector, Outcome, RuleHit, Transaction
+from schema import Decision, DecisionThresholds, FeatureVector, Outcome, ReasonCode, RuleHit, Transaction
 from scoring.metrics import ScorerMetrics
 from scoring.reasons import ReasonExplainer
+from scoring.release import CANARY_ARM, CHAMPION_ARM, SHADOW_ARM, ModelRelease, ServingRelease, canary_mask
 from streaming import OnlineFeatureStore
 from streaming.windows import context_features
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,28 +41,65 @@ class FallbackPolicy:
     degraded_flag_amount_minor: int = 50_000  # 500.00: above this, no-features decisions go to review
 
 
+@dataclass(frozen=True)
+class _Scored:
+    """Scores of one batch and which arm (model) produced each."""
+
+    scores: np.ndarray
+    in_canary: np.ndarray  # True where the canary challenger decided the row
+    champion_s: float  # model time per arm, for the canary guard
+    canary_s: float
+
+
 class DecisionEngine:
+    """Decides batches of payments with the release being served (see ``scoring.release``).
+
+    ``model`` is either one model (served alone at ``thresholds``, or its own thresholds when
+    None) or a ``ModelRelease`` that may carry a shadow or canary challenger and can change
+    between batches. Each batch is decided by one snapshot of the release.
+    """
+
     def __init__(
         self,
         rules: RuleSet,
-        model: RegisteredModel,
+        model: RegisteredModel | ModelRelease,
         store: OnlineFeatureStore,
-        thresholds: DecisionThresholds,
+        thresholds: DecisionThresholds | None,
         metrics: ScorerMetrics,
         fallback: FallbackPolicy | None = None,
+        on_shadow: Callable[[list[Decision]], None] | None = None,
     ) -> None:
         self.rules = rules
-        self.model = model
+        self.release = model if isinstance(model, ModelRelease) else ModelRelease(model, thresholds)
         self.store = store
-        self.thresholds = thresholds
         self.metrics = metrics
         self.fallback = fallback or FallbackPolicy()
-        self.reasons = ReasonExplainer()  # follows self.model when it is swapped
-        metrics.model_loaded(model.version)
+        self.on_shadow = on_shadow  # where shadow decisions go (a topic); None: counted only
+        self.reasons = ReasonExplainer()  # explains with whichever model decided the row
+        metrics.model_loaded(self.model.version)
+
+    @property
+    def model(self) -> RegisteredModel:
+        """The champion being served."""
+        return self.release.current.champion
+
+    @model.setter
+    def model(self, model: RegisteredModel) -> None:
+        self.release.set_champion(model)
+        self.metrics.model_loaded(model.version)
+
+    @property
+    def thresholds(self) -> DecisionThresholds:
+        return self.release.current.champion_thresholds
+
+    @thresholds.setter
+    def thresholds(self, thresholds: DecisionThresholds | None) -> None:
+        self.release.set_thresholds(thresholds)
 
     def decide_batch(self, transactions: Sequence[Transaction]) -> list[Decision]:
         if not transactions:
             return []
+        release = self.release.current  # one snapshot per batch: a swap never splits a batch
         started = time.perf_counter()
         try:
             batch = self.store.features_for_batch(transactions)
@@ -68,50 +110,121 @@ class DecisionEngine:
         self.metrics.observe_stage("features", features_done - started)
 
         vectors = batch.vectors
+        matrix = batch.matrix.astype(np.float32)
         try:
-            scores = self.model.predict_proba(batch.matrix.astype(np.float32))
+            scored = self._score(release, transactions, matrix)
         except Exception as exc:  # noqa: BLE001 - any model failure must degrade, not fail the payment
             return self.without_features(transactions, f"model_unavailable: {type(exc).__name__}", vectors)
         model_done = time.perf_counter()
         self.metrics.observe_stage("model", model_done - features_done)
 
         now = datetime.now(UTC)
-        decisions = []
         all_hits = self.rules.evaluate_batch(transactions, vectors, batch.column)
-        score_list = scores.tolist()
+        score_list = scored.scores.tolist()
+        canary_rows = scored.in_canary.tolist()
         outcomes = [
-            max([self.thresholds.outcome(float(score)), *(h.action for h in hits)], key=_severity)
-            for score, hits in zip(score_list, all_hits, strict=True)
+            max([_thresholds(release, canary).outcome(score), *(h.action for h in hits)], key=_severity)
+            for score, hits, canary in zip(score_list, all_hits, canary_rows, strict=True)
         ]
         rules_done = time.perf_counter()
-        # Reason codes for flagged and blocked rows only: an all-approve batch never touches the booster.
-        explain = [i for i, outcome in enumerate(outcomes) if outcome is not Outcome.APPROVE]
-        reasons = self.reasons.reasons_for(self.model, batch.matrix, explain) if explain else {}
+        reasons = self._explain(release, matrix, outcomes, canary_rows)
         reasons_done = time.perf_counter()
+        decisions = []
         for i, (txn, vector, score, hits, outcome) in enumerate(
             zip(transactions, vectors, score_list, all_hits, outcomes, strict=True)
         ):
             staleness = None if batch.stream_watermark is None else txn.event_ts - batch.stream_watermark
             if staleness is not None:
                 self.metrics.feature_staleness.observe(max(staleness, 0.0))
+            arm, model, propensity = _arm(release, canary_rows[i])
             decisions.append(
                 Decision(
                     transaction=txn,
                     outcome=outcome,
-                    score=float(score),
-                    model_version=self.model.version,
+                    score=score,
+                    model_version=model.version,
                     rule_hits=hits,
                     features=vector,
                     decided_at=now,
+                    policy_arm=arm,
+                    propensity=propensity,
                     feature_staleness_s=staleness,
                     reasons=reasons.get(i, []),
                 )
             )
-        if explain:
+        if reasons:
             self.metrics.observe_stage("reasons", reasons_done - rules_done)
         self.metrics.observe_stage("rules_thresholds", time.perf_counter() - model_done - (reasons_done - rules_done))
         self.metrics.count_decisions(decisions)
+        self._judge_canary(release, outcomes, scored)
+        if release.shadow:
+            self._shadow(release, matrix, decisions)
         return decisions
+
+    def _score(self, release: ServingRelease, transactions: Sequence[Transaction], matrix: np.ndarray) -> _Scored:
+        n = len(transactions)
+        if not release.canary:
+            return _Scored(release.champion.predict_proba(matrix), np.zeros(n, dtype=bool), 0.0, 0.0)
+        assert release.challenger is not None
+        in_canary = canary_mask([t.card_id for t in transactions], release.share)
+        scores = np.empty(n, dtype=np.float32)
+        t0 = time.perf_counter()
+        scores[~in_canary] = release.champion.predict_proba(matrix[~in_canary])
+        t1 = time.perf_counter()
+        try:
+            scores[in_canary] = release.challenger.predict_proba(matrix[in_canary])
+        except Exception:  # noqa: BLE001 - a failing canary must not cost its payments a score
+            log.exception("canary %s failed to score; the champion decides its rows", release.challenger.version)
+            self.metrics.count_degraded("canary_failed", int(in_canary.sum()))
+            scores[in_canary] = release.champion.predict_proba(matrix[in_canary])
+            return _Scored(scores, np.zeros(n, dtype=bool), time.perf_counter() - t0, 0.0)
+        return _Scored(scores, in_canary, t1 - t0, time.perf_counter() - t1)
+
+    def _explain(
+        self, release: ServingRelease, matrix: np.ndarray, outcomes: list[Outcome], canary_rows: list[bool]
+    ) -> dict[int, list[ReasonCode]]:
+        """Reason codes for flagged and blocked rows only, each by the model that scored it: an
+        all-approve batch never touches the booster."""
+        reasons: dict[int, list[ReasonCode]] = {}
+        for canary in (False, True):
+            rows = [i for i, o in enumerate(outcomes) if o is not Outcome.APPROVE and canary_rows[i] == canary]
+            if rows:
+                reasons.update(self.reasons.reasons_for(_arm(release, canary)[1], matrix, rows))
+        return reasons
+
+    def _judge_canary(self, release: ServingRelease, outcomes: list[Outcome], scored: _Scored) -> None:
+        if not release.canary:
+            return
+        canary = [o for o, c in zip(outcomes, scored.in_canary, strict=True) if c]
+        champion = [o for o, c in zip(outcomes, scored.in_canary, strict=True) if not c]
+        self.release.observe(release, CANARY_ARM, canary, scored.canary_s)
+        self.release.observe(release, CHAMPION_ARM, champion, scored.champion_s)
+
+    def _shadow(self, release: ServingRelease, matrix: np.ndarray, live: list[Decision]) -> None:
+        """Score the batch with the shadow challenger and log what it would have decided."""
+        assert release.challenger is not None and release.challenger_thresholds is not None
+        try:
+            scores = release.challenger.predict_proba(matrix).tolist()
+        except Exception:  # noqa: BLE001 - the shadow must never affect live decisions
+            log.exception("shadow %s failed to score", release.challenger.version)
+            self.metrics.count_degraded("shadow_failed", len(live))
+            return
+        t = release.challenger_thresholds
+        shadow = [
+            msgspec.structs.replace(
+                d,
+                outcome=max([t.outcome(score), *(h.action for h in d.rule_hits)], key=_severity),
+                score=score,
+                model_version=release.challenger.version,
+                policy_arm=SHADOW_ARM,
+                propensity=0.0,  # never acted on
+                reasons=[],
+            )
+            for d, score in zip(live, scores, strict=True)
+        ]
+        self.metrics.count_shadow(shadow)
+        if self.on_shadow is not None:
+            self.on_shadow(shadow)
 
     def without_features(
         self, transactions: Sequence[Transaction], reason: str, vectors: Sequence[FeatureVector] | None = None
@@ -149,6 +262,19 @@ class DecisionEngine:
         self.metrics.count_degraded(reason.split(":")[0], len(decisions))
         self.metrics.count_decisions(decisions)
         return decisions
+
+
+def _thresholds(release: ServingRelease, canary: bool) -> DecisionThresholds:
+    if canary and release.challenger_thresholds is not None:
+        return release.challenger_thresholds
+    return release.champion_thresholds
+
+
+def _arm(release: ServingRelease, canary: bool) -> tuple[str, RegisteredModel, float]:
+    """(policy arm, model, propensity): the probability this arm's policy decides a random card."""
+    if canary and release.challenger is not None:
+        return CANARY_ARM, release.challenger, release.share
+    return CHAMPION_ARM, release.champion, 1.0 - release.share if release.canary else 1.0
 
 
 def _missing(reason: str) -> str:

@@ -38,6 +38,18 @@ class ScorerMetrics:
             registry=r,
         )
         self.model_info = Gauge("fraud_model_info", "1 for the model version being served", ["version"], registry=r)
+        self.shadow_decisions = Counter(
+            "fraud_shadow_decisions",
+            "What a shadow challenger would have decided (never acted on), by outcome and model version",
+            ["outcome", "model_version"],
+            registry=r,
+        )
+        self.release_events = Counter(
+            "fraud_release_events",
+            "Release changes applied by this scorer (swap, canary_rollback)",
+            ["event"],
+            registry=r,
+        )
         self.publish_failures = Counter(
             "fraud_decision_publish_failures", "Decisions that could not be handed to Kafka", registry=r
         )
@@ -53,6 +65,11 @@ class ScorerMetrics:
         tally = _Tally((d.outcome.value, d.model_version) for d in decisions)
         for (outcome, version), n in tally.items():
             self.decisions.labels(outcome=outcome, model_version=version).inc(n)
+
+    def count_shadow(self, decisions: Iterable[Decision]) -> None:
+        tally = _Tally((d.outcome.value, d.model_version) for d in decisions)
+        for (outcome, version), n in tally.items():
+            self.shadow_decisions.labels(outcome=outcome, model_version=version).inc(n)
 
     def count_degraded(self, reason: str, n: int) -> None:
         self.degraded.labels(reason=reason).inc(n)

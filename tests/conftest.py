@@ -49,6 +49,7 @@ def topics(kafka_bootstrap: str) -> Topics:
         decisions=f"decisions-{suffix}",
         dead_letter=f"dead-letter-{suffix}",
         labels=f"labels-{suffix}",
+        shadow_decisions=f"decisions-shadow-{suffix}",
     )
     ensure_topics(kafka_bootstrap, named.all())
     return named

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -280,34 +281,50 @@ def typical_values(metadata: Mapping[str, Any]) -> dict[str, float]:
     return typical
 
 
+@dataclass
+class _Explained:
+    """What the explainer keeps per model: its booster (or why it has none) and typical values."""
+
+    model: RegisteredModel
+    typical: dict[str, float]
+    booster: xgb.Booster | None = None
+    load_error: Exception | None = None
+
+
 class ReasonExplainer:
-    """Reason codes for the decision engine; follows whichever model the engine serves.
+    """Reason codes for the decision engine, for whichever model decided the row.
 
     The booster and the typical values are loaded once per model, on the first row that needs
     them (an all-approve workload never loads either). A model whose native file is missing or
     unreadable is remembered as such, so every later batch fails fast rather than retrying the disk.
+    A few models are kept at once (champion, canary, the one before a swap), so that batches
+    alternating between them do not reload a booster each time.
     """
+
+    KEEP_MODELS = 4
 
     def __init__(self, top_k: int = DEFAULT_TOP_K) -> None:
         self.top_k = top_k
         self.unexplained = 0  # flagged/blocked decisions returned without reasons because explaining failed
-        self._model: RegisteredModel | None = None
-        self._booster: xgb.Booster | None = None
-        self._load_error: Exception | None = None
-        self._typical: dict[str, float] = {}
+        self._kept: list[_Explained] = []  # least recently used first
 
-    def _bind(self, model: RegisteredModel) -> None:
-        if model is not self._model:
-            self._model, self._booster, self._load_error = model, None, None
-            self._typical = typical_values(model.metadata)
+    def _state(self, model: RegisteredModel) -> _Explained:
+        # By identity: a reloaded version is a new object, and holding it keeps its id from being reused.
+        for n, state in enumerate(self._kept):
+            if state.model is model:
+                self._kept.append(self._kept.pop(n))
+                return state
+        state = _Explained(model, typical_values(model.metadata))
+        self._kept = [*self._kept, state][-self.KEEP_MODELS :]
+        return state
 
     def booster(self, model: RegisteredModel) -> xgb.Booster:
         """The native XGBoost booster of ``model`` (one thread); ModelLoadError when unavailable."""
-        self._bind(model)
-        if self._booster is not None:
-            return self._booster
-        if self._load_error is not None:
-            raise self._load_error
+        state = self._state(model)
+        if state.booster is not None:
+            return state.booster
+        if state.load_error is not None:
+            raise state.load_error
         try:
             import xgboost as xgb
 
@@ -323,10 +340,10 @@ class ReasonExplainer:
                     f"expected {len(MODEL_FEATURES)}"
                 )
         except Exception as exc:  # noqa: BLE001 - remembered and re-raised to the caller, who degrades
-            self._load_error = exc
+            state.load_error = exc
             log.warning("reason codes off for model %s: %s", model.version, exc)
             raise
-        self._booster = booster
+        state.booster = booster
         return booster
 
     def contributions(self, model: RegisteredModel, rows: np.ndarray) -> np.ndarray:
@@ -349,14 +366,15 @@ class ReasonExplainer:
             return {}
         try:
             contribs = self.contributions(model, matrix[list(indices)])
-            return {i: self._top(matrix[i], contribs[n, :-1]) for n, i in enumerate(indices)}
+            typical = self._state(model).typical
+            return {i: self._top(matrix[i], contribs[n, :-1], typical) for n, i in enumerate(indices)}
         except Exception as exc:  # noqa: BLE001 - an explanation must never fail a payment
             self.unexplained += len(indices)
             if not isinstance(exc, ModelLoadError):
                 log.exception("explaining %d decisions failed; returned without reasons", len(indices))
             return {}
 
-    def _top(self, values: np.ndarray, contribs: np.ndarray) -> list[ReasonCode]:
+    def _top(self, values: np.ndarray, contribs: np.ndarray, typical: Mapping[str, float]) -> list[ReasonCode]:
         order = np.argsort(-contribs, kind="stable")[: self.top_k]
         picked = [j for j in order.tolist() if contribs[j] > 0]
         if not picked:
@@ -367,7 +385,7 @@ class ReasonExplainer:
                 feature=MODEL_FEATURES[j],
                 value=float(values[j]),
                 contribution=float(contribs[j]),
-                text=describe(MODEL_FEATURES[j], row, self._typical),
+                text=describe(MODEL_FEATURES[j], row, typical),
             )
             for j in picked
         ]

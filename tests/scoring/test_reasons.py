@@ -214,3 +214,14 @@ def test_the_grpc_decision_carries_the_reasons(redis_client, explained_model):
         (r.feature, r.value, r.contribution, r.text) for r in last.reasons
     ]
     assert message.reasons[0].text == "7 payments on this card in the last hour (usual: 1)"
+
+
+def test_alternating_models_keep_their_boosters(tmp_path, explained_model):
+    """A canary batch, then a champion batch, then the canary again: nothing is reloaded."""
+    from scoring.reasons import ReasonExplainer
+
+    other = _register(tmp_path, with_native=True).load()
+    explainer = ReasonExplainer()
+    first, second = explainer.booster(explained_model), explainer.booster(other)
+    assert first is not second
+    assert explainer.booster(explained_model) is first and explainer.booster(other) is second

@@ -17,7 +17,7 @@ import json
 import logging
 import shutil
 import signal
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -354,23 +354,71 @@ def retrain_command(
     data: Annotated[Path | None, typer.Option(help="Simulation directory (default HOME/data).")] = None,
     as_of: Annotated[datetime | None, typer.Option(help="Cut-off (UTC); default: the end of the history.")] = None,
     label_maturity_days: Annotated[float, typer.Option(help="Newest days left out: labels not in yet.")] = 2.0,
+    if_due: Annotated[
+        bool, typer.Option("--if-due", help="Train only when the schedule or a pending request says so (for cron).")
+    ] = False,
+    every_days: Annotated[
+        float | None, typer.Option(help="With --if-due: retrain when the newest model is this old (default 30).")
+    ] = None,
+    request: Annotated[
+        str | None, typer.Option(help="Do not train: record a retrain request with this reason (monitoring's door).")
+    ] = None,
+    by: Annotated[str, typer.Option(help="Who asks (recorded with --request).")] = "operator",
+    release: Annotated[
+        str, typer.Option(help="A better challenger is promoted at once, or started as shadow or canary.")
+    ] = "promote",
+    canary_share: Annotated[float, typer.Option(help="With --release canary: the share of cards it decides.")] = 0.05,
 ) -> None:
     """Train a challenger on history plus every label known at the cut-off (chargebacks and
-    reviewers' labels), compare it with the champion on a later time slice, promote only if better."""
-    _train(home, data, as_of, label_maturity_days, include_reviews=True)
+    reviewers' labels), compare it with the champion on a later time slice, and promote it (or
+    start it in shadow or canary) only if better. Thresholds are chosen for the review capacity
+    (FRAUD_REVIEW_CAPACITY_PER_DAY). Cron-friendly with --if-due; see docs/model-lifecycle.md."""
+    from retrain import ModelRegistry
+    from retrain.schedule import RetrainSchedule, request_retrain, retrain_due
+
+    settings = _settings(home, retrain_every_days=every_days)
+    registry = ModelRegistry(settings.registry_dir)
+    if request is not None:
+        entry = request_retrain(registry, request, by)
+        console.print(f"retrain requested by {entry['by']}: {entry['reason']} (the next --if-due run trains)")
+        return
+    if release not in ("promote", "shadow", "canary"):
+        raise typer.BadParameter(f"expected promote, shadow or canary, got {release!r}", param_hint="--release")
+    from simulator import read_simulation
+
+    sim = read_simulation(data or settings.data_dir)
+    if if_due:
+        now = as_of or max(t.event_time for t in sim.transactions)
+        why = retrain_due(registry, now, RetrainSchedule(every=timedelta(days=settings.retrain_every_days)))
+        if why is None:
+            console.print(f"not due at {now:%Y-%m-%d %H:%M}: nothing to do")
+            return
+        console.print(f"retraining: {why}")
+    _train_on(settings, sim, as_of, label_maturity_days, include_reviews=True, release=release, share=canary_share)
 
 
 def _train(
     home: Path | None, data: Path | None, as_of: datetime | None, maturity: float, include_reviews: bool
 ) -> None:
-    from fraud.lifecycle import load_labels, run_retrain
-
-    settings = _settings(home)
     from simulator import read_simulation
 
-    sim = read_simulation(data or settings.data_dir)
+    settings = _settings(home)
+    _train_on(settings, read_simulation(data or settings.data_dir), as_of, maturity, include_reviews)
+
+
+def _train_on(
+    settings: Settings,
+    sim,
+    as_of: datetime | None,
+    maturity: float,
+    include_reviews: bool,
+    release: str = "promote",
+    share: float = 0.05,
+) -> None:
+    from fraud.lifecycle import load_labels, run_retrain
+
     labels = load_labels(sim.labels, settings.review_db if include_reviews else None)
-    result = run_retrain(settings, sim.transactions, labels, as_of, maturity)
+    result = run_retrain(settings, sim.transactions, labels, as_of, maturity, release, share)
     console.print(result)
 
 

@@ -53,6 +53,8 @@ def run_retrain(
     labels: Sequence[Label],
     as_of: datetime | None,
     label_maturity_days: float,
+    release: str = "promote",
+    canary_share: float = 0.05,
 ):
     from retrain import ModelRegistry, RetrainPolicy, retrain
     from retrain.thresholds import ThresholdPolicy
@@ -61,6 +63,8 @@ def run_retrain(
     policy = RetrainPolicy(
         label_maturity=timedelta(days=label_maturity_days),
         threshold_policy=ThresholdPolicy(review_capacity_per_day=settings.review_capacity_per_day),
+        release=release,
+        canary_share=canary_share,
     )
     return retrain(transactions, labels, ModelRegistry(settings.registry_dir), cutoff, policy)
 

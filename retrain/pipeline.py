@@ -43,7 +43,15 @@ class RetrainPolicy:
     threshold_policy: ThresholdPolicy = field(default_factory=ThresholdPolicy)
     fixed_thresholds: DecisionThresholds | None = None
     cost: CostModel = field(default_factory=CostModel)
+    # What a challenger that beats the champion does: "promote" at once, or start as a "shadow"
+    # or a "canary" (``canary_share`` of cards) for an operator, or the guard, to finish.
+    release: str = "promote"
+    canary_share: float = 0.05
     training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        if self.release not in ("promote", "shadow", "canary"):
+            raise ValueError(f"release: expected promote, shadow or canary, got {self.release!r}")
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,10 @@ def retrain_on(data: TrainingSet, registry: ModelRegistry, as_of: datetime, poli
         "eval_rows": len(evaluation),
         "reason": reason,
     }
-    if promoted:
+    if promoted and policy.release != "promote":
+        registry.start_challenger(challenger, policy.release, share=policy.canary_share, by="retrain")
+        promoted, reason = False, f"{reason}; started as {policy.release}, not promoted"
+    elif promoted:
         registry.promote(challenger, record)
     else:
         registry.record({"event": "refuse", "version": challenger, **record})

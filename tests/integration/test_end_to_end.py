@@ -22,7 +22,7 @@ from fraud.gateway import PacedGateway, wait_until_serving
 from fraud.lifecycle import intake_decisions, read_decisions, redis_client, run_retrain
 from fraud.processes import ChildProcess
 from retrain import ModelRegistry
-from review_queue import ReviewStore
+from review_queue import ReviewStore, in_audit_sample
 from schema import LabelSource, Outcome, decode_label
 from scoring import ScorerClient
 from scoring.proto import fraud_pb2 as pb
@@ -158,10 +158,16 @@ def test_card_testing_burst_trips_the_velocity_rule(run):
 def test_flagged_decisions_become_cases_and_a_label_is_recorded(run):
     settings = run["settings"]
     flagged = {t for t in run["decided"] if run["decisions"][t].outcome is Outcome.FLAG}
-    assert flagged
-    assert intake_decisions(settings, idle_s=1.0) == len(flagged)
+    # and the random audit sample of approvals (selection-bias control, docs/feedback-loop.md)
+    audited = {
+        t
+        for t in run["decided"]
+        if run["decisions"][t].outcome is Outcome.APPROVE and in_audit_sample(t, settings.review_audit_rate)
+    }
+    assert flagged and audited
+    assert intake_decisions(settings, idle_s=1.0) == len(flagged) + len(audited)
     with ReviewStore(settings.review_db) as store:
-        assert {c.transaction_id for c in store.open_cases(10_000)} == flagged
+        assert {c.transaction_id for c in store.open_cases(10_000)} == flagged | audited
         case = store.open_cases(1)[0]
     result = subprocess.run(
         [sys.executable, "-m", "fraud", "review", "label", case.transaction_id, "--fraud", "--reviewer", "alice"],

@@ -81,6 +81,7 @@ def build_service(settings: Settings):
     from retrain import ModelRegistry
     from rules_engine import load_rules
     from scoring import DecisionEngine, DecisionPublisher, FraudScorerService, ScorerMetrics, ServerConfig
+    from scoring.publisher import ExplainingPublisher
     from scoring.release import RegistryRelease
     from streaming import OnlineFeatureStore
 
@@ -95,7 +96,6 @@ def build_service(settings: Settings):
     # Delivery reports only for failures: a Python callback per delivered decision cost more than
     # the produce itself under load (docs/performance.md); failures are all the publisher counts.
     producer = make_producer(settings.require_kafka(), delivery_report_only_error=True)
-    publisher = DecisionPublisher(producer, settings.topics.decisions, metrics)
     shadow = DecisionPublisher(producer, settings.topics.shadow_decisions, metrics)
     engine = DecisionEngine(
         rules=load_rules(settings.rules_file),
@@ -104,7 +104,9 @@ def build_service(settings: Settings):
         thresholds=None,
         metrics=metrics,
         on_shadow=shadow.publish,
+        explain_inline=False,  # the reply goes out first; reason codes join the published decision
     )
+    publisher = ExplainingPublisher(DecisionPublisher(producer, settings.topics.decisions, metrics), engine.explain)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
     return FraudScorerService(engine, publisher, ServerConfig(host=settings.grpc_host, port=settings.grpc_port))

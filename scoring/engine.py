@@ -31,6 +31,7 @@ from scoring.metrics import ScorerMetrics
 from scoring.reasons import ReasonExplainer
 from scoring.release import CANARY_ARM, CHAMPION_ARM, SHADOW_ARM, ModelRelease, ServingRelease, canary_mask
 from streaming import OnlineFeatureStore
+from streaming.features import MODEL_FEATURES
 from streaming.windows import context_features
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class DecisionEngine:
         metrics: ScorerMetrics,
         fallback: FallbackPolicy | None = None,
         on_shadow: Callable[[list[Decision]], None] | None = None,
+        explain_inline: bool = True,
     ) -> None:
         self.rules = rules
         self.release = model if isinstance(model, ModelRelease) else ModelRelease(model, thresholds)
@@ -76,6 +78,9 @@ class DecisionEngine:
         self.fallback = fallback or FallbackPolicy()
         self.on_shadow = on_shadow  # where shadow decisions go (a topic); None: counted only
         self.reasons = ReasonExplainer()  # explains with whichever model decided the row
+        # False: decisions leave without reasons and ``explain`` adds them later, off the reply path
+        # (``ExplainingPublisher``), so payments batched with a flagged one do not wait for TreeSHAP.
+        self.explain_inline = explain_inline
         metrics.model_loaded(self.model.version)
 
     @property
@@ -127,7 +132,7 @@ class DecisionEngine:
             for score, hits, canary in zip(score_list, all_hits, canary_rows, strict=True)
         ]
         rules_done = time.perf_counter()
-        reasons = self._explain(release, matrix, outcomes, canary_rows)
+        reasons = self._explain(release, matrix, outcomes, canary_rows) if self.explain_inline else {}
         reasons_done = time.perf_counter()
         decisions = []
         for i, (txn, vector, score, hits, outcome) in enumerate(
@@ -191,6 +196,28 @@ class DecisionEngine:
             if rows:
                 reasons.update(self.reasons.reasons_for(_arm(release, canary)[1], matrix, rows))
         return reasons
+
+    def explain(self, decisions: Sequence[Decision]) -> list[Decision]:
+        """``decisions`` with reason codes added to the flagged and blocked ones that had a score,
+        by the model that decided each (looked up in the release being served; a decision whose
+        model was swapped out meanwhile keeps no reasons and is counted as unexplained)."""
+        release = self.release.current
+        models = {m.version: m for m in (release.champion, release.challenger) if m is not None}
+        out = list(decisions)
+        todo: dict[str, list[int]] = {}
+        for i, d in enumerate(out):
+            if d.outcome is not Outcome.APPROVE and d.score is not None and not d.reasons:
+                todo.setdefault(d.model_version, []).append(i)
+        for version, rows in todo.items():
+            if version not in models:
+                self.reasons.unexplained += len(rows)
+                continue
+            matrix = np.array([[out[i].features[n] for n in MODEL_FEATURES] for i in rows], dtype=np.float32)
+            found = self.reasons.reasons_for(models[version], matrix, range(len(rows)))
+            for n, i in enumerate(rows):
+                if n in found:
+                    out[i] = msgspec.structs.replace(out[i], reasons=found[n])
+        return out
 
     def _judge_canary(self, release: ServingRelease, outcomes: list[Outcome], scored: _Scored) -> None:
         if not release.canary:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Sequence
 
 from confluent_kafka import Producer
 
-from schema import Decision, encode
+from schema import Decision, Outcome, encode
 from scoring.metrics import ScorerMetrics
 
 
@@ -42,3 +45,60 @@ class DecisionPublisher:
 
     def flush(self, timeout: float = 10.0) -> int:
         return self.producer.flush(timeout)
+
+
+log = logging.getLogger(__name__)
+
+
+class ExplainingPublisher:
+    """Publishes approvals at once and flagged/blocked decisions once their reason codes are in.
+
+    Reason codes (TreeSHAP) cost about a millisecond per explained row (docs/performance.md,
+    section 8); computed inline, every payment batched with a flagged one would wait for them. Here
+    the reply goes out first and a worker thread explains and publishes; XGBoost releases the GIL
+    while it computes, so on a second core this overlaps the decision loop. The queue is bounded:
+    when it is full (a flood of flags) decisions are published without reasons and counted, never
+    held back and never dropped.
+    """
+
+    def __init__(
+        self,
+        inner: DecisionPublisher,
+        explain: Callable[[Sequence[Decision]], list[Decision]],
+        max_pending_batches: int = 1000,
+    ) -> None:
+        self.inner = inner
+        self.explain = explain
+        self.metrics = inner.metrics
+        self._queue: queue.Queue[list[Decision]] = queue.Queue(max_pending_batches)
+        self._worker = threading.Thread(target=self._run, name="explain-publish", daemon=True)
+        self._worker.start()
+
+    def publish(self, decisions: Iterable[Decision]) -> None:
+        now, later = [], []
+        for d in decisions:
+            (later if d.outcome is not Outcome.APPROVE and d.score is not None and not d.reasons else now).append(d)
+        if now:
+            self.inner.publish(now)
+        if later:
+            try:
+                self._queue.put_nowait(later)
+            except queue.Full:
+                self.metrics.count_degraded("reasons_skipped", len(later))
+                self.inner.publish(later)
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            try:
+                self.inner.publish(self.explain(batch))
+            except Exception:  # noqa: BLE001 - explaining must never lose a decision
+                log.exception("explaining %d decisions failed; published without reasons", len(batch))
+                self.inner.publish(batch)
+            finally:
+                self._queue.task_done()
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait for the explanations in hand, then for Kafka; returns messages still undelivered."""
+        self._queue.join()
+        return self.inner.flush(timeout)

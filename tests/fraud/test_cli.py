@@ -26,6 +26,13 @@ SUBCOMMANDS = [
     ["review", "list"],
     ["review", "label"],
     ["review", "intake"],
+    ["models"],
+    ["models", "list"],
+    ["models", "shadow"],
+    ["models", "canary"],
+    ["models", "promote"],
+    ["models", "rollback"],
+    ["models", "history"],
 ]
 
 
@@ -54,6 +61,18 @@ def test_simulate_then_train_registers_a_served_model(tmp_path):
     meta = registry.metadata("xgb-0001")
     assert meta["onnx_parity_max_abs_diff"] < 1e-4 and meta["metrics"]["pr_auc"] > 0
     assert json.loads((tmp_path / "registry" / "promotions.jsonl").read_text().splitlines()[0])["event"] == "promote"
+    # lineage and the operating point chosen for the review capacity travel with the model
+    assert meta["parent_version"] is None and len(meta["data_fingerprint"]) == 16
+    assert meta["label_cutoff"] and meta["training_window"][0] < meta["evaluation_window"][0]
+    assert 0 < meta["operating_point"]["flags_per_day"] <= 200
+
+    listed = runner.invoke(app, ["models", "list", "--home", str(tmp_path)], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0 and "xgb-0001" in listed.output and "champion" in listed.output
+    refused = runner.invoke(app, ["models", "canary", "xgb-0001", "--home", str(tmp_path)])
+    assert refused.exit_code == 1 and "refused" in refused.output and "champion already" in refused.output
+    not_due = runner.invoke(app, ["retrain", "--if-due", "--home", str(tmp_path)])
+    assert not_due.exit_code == 0 and "not due" in not_due.output
+    assert ModelRegistry(tmp_path / "registry").versions() == ["xgb-0001"]
 
 
 def test_bench_refuses_an_unknown_mode_and_bad_rates_naming_the_option():

@@ -158,6 +158,7 @@ def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str,
     truth = {g.transaction_id: g for g in sim.truth}
     reviewed = _stand_in_reviewer(settings, config.reviewed_cases, truth)
     console.print(f"{opened} cases opened from {len(published)} published decisions; {reviewed} labelled")
+    _show_top_case(console, decisions)
 
     console.rule("7. retrain with chargebacks and review labels")
     labels = load_labels(sim.labels, settings.review_db)
@@ -173,6 +174,25 @@ def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str,
     offline = OfflineFeatureBuilder().replay(sim.transactions, sim.labels)
     identical = sum(1 for d in decisions if d.features == offline[d.transaction_id])
     return _summary(decisions, truth, opened, reviewed, first, second, drift, identical, published)
+
+
+def _show_top_case(console: Console, decisions: list[Decision]) -> None:
+    """The riskiest flagged payment with the reasons an analyst sees (rules, then the model's)."""
+    explained = [d for d in decisions if d.outcome is not Outcome.APPROVE and d.reasons]
+    if not explained:
+        console.print("no flagged decision carries reason codes (xgboost.ubj missing?)", style="yellow")
+        return
+    top = max(explained, key=lambda d: d.score or 0.0)
+    t = top.transaction
+    console.print(
+        f"riskiest case {t.transaction_id}: {t.amount_minor / 100:,.2f} {t.currency} at {t.merchant_id}, "
+        f"score {top.score:.3f} -> {top.outcome.value}",
+        highlight=False,
+    )
+    for hit in top.rule_hits:
+        console.print(f"  rule {hit.rule_id}: {hit.reason}", highlight=False)
+    for reason in top.reasons:
+        console.print(f"  model: {reason.text}  (+{reason.contribution:.2f} log-odds)", highlight=False)
 
 
 def _progress(console: Console, done: int, total: int) -> None:

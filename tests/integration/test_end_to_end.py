@@ -155,6 +155,15 @@ def test_card_testing_burst_trips_the_velocity_rule(run):
     assert all(d.outcome is not Outcome.APPROVE for d in tripped)
 
 
+def test_flagged_and_blocked_decisions_are_published_with_reason_codes(run):
+    """fraud serve replies first and explains after: the published record carries the reasons."""
+    scored = [run["decisions"][t] for t in run["decided"] if run["decisions"][t].score is not None]
+    not_approved = [d for d in scored if d.outcome is not Outcome.APPROVE]
+    assert not_approved and all(1 <= len(d.reasons) <= 3 for d in not_approved)
+    assert all(d.reasons == [] for d in scored if d.outcome is Outcome.APPROVE)
+    assert all(r.contribution > 0 and r.text for d in not_approved for r in d.reasons)
+
+
 def test_flagged_decisions_become_cases_and_a_label_is_recorded(run):
     settings = run["settings"]
     flagged = {t for t in run["decided"] if run["decisions"][t].outcome is Outcome.FLAG}

@@ -23,7 +23,7 @@ from monitoring import DriftReference
 from retrain.dataset import TrainingSet, build_training_set
 from retrain.evaluate import CostModel, fraud_metrics, money_outcome
 from retrain.registry import ModelLoadError, ModelRegistry, data_fingerprint, feature_list_hash, model_thresholds
-from retrain.thresholds import OperatingPoint, ThresholdPolicy, choose_thresholds
+from retrain.thresholds import OperatingPoint, ThresholdPolicy, choose_thresholds, operating_point
 from retrain.train import TrainingConfig, check_parity, fit, to_onnx
 from schema import DecisionThresholds, Label, Transaction
 from streaming.features import MODEL_FEATURES
@@ -149,16 +149,7 @@ def _operating_point(evaluation: TrainingSet, scores: np.ndarray, policy: Retrai
     days = policy.eval_window.total_seconds() / 86_400
     if policy.fixed_thresholds is None:
         return choose_thresholds(evaluation.labels, scores, days, policy.threshold_policy)
-    t = policy.fixed_thresholds
-    flagged, blocked = (scores >= t.flag) & (scores < t.block), scores >= t.block
-    y = evaluation.labels
-    return OperatingPoint(
-        t,
-        float(flagged.sum()) / days,
-        float(blocked.sum()) / days,
-        float(y[flagged].mean()) if flagged.any() else float("nan"),
-        float(y[blocked].mean()) if blocked.any() else float("nan"),
-    )
+    return operating_point(evaluation.labels, scores, days, policy.fixed_thresholds)
 
 
 def _metrics(evaluation: TrainingSet, scores: np.ndarray, t: DecisionThresholds, cost: CostModel) -> dict[str, float]:

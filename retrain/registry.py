@@ -125,9 +125,7 @@ class ModelRegistry:
         """Make ``version`` the served model; the record (scores, reason) goes to the history."""
         if version not in self.versions():
             raise ModelLoadError(f"cannot promote unknown model version {version!r}")
-        tmp = self.root / "champion.tmp"
-        tmp.write_text(version + "\n")
-        os.replace(tmp, self.root / "champion")
+        self._set_champion(version)
         self.record({"event": "promote", "version": version, **record})
         running = self.challenger()
         if running is not None and running["version"] == version:
@@ -147,9 +145,7 @@ class ModelRegistry:
         if current is None or len(stack) < 2:
             raise ModelLoadError("nothing to roll back to: no earlier champion in the history")
         target = stack[-2]
-        tmp = self.root / "champion.tmp"
-        tmp.write_text(target + "\n")
-        os.replace(tmp, self.root / "champion")
+        self._set_champion(target)
         self.record({"event": "rollback", "version": target, "from": current, "reason": reason, "by": by})
         return target
 
@@ -194,6 +190,11 @@ class ModelRegistry:
             except FileNotFoundError:
                 stamps.append(0)
         return tuple(stamps)
+
+    def _set_champion(self, version: str) -> None:
+        tmp = self.root / "champion.tmp"
+        tmp.write_text(version + "\n")
+        os.replace(tmp, self.root / "champion")  # readers see the old champion or the new, never half
 
     def _write_json(self, name: str, data: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

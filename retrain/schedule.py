@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from retrain.registry import ModelRegistry
@@ -43,10 +44,12 @@ def request_retrain(registry: ModelRegistry, reason: str, by: str, at: datetime 
 
 def pending_requests(registry: ModelRegistry) -> list[dict[str, Any]]:
     """Requests made after the newest model was registered (the ones no retrain has answered)."""
-    path = registry.root / REQUESTS_FILE
+    return _after(registry.root / REQUESTS_FILE, _last_registered(registry))
+
+
+def _after(path: Path, last: datetime | None) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    last = _last_registered(registry)
     requests = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in requests if last is None or datetime.fromisoformat(r["at"]) > last]
 
@@ -59,9 +62,9 @@ def retrain_due(registry: ModelRegistry, now: datetime, schedule: RetrainSchedul
     age = now - newest
     if age >= schedule.every:
         return f"newest model's labels end {newest:%Y-%m-%d}, {age.days} days ago (every {schedule.every.days} d)"
-    pending = pending_requests(registry)
+    last = _last_registered(registry)
+    pending = _after(registry.root / REQUESTS_FILE, last)
     if pending:
-        last = _last_registered(registry)
         if last is not None and datetime.now(UTC) - last < schedule.min_gap:
             return None  # rate-limited: the request stays pending for the next run
         first = pending[0]

@@ -82,11 +82,17 @@ def choose_thresholds(y_true: np.ndarray, scores: np.ndarray, days: float, polic
         flag = float(np.nextafter(band_scores[flag_k], np.inf))
     else:
         flag = float(band_scores[-1])
-    flag = min(flag, block)
-    flagged = (scores >= flag) & (scores < block)
-    blocked = scores >= block
+    return operating_point(y_true, scores, days, DecisionThresholds(flag=min(flag, block), block=block))
+
+
+def operating_point(
+    y_true: np.ndarray, scores: np.ndarray, days: float, thresholds: DecisionThresholds
+) -> OperatingPoint:
+    """What ``thresholds`` do on a validation slice of ``days`` days: flags and blocks per day, precision."""
+    flagged = (scores >= thresholds.flag) & (scores < thresholds.block)
+    blocked = scores >= thresholds.block
     return OperatingPoint(
-        thresholds=DecisionThresholds(flag=flag, block=block),
+        thresholds=thresholds,
         flags_per_day=float(flagged.sum()) / days,
         blocks_per_day=float(blocked.sum()) / days,
         flag_band_precision=_precision(y_true, flagged),

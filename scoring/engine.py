@@ -28,7 +28,7 @@ from retrain.registry import RegisteredModel
 from rules_engine import RuleSet
 from schema import Decision, DecisionThresholds, FeatureVector, Outcome, ReasonCode, RuleHit, Transaction
 from scoring.metrics import ScorerMetrics
-from scoring.reasons import ReasonExplainer
+from scoring.reasons import ReasonExplainer, needs_reasons
 from scoring.release import CANARY_ARM, CHAMPION_ARM, SHADOW_ARM, ModelRelease, ServingRelease, canary_mask
 from streaming import OnlineFeatureStore
 from streaming.features import MODEL_FEATURES
@@ -206,7 +206,7 @@ class DecisionEngine:
         out = list(decisions)
         todo: dict[str, list[int]] = {}
         for i, d in enumerate(out):
-            if d.outcome is not Outcome.APPROVE and d.score is not None and not d.reasons:
+            if needs_reasons(d):
                 todo.setdefault(d.model_version, []).append(i)
         for version, rows in todo.items():
             if version not in models:

@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 from confluent_kafka import Producer
 
-from schema import Decision, Outcome, encode
+from schema import Decision, encode
 from scoring.metrics import ScorerMetrics
+from scoring.reasons import needs_reasons
 
 
 class DecisionPublisher:
@@ -77,7 +78,7 @@ class ExplainingPublisher:
     def publish(self, decisions: Iterable[Decision]) -> None:
         now, later = [], []
         for d in decisions:
-            (later if d.outcome is not Outcome.APPROVE and d.score is not None and not d.reasons else now).append(d)
+            (later if needs_reasons(d) else now).append(d)
         if now:
             self.inner.publish(now)
         if later:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrain.registry import ModelLoadError, RegisteredModel
-from schema import ReasonCode
+from schema import Decision, Outcome, ReasonCode
 from streaming.features import (
     LABEL_FEATURES,
     MERCHANT_CATEGORIES,
@@ -52,6 +52,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 3
+
+
+def needs_reasons(decision: Decision) -> bool:
+    """A model-scored decision that was not approved and has no reason codes yet."""
+    return decision.outcome is not Outcome.APPROVE and decision.score is not None and not decision.reasons
+
 
 # (how the entity is named, the preposition a payment takes with it)
 _ENTITY_WORDS: dict[str, tuple[str, str]] = {

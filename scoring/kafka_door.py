@@ -13,7 +13,11 @@ waiting in the read partitions (cached high watermark minus the last offset read
 longer than ``shed_after_s`` at the door's measured cost per payment. A message that is merely
 old because the broker or the producer was slow, with nothing queued behind it, is decided in
 full: shedding it would degrade the decision without making it any faster. Malformed messages
-go to the dead-letter topic with the reason.
+go to the dead-letter topic with the reason (counted in ``fraud_dead_letters_total{reason="invalid"}``).
+
+The door's lag, ``fraud_kafka_consumer_lag{consumer="scorer"}``, is its position in each assigned
+partition against the high watermark of the last fetch (cached by librdkafka: no broker request),
+refreshed every ``lag_refresh_s`` on the door's own loop.
 
 Delivery is at least once: offsets are committed after the batch's decisions are handed to the
 producer, so a crash between the two re-decides a few payments; decisions are keyed by
@@ -31,6 +35,7 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from deploy.lag import ConsumerLag
 from schema import DeadLetter, Decision, InvalidEvent, Transaction, decode_transaction, encode
 from scoring.engine import DecisionEngine
 from scoring.publisher import DecisionPublisher
@@ -44,6 +49,7 @@ class KafkaDoorConfig:
     shed_after_s: float = 0.05
     # The cost per payment assumed before the first batch is measured (then an average of batches).
     initial_cost_per_payment_s: float = 0.0005
+    lag_refresh_s: float = 1.0  # how often fraud_kafka_consumer_lag is set (0: every poll)
 
 
 class KafkaDecisionDoor:
@@ -63,6 +69,8 @@ class KafkaDecisionDoor:
         self.dead_letter_topic = dead_letter_topic
         self.config = config or KafkaDoorConfig()
         self.cost_per_payment_s = self.config.initial_cost_per_payment_s
+        self.lag = ConsumerLag(engine.metrics.consumer_lag, "scorer")
+        self._next_lag_refresh = 0.0
 
     def run(self, stop: threading.Event) -> None:
         """Decide until ``stop`` is set, then flush decisions and leave the group."""
@@ -77,6 +85,8 @@ class KafkaDecisionDoor:
     def step(self) -> int:
         """One poll: decide what arrived. Returns the number of messages read."""
         messages = self.consumer.consume(num_messages=self.poll_limit(), timeout=self.config.poll_timeout_s)
+        if time.monotonic() >= self._next_lag_refresh:
+            self.refresh_lag()
         horizon_ms = (time.time() - self.config.shed_after_s) * 1000
         read = [
             (txn, msg.timestamp()[1] < horizon_ms) for msg in messages if (txn := self._transaction(msg)) is not None
@@ -92,6 +102,19 @@ class KafkaDecisionDoor:
             )
         self.publisher.publish(decisions)
         return len(messages)
+
+    def refresh_lag(self) -> None:
+        """Set the lag gauge of every assigned partition the door has a position in."""
+        self._next_lag_refresh = time.monotonic() + self.config.lag_refresh_s
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return
+        for tp in self.consumer.position(assignment):
+            if tp.offset < 0:  # nothing read from it yet: no position
+                continue
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0:
+                self.lag.set(tp.topic, tp.partition, tp.offset, high)
 
     def poll_limit(self) -> int:
         """Messages one poll may take: about ``batch_time_s`` of work, at least one."""
@@ -131,6 +154,7 @@ class KafkaDecisionDoor:
             return decode_transaction(msg.value())
         except InvalidEvent as exc:
             self.engine.metrics.invalid.inc()
+            self.engine.metrics.dead_letters.labels("invalid").inc()
             letter = DeadLetter(
                 reason=str(exc),
                 source_topic=msg.topic() or "",

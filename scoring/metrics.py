@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from deploy.lag import consumer_lag_gauge
 from schema import Decision
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -25,7 +26,8 @@ class ScorerMetrics:
         self.invalid = Counter("fraud_invalid_requests", "Transactions refused as malformed", registry=r)
         self.latency = Histogram(
             "fraud_decision_latency_seconds",
-            "Server-side time per request (stage=total) and per batch stage",
+            "Server-side time per request (stage=total) and per batch stage "
+            "(features, model, rules: rules and thresholds, reasons, publish: handing decisions to Kafka)",
             ["stage"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
@@ -52,6 +54,14 @@ class ScorerMetrics:
         )
         self.publish_failures = Counter(
             "fraud_decision_publish_failures", "Decisions that could not be handed to Kafka", registry=r
+        )
+        # The Kafka door's consumer="scorer" (scoring.kafka_door)
+        self.consumer_lag = consumer_lag_gauge(r)
+        self.dead_letters = Counter(
+            "fraud_dead_letters",
+            "Messages the Kafka door sent to dead-letter, by reason (invalid)",
+            ["reason"],
+            registry=r,
         )
 
     def model_loaded(self, version: str) -> None:

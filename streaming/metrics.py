@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from deploy.lag import consumer_lag_gauge
+
 # Freshness is sub-second when healthy and minutes when the stream falls behind: fine buckets low,
 # coarse ones high, so percentiles can be read off both regimes.
 FRESHNESS_BUCKETS = (
@@ -63,3 +65,5 @@ class StreamMetrics:
         self.redis_writes = Counter(
             "fraud_stream_entity_writes", "Entity states written to Redis (after coalescing).", **kw
         )
+        # fraud_kafka_consumer_lag{consumer="feature-stream", topic, partition}: see streaming.dataflow
+        self.consumer_lag = consumer_lag_gauge(self.registry)

@@ -1,5 +1,6 @@
 """The human review queue: durable cases (flagged and audit), exclusive claims, verdicts, the label log."""
 
+from review_queue.metrics import ReviewMetrics
 from review_queue.store import (
     CardPayment,
     CaseKind,
@@ -10,4 +11,13 @@ from review_queue.store import (
     in_audit_sample,
 )
 
-__all__ = ["CardPayment", "CaseKind", "ClaimConflict", "ReviewCase", "ReviewStore", "Verdict", "in_audit_sample"]
+__all__ = [
+    "CardPayment",
+    "CaseKind",
+    "ClaimConflict",
+    "ReviewCase",
+    "ReviewMetrics",
+    "ReviewStore",
+    "Verdict",
+    "in_audit_sample",
+]

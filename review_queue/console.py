@@ -11,6 +11,10 @@ touches the store. The login form carries a pre-session CSRF token too, and a su
 starts a fresh session (no fixation). With one shared token a reviewer's name is self-declared:
 it records who labelled for accountability among trusted analysts, it is not an identity check.
 
+``GET /metrics`` (no login: it carries counts, no case data) serves the review queue's Prometheus
+metrics (``review_queue.metrics``): the queue gauges read from the store on each scrape, and the
+verdicts recorded through this console.
+
 The app does not know about Kafka or settings: the composition root (``fraud review --web``)
 hands it how to open the store and how to record a verdict (commit, then publish the outbox).
 """
@@ -25,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import jinja2
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -34,6 +39,7 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
+from review_queue.metrics import ReviewMetrics
 from review_queue.pages import TEMPLATES
 from review_queue.store import ClaimConflict, ReviewCase, ReviewStore, Verdict
 from schema import Label, Transaction
@@ -62,11 +68,18 @@ class ConsoleConfig:
     session_max_age_s: int = 12 * 3600  # one working day
 
 
-def create_app(config: ConsoleConfig, open_store: Callable[[], ReviewStore], record: RecordsVerdicts) -> Starlette:
+def create_app(
+    config: ConsoleConfig,
+    open_store: Callable[[], ReviewStore],
+    record: RecordsVerdicts,
+    metrics: ReviewMetrics | None = None,
+) -> Starlette:
     """The console as an ASGI app. ``open_store`` opens a store per request (SQLite connections
-    stay on one thread); ``record`` commits a verdict and publishes the outbox."""
+    stay on one thread); ``record`` commits a verdict and publishes the outbox; ``metrics`` (a new
+    registry when None) are served at ``/metrics``."""
     if not config.token:
         raise ValueError("the console needs a login token")
+    metrics = metrics or ReviewMetrics()
     env = jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True)
     templates = Jinja2Templates(env=env)
     env.globals.update(money=_money, score=_score, when=_when)
@@ -84,6 +97,10 @@ def create_app(config: ConsoleConfig, open_store: Callable[[], ReviewStore], rec
     def with_store(work: Callable[[ReviewStore], object]) -> object:
         with open_store() as store:
             return work(store)
+
+    async def prometheus(request: Request) -> Response:
+        await run_in_threadpool(with_store, metrics.refresh)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def index(request: Request) -> Response:
         return RedirectResponse("/queue", status_code=303)
@@ -176,6 +193,7 @@ def create_app(config: ConsoleConfig, open_store: Callable[[], ReviewStore], rec
             return await _render_case(request, transaction_id, 409, f"Not saved: {conflict}. Claim it first.")
         except KeyError:
             return PlainTextResponse(f"no case for transaction {transaction_id}", status_code=404)
+        metrics.count_verdict(verdict)
         if verdict is Verdict.UNSURE:
             outcome = "closed as unsure (no training label)"
         elif recorded.published:
@@ -196,6 +214,7 @@ def create_app(config: ConsoleConfig, open_store: Callable[[], ReviewStore], rec
 
     routes = [
         Route("/", index),
+        Route("/metrics", prometheus, methods=["GET"]),
         Route("/login", login_form, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),

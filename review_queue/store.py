@@ -556,6 +556,14 @@ class ReviewStore:
     def resolved_labels(self, known_before: datetime | None = None) -> dict[str, bool]:
         return resolve_labels(self.labels(), known_at=known_before)
 
+    def queue_stats(self, now: datetime | None = None) -> tuple[int, float]:
+        """(open cases awaiting a verdict, claimed or not; seconds since the oldest of them was
+        decided, 0 when none is open)."""
+        depth, oldest = self.db.execute("SELECT COUNT(*), MIN(created_ts) FROM cases WHERE status = 'open'").fetchone()
+        if oldest is None:
+            return depth, 0.0
+        return depth, max(0.0, (now or datetime.now(UTC)).timestamp() - oldest)
+
     def counts(self) -> dict[str, int]:
         counts = dict(self.db.execute("SELECT status, COUNT(*) FROM cases GROUP BY status").fetchall())
         kinds = dict(self.db.execute("SELECT kind, COUNT(*) FROM cases WHERE status = 'open' GROUP BY kind"))

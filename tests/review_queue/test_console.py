@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import UTC, datetime
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -17,6 +19,7 @@ from fraud.config import Settings
 from fraud.lifecycle import open_review_store, review_console
 from review_queue import Verdict
 from schema import Outcome
+from tests.factories import T0
 from tests.review_queue.cases import decision
 
 TOKEN = "correct horse battery staple"
@@ -47,6 +50,17 @@ def logged_in(console, name: str) -> tuple[TestClient, str]:
     page = client.post("/login", data={"reviewer": name, "token": TOKEN, "csrf": csrf_of(form.text)})
     assert page.status_code == 200 and f">{name}<" in page.text  # followed the redirect to the queue
     return client, csrf_of(page.text)
+
+
+def scrape(console) -> dict[tuple[str, str | None], float]:
+    """The console's /metrics, fetched without logging in: (sample name, verdict label) -> value."""
+    reply = TestClient(console).get("/metrics")
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, sample.labels.get("verdict")): sample.value
+        for family in text_string_to_metric_families(reply.text)
+        for sample in family.samples
+    }
 
 
 def untouched(settings: Settings) -> None:
@@ -107,6 +121,14 @@ def test_two_reviewers_never_hold_the_same_case(console, settings):
 
 
 def test_claim_label_and_the_case_leaves_the_queue(console, settings):
+    def oldest_open_since(seconds_after_t0: int) -> float:
+        return (datetime.now(UTC) - T0).total_seconds() - seconds_after_t0
+
+    before = scrape(console)
+    assert before[("fraud_review_queue_depth", None)] == 2
+    assert abs(before[("fraud_review_oldest_case_age_seconds", None)] - oldest_open_since(1)) < 5  # TX1, T0 + 1 s
+    assert all(before[("fraud_review_verdicts_total", v)] == 0 for v in ("fraud", "legitimate", "unsure"))
+
     alice, csrf = logged_in(console, "alice")
     case = alice.get(f"/cases/{TX1}").text
     assert "9 transactions in 10m" in case  # the rule's reason
@@ -128,12 +150,20 @@ def test_claim_label_and_the_case_leaves_the_queue(console, settings):
         assert store.get_case(TX1).verdict is Verdict.FRAUD
     closed = alice.get(f"/cases/{TX1}").text
     assert "card testing &lt;b&gt;" in closed  # notes are escaped, not rendered
+    after_one = scrape(console)
+    assert after_one[("fraud_review_queue_depth", None)] == 1
+    assert abs(after_one[("fraud_review_oldest_case_age_seconds", None)] - oldest_open_since(2)) < 5  # TX2 now
+    assert after_one[("fraud_review_verdicts_total", "fraud")] == 1
 
     alice.post(f"/cases/{TX2}/claim", data={"csrf": csrf})
     unsure = alice.post(f"/cases/{TX2}/label", data={"verdict": "unsure", "note": "no answer", "csrf": csrf})
     assert "closed as unsure (no training label)" in unsure.text and "The queue is empty" in unsure.text
     with open_review_store(settings) as store:
         assert len(store.labels()) == 1 and store.get_case(TX2).status == "unsure"
+    empty = scrape(console)
+    assert empty[("fraud_review_queue_depth", None)] == 0 and empty[("fraud_review_oldest_case_age_seconds", None)] == 0
+    verdicts = {v: empty[("fraud_review_verdicts_total", v)] for v in ("fraud", "legitimate", "unsure")}
+    assert verdicts == {"fraud": 1, "legitimate": 0, "unsure": 1}
 
 
 def test_an_abandoned_claim_returns_the_case_to_the_queue(settings):

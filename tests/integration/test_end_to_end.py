@@ -217,7 +217,8 @@ def test_metrics_count_decisions_by_outcome_and_model(run):
     version = run["first"].challenger
     assert f'fraud_decisions_total{{model_version="{version}",outcome="approve"}}' in run["metrics"]
     assert f'fraud_model_info{{version="{version}"}} 1.0' in run["metrics"]
-    assert "fraud_decision_latency_seconds_bucket" in run["metrics"]
+    for stage in ("total", "features", "model", "rules", "publish"):  # reasons: only if something was flagged
+        assert f'fraud_decision_latency_seconds_count{{stage="{stage}"}}' in run["metrics"], stage
     staleness_count = re.search(r"^fraud_feature_staleness_seconds_count (\S+)$", run["metrics"], re.M)
     assert staleness_count and float(staleness_count.group(1)) >= len(run["decided"])
 

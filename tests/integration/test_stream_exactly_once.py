@@ -29,9 +29,18 @@ def redis_equals_replay(store, transactions, labels):
     return [key for key, state in builder.states.items() if stored.get(key) != pack_state(state)]
 
 
-def scrape(port, name):
+def scrape(port, name, label="outcome"):
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-    return {m[0]: float(m[1]) for m in re.findall(rf'^{name}\{{outcome="(\w+)"\}} (\S+)$', text, re.M)}
+    return {m[0]: float(m[1]) for m in re.findall(rf'^{name}\{{{label}="([^"]+)"\}} (\S+)$', text, re.M)}
+
+
+def consumer_lag(port):
+    """fraud_kafka_consumer_lag of the feature stream, by topic (partition 0: the topics have one)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    found = re.findall(
+        r'^fraud_kafka_consumer_lag\{consumer="feature-stream",partition="0",topic="([^"]+)"\} (\S+)$', text, re.M
+    )
+    return {topic: float(value) for topic, value in found}
 
 
 def test_late_duplicate_and_label_events(kafka_bootstrap, redis_url, redis_client, topics, tmp_path):
@@ -65,6 +74,9 @@ def test_late_duplicate_and_label_events(kafka_bootstrap, redis_url, redis_clien
         )
         letters = [json.loads(m.value()) for m in read_topic(kafka_bootstrap, topics.dead_letter, idle_s=1.0)]
         admission = scrape(env["FRAUD_STREAM_METRICS_PORT"], "fraud_stream_transactions_total")
+        dead = scrape(env["FRAUD_STREAM_METRICS_PORT"], "fraud_stream_dead_letters_total", "reason")
+        caught_up = {topics.transactions: 0.0, topics.labels: 0.0}
+        wait_for(lambda: consumer_lag(env["FRAUD_STREAM_METRICS_PORT"]) == caught_up, 15, "lag 0 on both inputs")
     finally:
         proc.stop()
 
@@ -74,6 +86,7 @@ def test_late_duplicate_and_label_events(kafka_bootstrap, redis_url, redis_clien
     assert "allowed lateness 300s" in late_letters[0]["reason"] and late_letters[0]["offset"] >= 0
     assert any("transaction_id" in lt["reason"] and lt["source_topic"] == topics.labels for lt in letters)
     assert admission == {"admitted": 21.0, "late": 1.0, "duplicate": 2.0}
+    assert dead == {"late": 1.0, "invalid": 1.0}  # every dead letter counted by its reason
     assert redis_equals_replay(store, arrivals, labels) == []
 
 

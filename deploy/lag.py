@@ -51,8 +51,8 @@ class ProcessedOffsetsLag:
 
     The reading side calls ``processed`` (one dict store per partition per batch); the gauge is
     refreshed by a daemon thread, started with the first ``processed`` call, that queries the
-    high watermarks every ``interval_s`` (at once when started). A partition shows up once a
-    message of it has been processed.
+    high watermarks every ``interval_s``, and at once when a partition is seen for the first time
+    (a partition shows up once a message of it has been processed).
     """
 
     def __init__(self, lag: ConsumerLag, bootstrap: str, interval_s: float = 5.0) -> None:
@@ -63,11 +63,15 @@ class ProcessedOffsetsLag:
         self._client: Consumer | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._lock = threading.Lock()  # the thread and a caller of refresh share the client
 
     def processed(self, topic: str, partition: int, offset: int) -> None:
         """The message at ``offset`` has been processed (offsets only grow within a partition)."""
-        self.next_offsets[(topic, partition)] = offset + 1
+        key = (topic, partition)
+        if key not in self.next_offsets:
+            self._wake.set()
+        self.next_offsets[key] = offset + 1
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"lag-{self.lag.consumer}", daemon=True)
             self._thread.start()
@@ -89,16 +93,17 @@ class ProcessedOffsetsLag:
                 self.lag.set(topic, partition, next_offset, high)
 
     def _run(self) -> None:
-        while True:
+        while not self._stop.is_set():
+            self._wake.clear()
             try:
                 self.refresh()
             except Exception:  # noqa: BLE001 - a metric must never stop the consumer it describes
                 log.exception("refreshing consumer lag failed")
-            if self._stop.wait(self.interval_s):
-                return
+            self._wake.wait(self.interval_s)
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(5)
         with self._lock:

@@ -605,20 +605,75 @@ def review_intake(
 @app.command()
 def monitor(
     home: Home = None,
-    threshold: Annotated[float, typer.Option(help="KL divergence above which a feature is flagged.")] = 0.1,
-    metrics_port: Annotated[
-        int | None, typer.Option(help="Keep exporting gauges on this port (0: print and exit).")
-    ] = 0,
+    report: Annotated[
+        bool, typer.Option("--report", help="Write report.md with drift, score and performance plots (see --out).")
+    ] = False,
+    out: Annotated[Path | None, typer.Option(help="Report directory (default HOME/monitoring/report).")] = None,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve", help="Keep tailing decisions and labels, export Prometheus metrics, request retrains on alerts."
+        ),
+    ] = False,
+    metrics_port: Annotated[int | None, typer.Option(help="--serve: /metrics port (default 9466).")] = None,
+    act: Annotated[
+        bool | None,
+        typer.Option(help="Record retrain requests for alerts firing (default: only with --serve)."),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model version whose training reference to compare with.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Smallest KL (nats) worth a drift alert.")] = None,
+    window_s: Annotated[float | None, typer.Option(help="Drift window length in seconds of event time.")] = None,
 ) -> None:
-    """Compare recent decisions' feature and score distributions with the serving model's
-    training reference (KL divergence, PSI); print a table, export Prometheus gauges."""
-    from fraud.lifecycle import drift_report
+    """Watch the live model against its training: feature and score drift per window (KL with a
+    noise floor, and PSI), sustained alerts, realised precision/recall per day as labels mature,
+    and an estimate for the days whose labels have not arrived. Without --serve it replays the
+    whole log once and prints where things stand; --report also writes the morning report.
+    Metrics, alerts and how to act on them: docs/monitoring.md."""
+    from fraud.monitor_job import replay_monitor, serve_monitor
 
-    settings = _settings(home)
-    results = drift_report(settings, threshold, metrics_port or 0)
-    from monitoring import render_drift_table
+    settings = _settings(home, drift_kl_threshold=threshold, monitor_window_s=window_s)
+    if serve:
+        console.print(f"monitoring; metrics on 127.0.0.1:{metrics_port or settings.monitor_metrics_port}/metrics")
+        serve_monitor(settings, metrics_port or settings.monitor_metrics_port)
+        return
+    try:
+        watched, version = replay_monitor(settings, act=bool(act), version=model)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    _print_monitor(watched, version, settings.drift_kl_threshold)
+    if report:
+        from monitoring import write_monitor_report
 
-    console.print(render_drift_table(results, threshold))
+        path = write_monitor_report(watched.history(), out or settings.home / "monitoring" / "report", version)
+        console.print(f"report: {path}")
+
+
+def _print_monitor(watched, version: str, threshold: float) -> None:
+    from monitoring import latest_window, render_drift_table
+
+    console.print(render_drift_table(latest_window(watched.windows), threshold))
+    table = Table("day", "decisions", "known fraud", "maturity", "realised recall", "estimated recall",
+                  title=f"model {version}: performance by payment day")
+    for d in watched.daily()[-10:]:
+        table.add_row(
+            d.day, str(d.decisions), str(d.known_fraud), _share(d.maturity),
+            _interval(d.realised_recall, d.realised_recall_interval),
+            _interval(d.estimated.recall, d.estimated.recall_interval),
+        )
+    console.print(table)
+    console.print(f"firing: {', '.join(watched.firing()) or 'nothing'}")
+    for r in watched.requests:
+        console.print(f"retrain request at {r['at']}: {r['reason']} ({r['status']})")
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _interval(point: float | None, interval: tuple[float, float] | None) -> str:
+    if point is None:
+        return "-"
+    return f"{point:.2f}" + ("" if interval is None else f" [{interval[0]:.2f}, {interval[1]:.2f}]")
 
 
 @app.command()

@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deploy.kafka import Topics
 from schema import DecisionThresholds
+
+if TYPE_CHECKING:
+    from monitoring import MonitorPolicy
 
 
 class MissingService(RuntimeError):
@@ -81,6 +85,20 @@ class Settings(BaseSettings):
     release_poll_s: float = Field(1.0, gt=0.0, description="How often a scorer checks the registry for a new release.")
     retrain_every_days: float = Field(30.0, gt=0.0, description="`fraud retrain --if-due`: retrain after this long.")
     rules_file: Path | None = Field(None, description="Rule file (YAML); unset: the rules shipped.")
+    # The monitor (docs/monitoring.md).
+    monitor_metrics_port: int = Field(9466, ge=0, le=65535, description="`fraud monitor --serve`'s /metrics port.")
+    monitor_window_s: float = Field(3600.0, gt=0.0, description="Drift window length, event time.")
+    drift_kl_threshold: float = Field(0.1, ge=0.0, description="Smallest KL (nats) worth a drift alert.")
+    drift_false_alarm_rate: float = Field(
+        0.01, gt=0.0, lt=0.5, description="Per feature and window, with no drift: the noise floor's level."
+    )
+    drift_sustain: int = Field(3, ge=1, description="Consecutive windows over (under) threshold to fire (clear).")
+    drift_min_samples: int = Field(200, ge=1, description="Fewer decisions in a window: no drift statistic.")
+    recall_floor: float = Field(0.5, ge=0.0, le=1.0, description="Realised recall below this is a performance alert.")
+    monitor_retrain_on: tuple[str, ...] = Field(
+        ("score", "performance"),
+        description="Alert kinds that request a retrain: covariate, score, performance (JSON list in env).",
+    )
 
     def threshold_override(self, model_thresholds: DecisionThresholds) -> DecisionThresholds | None:
         """Thresholds set by flag or env, the unset one taken from the model's; None: the model's own."""
@@ -89,6 +107,23 @@ class Settings(BaseSettings):
         return DecisionThresholds(
             flag=model_thresholds.flag if self.flag_threshold is None else self.flag_threshold,
             block=model_thresholds.block if self.block_threshold is None else self.block_threshold,
+        )
+
+    def monitor_policy(self) -> MonitorPolicy:
+        from monitoring import DriftPolicy, MonitorPolicy
+
+        drift = DriftPolicy(
+            kl_threshold=self.drift_kl_threshold,
+            false_alarm_rate=self.drift_false_alarm_rate,
+            sustain=self.drift_sustain,
+            min_samples=self.drift_min_samples,
+        )
+        return MonitorPolicy(
+            window_s=self.monitor_window_s,
+            lateness_s=self.allowed_lateness_s,
+            drift=drift,
+            recall_floor=self.recall_floor,
+            retrain_on=self.monitor_retrain_on,
         )
 
     @property

@@ -23,7 +23,6 @@ from rich.console import Console
 from fraud.config import Settings
 from fraud.gateway import PacedGateway, wait_until_serving
 from fraud.lifecycle import (
-    drift_report,
     intake_decisions,
     load_labels,
     read_decisions,
@@ -31,7 +30,9 @@ from fraud.lifecycle import (
     redis_client,
     run_retrain,
 )
+from fraud.monitor_job import replay_monitor
 from fraud.processes import ChildProcess
+from monitoring import latest_window, render_drift_table, write_monitor_report
 from schema import Decision, Outcome
 
 
@@ -44,7 +45,6 @@ class DemoConfig:
     live_days: int = 3
     chunk: int = 250  # transactions per DecideBatch call in the live replay
     reviewed_cases: int = 150
-    drift_threshold: float = 0.1
 
 
 MALFORMED_EVENTS = [
@@ -165,11 +165,13 @@ def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str,
     second = run_retrain(settings, sim.transactions, labels, None, label_maturity_days=1.0)
     console.print(second.reason)
 
-    console.rule("8. drift: live features vs the first model's training reference")
-    drift = drift_report(settings, config.drift_threshold, 0, decisions=decisions) if first.promoted else []
-    from monitoring import render_drift_table
-
-    console.print(render_drift_table(drift, config.drift_threshold))
+    console.rule("8. monitoring: the live days against the first model's training")
+    watched = replay_monitor(settings, decisions, labels, version=first.challenger)[0]
+    drift = latest_window(watched.windows)
+    console.print(render_drift_table(drift, settings.drift_kl_threshold, limit=8))
+    report = write_monitor_report(watched.history(), settings.home / "monitoring" / "report", first.challenger)
+    console.print(f"alerts fired: {len(watched.alerts)}; firing now: {', '.join(watched.firing()) or 'nothing'}")
+    console.print(f"monitoring report: {report}")
 
     offline = OfflineFeatureBuilder().replay(sim.transactions, sim.labels)
     identical = sum(1 for d in decisions if d.features == offline[d.transaction_id])
@@ -248,8 +250,8 @@ def _summary(decisions, truth, opened, reviewed, first, second, drift, identical
             "champion": (second.champion_metrics or {}).get("pr_auc"),
             "challenger": second.challenger_metrics["pr_auc"],
         },
-        "top_drift": [(r.feature, round(r.kl, 3)) for r in drift if r.kl is not None][:3],
-        "drifted_features": f"{sum(r.drifted for r in drift)} of {len(drift)} (table above)",
+        "top_drift": [(r.feature, round(r.kl, 3)) for r in sorted(drift, key=lambda r: -(r.kl or 0))][:3],
+        "drifted_features": f"{sum(r.over for r in drift)} of {len(drift)} in the last window (table above)",
         "online_offline_identical": f"{identical}/{len(decisions)}",
     }
 

@@ -10,7 +10,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import redis
 
 from fraud.config import MissingService, Settings
@@ -272,36 +271,3 @@ def intake_labels(settings: Settings, idle_s: float) -> int:
     external = [lb for lb in labels if lb.source is not LabelSource.REVIEW]
     with open_review_store(settings) as store:
         return store.record_external_labels(external)
-
-
-def decision_samples(decisions: Sequence[Decision]) -> dict[str, np.ndarray]:
-    """Feature and score columns from decisions that had the model's full input."""
-    from streaming.features import MODEL_FEATURES
-
-    full = [d for d in decisions if d.score is not None]
-    samples = {name: np.array([d.features[name] for d in full], dtype=np.float64) for name in MODEL_FEATURES}
-    samples["score"] = np.array([d.score for d in full], dtype=np.float64)
-    return samples
-
-
-def drift_report(settings: Settings, threshold: float, metrics_port: int, decisions: Sequence[Decision] | None = None):
-    from monitoring import DriftGauges, DriftReference, compare, export_drift
-    from retrain import ModelRegistry
-
-    registry = ModelRegistry(settings.registry_dir)
-    meta = registry.metadata(registry.champion() or "")
-    reference = DriftReference.from_dict(meta["drift_reference"])
-    if decisions is None:
-        decisions = read_decisions(settings, idle_s=2.0)
-    results = compare(reference, decision_samples(decisions), threshold=threshold)
-    if metrics_port:
-        import time
-
-        from prometheus_client import CollectorRegistry, start_http_server
-
-        prom = CollectorRegistry()
-        export_drift(results, DriftGauges(prom))
-        start_http_server(metrics_port, addr="127.0.0.1", registry=prom)
-        while True:  # serve the gauges until interrupted
-            time.sleep(3600)
-    return results

@@ -2,8 +2,11 @@
 
 Binning: each feature's bin edges are the training sample's deciles, with open outer edges
 (-inf, +inf) so live values outside the training range land in the end bins rather than vanish.
-A feature with few distinct values (counts, flags, category codes) gets one bin per value instead,
-because quantile edges on a discrete feature collapse onto each other.
+A feature with few distinct values (counts, flags) gets one bin per value instead, because quantile
+edges on a discrete feature collapse onto each other. A categorical feature (merchant category,
+hour of day) always gets one bin per training category, for its ``max_categories`` most frequent
+ones; every other value, including categories never seen in training, lands in a final "other"
+bin, so a brand-new category shows up as mass moving into "other".
 
 Smoothing: before normalising, ``smoothing`` pseudo-counts (default 0.5, the Jeffreys prior) are
 added to every bin of both histograms. KL(p || q) is infinite wherever q has an empty bin that p
@@ -14,6 +17,7 @@ when bins are well filled.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +26,7 @@ from scipy.stats import entropy
 
 DEFAULT_BINS = 10
 DEFAULT_SMOOTHING = 0.5
+MAX_CATEGORIES = 30
 
 
 @dataclass(frozen=True)
@@ -51,12 +56,22 @@ class DriftReference:
         self.features = features
 
     @classmethod
-    def from_samples(cls, samples: dict[str, np.ndarray], n_bins: int = DEFAULT_BINS) -> DriftReference:
+    def from_samples(
+        cls,
+        samples: dict[str, np.ndarray],
+        n_bins: int = DEFAULT_BINS,
+        categorical: Iterable[str] = (),
+        max_categories: int = MAX_CATEGORIES,
+    ) -> DriftReference:
+        categorical = set(categorical)
         refs = {}
         for name, values in samples.items():
             values = np.asarray(values, dtype=np.float64)
-            distinct = np.unique(values)
-            if len(distinct) <= n_bins:
+            distinct, counts = np.unique(values, return_counts=True)
+            if name in categorical:
+                kept = np.sort(distinct[np.argsort(-counts, kind="stable")[:max_categories]])
+                ref = FeatureReference(np.empty(0), np.zeros(len(kept) + 1), discrete_values=kept)
+            elif len(distinct) <= n_bins:
                 ref = FeatureReference(np.empty(0), np.zeros(len(distinct) + 1), discrete_values=distinct)
             else:
                 edges = np.unique(np.quantile(values, np.linspace(0, 1, n_bins + 1)[1:-1]))

@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from monitoring import DriftReference
+from monitoring import DriftReference, ScoreCalibration
 from retrain.dataset import TrainingSet, build_training_set
 from retrain.evaluate import CostModel, fraud_metrics, money_outcome
 from retrain.registry import ModelLoadError, ModelRegistry, data_fingerprint, feature_list_hash, model_thresholds
 from retrain.thresholds import OperatingPoint, ThresholdPolicy, choose_thresholds, operating_point
 from retrain.train import TrainingConfig, check_parity, fit, to_onnx
 from schema import DecisionThresholds, Label, Transaction
-from streaming.features import MODEL_FEATURES
+from streaming.features import CATEGORICAL_FEATURES, MODEL_FEATURES
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,9 @@ def retrain_on(data: TrainingSet, registry: ModelRegistry, as_of: datetime, poli
         "onnx_parity_max_abs_diff": parity,
         "training_config": policy.training.as_dict(),
         "drift_reference": _reference(train, model.predict_proba(train.features)[:, 1]).to_dict(),
+        # Platt map from score to fraud probability, fitted on the evaluation slice: the monitor
+        # estimates recall from it before labels arrive (monitoring/estimate.py).
+        "calibration": ScoreCalibration.fit(challenger_scores, evaluation.labels).as_dict(),
     }
     challenger = registry.register(onnx_bytes, metadata, native_model=bytes(model.get_booster().save_raw("ubj")))
 
@@ -191,7 +194,8 @@ def _lineage(
 
 def _reference(train: TrainingSet, train_scores: np.ndarray) -> DriftReference:
     return DriftReference.from_samples(
-        {**{n: train.features[:, i] for i, n in enumerate(MODEL_FEATURES)}, "score": train_scores}
+        {**{n: train.features[:, i] for i, n in enumerate(MODEL_FEATURES)}, "score": train_scores},
+        categorical=CATEGORICAL_FEATURES,
     )
 
 

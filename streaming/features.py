@@ -152,6 +152,10 @@ CONTEXT_FEATURES: tuple[str, ...] = (
     "merchant_category_code",
 )
 
+# Context features whose values are categories, not magnitudes: drift compares their category
+# frequencies (with an "other" bucket) rather than quantile bins.
+CATEGORICAL_FEATURES: tuple[str, ...] = ("hour_of_day", "is_cross_border", "is_ecommerce", "merchant_category_code")
+
 # The model's input, in column order. Changing it changes the model contract: a model records
 # the list it was trained on and the scorer refuses a model whose list differs.
 MODEL_FEATURES: tuple[str, ...] = (

@@ -6,6 +6,7 @@ each transaction to `transactions`. The tests then check what came out of it."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -249,14 +250,21 @@ def test_invalid_requests_are_refused_naming_the_field(run):
     assert single.transaction_id == good.transaction_id and single.has_score
 
 
-def test_monitor_reports_drift_per_feature(run):
+def test_monitor_replays_the_log_and_writes_the_morning_report(run, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "fraud", "monitor", "--threshold", "0.1"],
+        [sys.executable, "-m", "fraud", "monitor", "--report", "--out", str(tmp_path), "--window-s", "21600"],
         env={**run["env"], "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    for feature in ("card_txn_count_1h", "amount", "score"):
-        assert feature in result.stdout
+    assert "latest window vs training reference" in result.stdout and "score" in result.stdout
+    assert "performance by payment day" in result.stdout
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert len(history["windows"]) >= 3  # the live day, in 6-hour windows
+    assert sum(w["n"] for w in history["windows"]) == len([d for d in run["decisions"].values() if d.score is not None])
+    text = (tmp_path / "report.md").read_text()
+    assert "## Daily performance" in text and "## Latest window" in text
+    for png in ("drift.png", "score.png", "performance.png"):
+        assert png in text and (tmp_path / png).stat().st_size > 10_000

@@ -3,10 +3,8 @@
 import math
 
 import numpy as np
-import pytest
-from prometheus_client import CollectorRegistry
 
-from monitoring import DriftGauges, DriftReference, compare, export_drift, format_drift_table, kl_divergence
+from monitoring import DriftReference, compare, kl_divergence
 
 
 def reference(rng, n=5000):
@@ -58,20 +56,17 @@ def test_missing_and_thin_features_are_reported_with_a_note():
     results = {r.feature: r for r in compare(ref, {"amount": np.ones(10)})}
     assert results["count_1h"].kl is None and "missing" in results["count_1h"].note
     assert results["amount"].kl is None and "only 10" in results["amount"].note
-    assert "missing" in format_drift_table(list(results.values()), 0.1)
 
 
-def test_gauges_export_the_values():
+def test_a_categorical_feature_gets_a_bin_per_training_category_and_new_ones_land_in_other():
     rng = np.random.default_rng(4)
-    results = compare(reference(rng), {"amount": rng.lognormal(4.5, 0.7, 2000), "count_1h": rng.poisson(1.5, 2000)})
-    registry = CollectorRegistry()
-    export_drift(results, DriftGauges(registry))
-    by_name = {r.feature: r for r in results}
-    assert registry.get_sample_value("fraud_feature_drift_kl", {"feature": "amount"}) == pytest.approx(
-        by_name["amount"].kl
-    )
-    assert registry.get_sample_value("fraud_feature_drift_alert", {"feature": "amount"}) == 1.0
-    assert registry.get_sample_value("fraud_feature_drift_alert", {"feature": "count_1h"}) == 0.0
+    categories = rng.choice([3.0, 5.0, 8.0], size=5000, p=[0.6, 0.3, 0.1])
+    ref = DriftReference.from_samples({"category": categories}, categorical=["category"], max_categories=2)
+    feature = ref.features["category"]
+    assert list(feature.discrete_values) == [3.0, 5.0]  # the two most frequent; 8 is "other"
+    assert list(feature.histogram(np.array([3.0, 5.0, 8.0, 42.0]))) == [1.0, 1.0, 2.0]
+    (result,) = compare(ref, {"category": np.full(1000, 42.0)})
+    assert result.drifted and result.most_shifted_bin == 2
 
 
 def test_false_alarm_rate_without_drift_is_low():

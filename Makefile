@@ -16,13 +16,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/fraud demo
 
-# The reviewer console's end-to-end test drives headless Chromium: Debian's packages, installed
-# here when missing (as root, or through sudo), because pip cannot provide a browser.
+# The reviewer console's end-to-end test drives headless Chromium, and the alert rules' tests run
+# promtool (tests/deploy/test_prometheus_rules.py): Debian's packages, installed here when missing
+# (as root, or through sudo), because pip provides neither.
 test: $(STAMP)
-	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	@BROWSER=; PROMTOOL=; \
+	if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then BROWSER=1; fi; \
+	if [ ! -x /usr/bin/promtool ]; then PROMTOOL=1; fi; \
+	if [ -n "$$BROWSER$$PROMTOOL" ]; then \
 		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+		{ [ -z "$$BROWSER" ] || \
+			$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } && \
+		{ [ -z "$$PROMTOOL" ] || \
+			$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }; \
 	fi
 	$(BIN)/ruff check .
 	$(BIN)/pytest

@@ -96,8 +96,8 @@ class Settings(BaseSettings):
     drift_min_samples: int = Field(200, ge=1, description="Fewer decisions in a window: no drift statistic.")
     recall_floor: float = Field(0.5, ge=0.0, le=1.0, description="Realised recall below this is a performance alert.")
     monitor_retrain_on: tuple[str, ...] = Field(
-        ("score", "performance"),
-        description="Alert kinds that request a retrain: covariate, score, performance (JSON list in env).",
+        ("concept", "performance"),
+        description="Alert kinds that request a retrain: covariate, score, concept, performance (JSON list in env).",
     )
 
     def threshold_override(self, model_thresholds: DecisionThresholds) -> DecisionThresholds | None:

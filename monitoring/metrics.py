@@ -49,6 +49,14 @@ class MonitorMetrics:
         self.performance_firing = Gauge(
             "fraud_performance_alert_firing", "1 while realised recall stays under its floor", registry=r
         )
+        self.calibration_gap = Gauge(
+            "fraud_model_calibration_gap_z",
+            "Frauds reviewers found minus frauds the calibrated scores expect, in standard deviations",
+            registry=r,
+        )
+        self.concept_firing = Gauge(
+            "fraud_concept_alert_firing", "1 while the calibration gap stays beyond its limit", registry=r
+        )
         self.labels = Counter("fraud_labels", "Labels received, by source (review, chargeback)", ["source"], registry=r)
         self.label_delay = Histogram(
             "fraud_label_delay_seconds",
@@ -82,6 +90,11 @@ class MonitorMetrics:
         _set(self.estimated_precision, day.estimated.precision, day.estimated.precision_interval)
         if day.maturity is not None:
             self.maturity.set(day.maturity)
+
+    def concept_judged(self, gap_z: float | None, firing: bool) -> None:
+        self.concept_firing.set(1.0 if firing else 0.0)
+        if gap_z is not None:
+            self.calibration_gap.set(gap_z)
 
     def count_label(self, label: Label, payment_ts: float | None) -> None:
         self.labels.labels(source=label.source.value).inc()

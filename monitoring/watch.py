@@ -9,6 +9,11 @@ Alerts and what they ask for (``MonitorPolicy.retrain_on``):
   changed; the model may cope. No retrain by default (docs/monitoring.md explains why).
 - ``score``: the score's distribution moved: the model now sees the world differently enough to
   change decisions. Retrain by default.
+- ``concept``: on payments reviewers have judged, the frauds found differ from the frauds the
+  model's calibrated probabilities expect, by more than ``concept_z`` standard deviations over the
+  trailing ``performance_days``. The relation between features and fraud moved (concept drift).
+  Reviewer verdicts arrive within hours, so this is the first label-based signal; chargebacks are
+  not used for it because they only ever say "fraud" (a one-sided sample). Retrain by default.
 - ``performance``: realised recall over the trailing ``performance_days``, from the labels known
   so far, stayed under ``recall_floor``. The concept moved or the model decays. Retrain by default.
 
@@ -32,10 +37,10 @@ from monitoring.drift import DriftReference
 from monitoring.estimate import EstimatedPerformance, ScoreCalibration, estimate_performance, label_maturity
 from monitoring.metrics import MonitorMetrics
 from monitoring.performance import realised_performance, wilson_interval
-from schema import Decision, Label, Outcome
+from schema import Decision, Label, LabelSource, Outcome
 
 DAY_S = 86_400.0
-ALERT_KINDS = ("covariate", "score", "performance")
+ALERT_KINDS = ("covariate", "score", "concept", "performance")
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,9 @@ class MonitorPolicy:
     performance_days: int = 7  # trailing days pooled for the performance alert
     performance_sustain: int = 2  # consecutive days under the floor to fire
     label_horizon_days: float = 60.0  # a payment this old has all the labels it will ever get
-    retrain_on: tuple[str, ...] = ("score", "performance")
+    concept_z: float = 3.0  # |observed - expected| frauds among reviewed payments, in standard deviations
+    min_reviewed: int = 30  # fewer reviewed payments in the trailing days: no concept verdict
+    retrain_on: tuple[str, ...] = ("concept", "performance")
     retrain_gap_s: float = DAY_S  # at most one retrain request per this much event time
 
     def __post_init__(self) -> None:
@@ -87,6 +94,7 @@ class _Payments:
     stopped: list[bool] = field(default_factory=list)
     probability: list[float] = field(default_factory=list)
     fraud_known_at: dict[int, float] = field(default_factory=dict)  # row -> when a fraud label arrived
+    reviewed: dict[int, tuple[float, bool]] = field(default_factory=dict)  # row -> (verdict time, is fraud)
     legit_known: set[int] = field(default_factory=set)
 
     def add(self, decision: Decision, probability: float) -> bool:
@@ -136,6 +144,8 @@ class Monitor:
         sustain = self.policy.drift.sustain
         self._feature_alerts = {n: SustainedAlert(n, 0.5, sustain) for n in self.names}
         self._score_alert = SustainedAlert("score", 0.5, sustain)
+        self.concept_checks: list[dict[str, Any]] = []
+        self._concept_alert = SustainedAlert("calibration gap", self.policy.concept_z, self.policy.performance_sustain)
         self._performance_alert = SustainedAlert(
             "realised recall", 1 - self.policy.recall_floor, self.policy.performance_sustain
         )
@@ -174,6 +184,8 @@ class Monitor:
             if row is None:
                 continue
             known = label.known_at.timestamp()
+            if label.source is LabelSource.REVIEW:
+                pay.reviewed[row] = (known, label.is_fraud)
             if label.is_fraud:
                 pay.fraud_known_at[row] = min(known, pay.fraud_known_at.get(row, math.inf))
                 pay.legit_known.discard(row)
@@ -229,11 +241,35 @@ class Monitor:
 
     def _judge(self, day: int) -> None:
         n = self.policy.performance_days
-        perf = self._pooled(day - n + 1, day + 1, now=(day + 1) * DAY_S)
+        now = (day + 1) * DAY_S
+        perf = self._pooled(day - n + 1, day + 1, now=now)
         miss = None if perf.recall is None else 1 - perf.recall
-        self._observe_alert(_iso((day + 1) * DAY_S), "performance", self._performance_alert, miss, perf.recall)
+        self._observe_alert(_iso(now), "performance", self._performance_alert, miss, perf.recall)
+        gap = self._calibration_gap(day - n + 1, day + 1, now)
+        self._observe_alert(_iso(now), "concept", self._concept_alert, None if gap is None else abs(gap), gap)
         if self.metrics:
-            self.metrics.performance_judged(self.daily(now_ts=(day + 1) * DAY_S)[-1:], self._performance_alert.firing)
+            self.metrics.performance_judged(self.daily(now_ts=now)[-1:], self._performance_alert.firing)
+            self.metrics.concept_judged(gap, self._concept_alert.firing)
+
+    def _calibration_gap(self, first_day: int, end_day: int, now: float) -> float | None:
+        """(frauds reviewers found - frauds the probabilities expect) / sd, over reviewed payments."""
+        pay = self._payments
+        rows = [
+            (pay.probability[row], fraud)
+            for row, (known, fraud) in pay.reviewed.items()
+            if known <= now and first_day * DAY_S <= pay.event_ts[row] < end_day * DAY_S
+        ]
+        p = np.array([r[0] for r in rows], dtype=np.float64)
+        keep = ~np.isnan(p)
+        if keep.sum() < self.policy.min_reviewed:
+            return None
+        p, found = p[keep], np.array([r[1] for r in rows])[keep]
+        expected, sd = p.sum(), math.sqrt(max((p * (1 - p)).sum(), 1e-9))
+        z = float((found.sum() - expected) / sd)
+        self.concept_checks.append(
+            {"at": _iso(now), "reviewed": int(keep.sum()), "found": int(found.sum()), "expected": expected, "z": z}
+        )
+        return z
 
     def _pooled(self, first_day: int, end_day: int, now: float):
         ts, stopped, fraud_at = self._arrays()
@@ -335,6 +371,7 @@ class Monitor:
     def firing(self) -> list[str]:
         """Names of the alerts firing now, e.g. ["covariate:amount", "performance"]."""
         names = [f"{kind}:{name}" for (kind, name), on in self._firing().items() if on]
+        names += ["concept"] if self._concept_alert.firing else []
         return names + (["performance"] if self._performance_alert.firing else [])
 
     def history(self) -> dict[str, Any]:
@@ -352,6 +389,7 @@ class Monitor:
             "days": [d.as_dict() for d in self.daily()],
             "alerts": self.alerts,
             "requests": self.requests,
+            "concept_checks": self.concept_checks,
             "firing": self.firing(),
             "late_for_drift": self.late_for_drift,
             "reference_score_counts": self.detector.reference.features["score"].counts.tolist(),

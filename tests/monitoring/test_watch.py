@@ -29,7 +29,11 @@ def reference(rng: np.random.Generator) -> DriftReference:
 
 
 class Traffic:
-    """Hour by hour payments with a fraud truth, decisions at a flag threshold, chargebacks a day later."""
+    """Hour by hour payments with a fraud truth, decisions at a flag threshold, chargebacks a day later.
+
+    ``hours(..., fraud_given_score=k)`` makes fraud a Bernoulli(k * score) draw instead (k=1: the
+    scores are calibrated probabilities), and reviewers judge every flagged payment two hours on.
+    """
 
     def __init__(self, seed: int = 0, flag_at: float = 0.05) -> None:
         self.rng = np.random.default_rng(seed)
@@ -37,19 +41,24 @@ class Traffic:
         self.decisions: list[Decision] = []
         self.labels: list[Label] = []
 
-    def hours(self, first: int, last: int, amount_shift=0.0, score_shift=0.0, fraud_rate=0.02, fraud_seen=True):
+    def hours(
+        self, first, last, amount_shift=0.0, score_shift=0.0, fraud_rate=0.02, fraud_seen=True, fraud_given_score=None
+    ):
         for hour in range(first, last):
-            self._hour(hour, amount_shift, score_shift, fraud_rate, fraud_seen)
+            self._hour(hour, amount_shift, score_shift, fraud_rate, fraud_seen, fraud_given_score)
         return self
 
-    def _hour(self, hour, amount_shift, score_shift, fraud_rate, fraud_seen):
+    def _hour(self, hour, amount_shift, score_shift, fraud_rate, fraud_seen, fraud_given_score):
         rng = self.rng
         at = START + timedelta(hours=hour)
         for i in range(PER_HOUR):
             n = len(self.decisions)
             fraud = rng.random() < fraud_rate
             score = float(rng.beta(0.5, 30)) + score_shift
-            if fraud and fraud_seen:
+            if fraud_given_score is not None:
+                score = float(rng.beta(0.3, 6))
+                fraud = rng.random() < min(1.0, fraud_given_score * score)
+            elif fraud and fraud_seen:
                 score = float(rng.uniform(0.2, 0.9))
             t = txn(n, at=at, minutes=i * 60 / PER_HOUR)
             outcome = Outcome.FLAG if score >= self.flag_at else Outcome.APPROVE
@@ -63,6 +72,11 @@ class Traffic:
                     features=features, decided_at=t.event_time,
                 )
             )
+            if fraud_given_score is not None and outcome is Outcome.FLAG:
+                self.labels.append(
+                    Label(transaction_id=t.transaction_id, is_fraud=bool(fraud), source=LabelSource.REVIEW,
+                          known_at=t.event_time + timedelta(hours=2), author="analyst")
+                )
             if fraud:
                 self.labels.append(
                     Label(transaction_id=t.transaction_id, is_fraud=True, source=LabelSource.CHARGEBACK,
@@ -110,6 +124,20 @@ def test_recall_under_the_floor_for_two_days_is_a_performance_alert_that_asks_fo
     assert first.realised_recall > 0.9 and first.known_fraud >= 50
     assert last.known_fraud == 0 and last.realised_recall is None  # its chargebacks are not due yet
     assert last.estimated.recall is not None and last.estimated.recall_interval[0] <= last.estimated.recall
+
+
+def test_reviewers_finding_twice_the_fraud_the_scores_expect_is_a_concept_alert_that_asks_for_a_retrain():
+    traffic = Traffic(seed=5, flag_at=0.2).hours(0, 72, fraud_given_score=1.0).hours(72, 144, fraud_given_score=2.0)
+    policy = MonitorPolicy(performance_days=2, performance_sustain=2)
+    watched, asked = monitor(policy)
+    feed(watched, traffic.decisions, traffic.labels)
+    watched.flush()
+    fired = [a for a in watched.alerts if a["kind"] == "concept" and a["event"] == "fire"]
+    assert len(fired) == 1 and fired[0]["at"] >= (START + timedelta(days=4)).isoformat()
+    assert asked and asked[0].startswith("concept alert")
+    before = [c for c in watched.concept_checks if c["at"] <= (START + timedelta(days=3)).isoformat()]
+    assert before and all(abs(c["z"]) < 3 for c in before)  # calibrated scores: found ≈ expected
+    assert watched.concept_checks[-1]["found"] > 1.5 * watched.concept_checks[-1]["expected"]
 
 
 def test_steady_traffic_raises_nothing():
@@ -161,3 +189,8 @@ def test_the_report_has_its_tables_and_three_plots(tmp_path):
     assert "covariate:amount" in text and "## Daily performance" in text and "## Alert log" in text
     for png in ("drift.png", "score.png", "performance.png"):
         assert f"({png})" in text and (tmp_path / png).stat().st_size > 10_000
+
+
+def test_an_unknown_alert_kind_in_retrain_on_is_refused_naming_it():
+    with pytest.raises(ValueError, match="retrain_on.*'drift'"):
+        MonitorPolicy(retrain_on=("drift",))

@@ -615,7 +615,7 @@ def monitor(
             "--serve", help="Keep tailing decisions and labels, export Prometheus metrics, request retrains on alerts."
         ),
     ] = False,
-    metrics_port: Annotated[int | None, typer.Option(help="--serve: /metrics port (default 9466).")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="--serve: /metrics port (default 9470).")] = None,
     act: Annotated[
         bool | None,
         typer.Option(help="Record retrain requests for alerts firing (default: only with --serve)."),

@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     retrain_every_days: float = Field(30.0, gt=0.0, description="`fraud retrain --if-due`: retrain after this long.")
     rules_file: Path | None = Field(None, description="Rule file (YAML); unset: the rules shipped.")
     # The monitor (docs/monitoring.md).
-    monitor_metrics_port: int = Field(9466, ge=0, le=65535, description="`fraud monitor --serve`'s /metrics port.")
+    monitor_metrics_port: int = Field(9470, ge=0, le=65535, description="`fraud monitor --serve`'s /metrics port.")
     monitor_window_s: float = Field(3600.0, gt=0.0, description="Drift window length, event time.")
     drift_kl_threshold: float = Field(0.1, ge=0.0, description="Smallest KL (nats) worth a drift alert.")
     drift_false_alarm_rate: float = Field(

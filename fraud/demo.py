@@ -166,11 +166,15 @@ def _loop(config: DemoConfig, settings: Settings, console: Console) -> dict[str,
     console.print(second.reason)
 
     console.rule("8. monitoring: the live days against the first model's training")
-    watched = replay_monitor(settings, decisions, labels, version=first.challenger)[0]
+    # A few hundred payments an hour here: 3-hour windows give the drift statistics enough each.
+    watched = replay_monitor(
+        settings.model_copy(update={"monitor_window_s": 3 * 3600.0}), decisions, labels, version=first.challenger
+    )[0]
     drift = latest_window(watched.windows)
     console.print(render_drift_table(drift, settings.drift_kl_threshold, limit=8))
     report = write_monitor_report(watched.history(), settings.home / "monitoring" / "report", first.challenger)
-    console.print(f"alerts fired: {len(watched.alerts)}; firing now: {', '.join(watched.firing()) or 'nothing'}")
+    firing = Counter(name.split(":")[0] for name in watched.firing())
+    console.print(f"alerts firing now: {dict(firing) or 'none'}; retrain requests: {len(watched.requests)}")
     console.print(f"monitoring report: {report}")
 
     offline = OfflineFeatureBuilder().replay(sim.transactions, sim.labels)
@@ -250,7 +254,7 @@ def _summary(decisions, truth, opened, reviewed, first, second, drift, identical
             "champion": (second.champion_metrics or {}).get("pr_auc"),
             "challenger": second.challenger_metrics["pr_auc"],
         },
-        "top_drift": [(r.feature, round(r.kl, 3)) for r in sorted(drift, key=lambda r: -(r.kl or 0))][:3],
+        "top_drift": [(r.feature, round(r.kl, 3)) for r in sorted(drift, key=lambda r: -(r.kl or 0)) if r.kl][:3],
         "drifted_features": f"{sum(r.over for r in drift)} of {len(drift)} in the last window (table above)",
         "online_offline_identical": f"{identical}/{len(decisions)}",
     }

@@ -35,7 +35,9 @@ class MonitorMetrics:
             registry=r,
         )
         self.last_window = Gauge(
-            "fraud_monitor_last_window_timestamp_seconds", "End (event time) of the last window closed", registry=r
+            "fraud_monitor_last_window_timestamp_seconds",
+            "Wall-clock time the monitor last closed a window (staleness: time() minus this)",
+            registry=r,
         )
         self.realised_recall = _bounded("fraud_model_realised_recall", "Recall from the labels known so far", r)
         self.realised_precision = _bounded(
@@ -68,16 +70,14 @@ class MonitorMetrics:
             "fraud_retrain_requests", "Retrain requests sent by the monitor, by alert kind", ["reason"], registry=r
         )
 
-    def window_closed(
-        self, stats: Sequence[WindowDrift], firing: dict[tuple[str, str], bool], window_end_ts: float
-    ) -> None:
+    def window_closed(self, stats: Sequence[WindowDrift], firing: dict[tuple[str, str], bool]) -> None:
         for s in stats:
             if s.kl is not None:
                 self.kl.labels(feature=s.feature).set(s.kl)
                 self.psi.labels(feature=s.feature).set(s.psi or 0.0)
         for (kind, feature), on in firing.items():
             self.drift_firing.labels(feature=feature, kind=kind).set(1.0 if on else 0.0)
-        self.last_window.set(window_end_ts)
+        self.last_window.set_to_current_time()
 
     def performance_judged(self, days: Sequence[DayPerformance], firing: bool) -> None:
         self.performance_firing.set(1.0 if firing else 0.0)

@@ -103,8 +103,10 @@ def _requests(requests: list[dict[str, Any]]) -> list[str]:
 
 
 def _latest_drift(windows: list[dict[str, Any]]) -> list[str]:
-    if not windows:
+    full = [w for w in windows if any(s["kl"] is not None for s in w["stats"])]
+    if not full:
         return []
+    windows = full
     stats = _ordered([WindowDrift(**s) for s in windows[-1]["stats"]])[:12]
     rows = [f"| {feature} | {kl} | {p} | {fl} | {n} | {flag} |" for feature, kl, p, fl, n, flag in map(_row, stats)]
     head = f"## Latest window ({windows[-1]['start']}): most shifted"

@@ -228,7 +228,7 @@ class Monitor:
             kind = "score" if s.feature == "score" else "covariate"
             self._observe_alert(at, kind, alert, None if s.kl is None else float(s.over), s.kl)
         if self.metrics:
-            self.metrics.window_closed(stats, self._firing(), start + self.policy.window_s)
+            self.metrics.window_closed(stats, self._firing())
 
     # -- performance -------------------------------------------------------------------------
     def _judge_days(self, final: bool = False) -> None:
@@ -398,9 +398,11 @@ class Monitor:
 
 
 def latest_window(windows: Sequence[dict[str, Any]]) -> list[WindowDrift]:
-    if not windows:
-        return []
-    return [WindowDrift(**s) for s in windows[-1]["stats"]]
+    """The statistics of the newest window that had enough decisions for any (a last partial hour may not)."""
+    for window in reversed(windows):
+        if any(s["kl"] is not None for s in window["stats"]):
+            return [WindowDrift(**s) for s in window["stats"]]
+    return []
 
 
 def _iso(ts: float) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import numpy as np
@@ -174,9 +175,7 @@ def test_metrics_show_the_window_statistics_alerts_labels_and_estimates():
     assert registry.get_sample_value("fraud_labels_total", {"source": "chargeback"}) == len(traffic.labels)
     assert registry.get_sample_value("fraud_label_delay_seconds_count") > 0
     assert 0 < registry.get_sample_value("fraud_model_estimated_recall", {"bound": "point"}) <= 1
-    assert registry.get_sample_value("fraud_monitor_last_window_timestamp_seconds") == watched.windows[-1][
-        "window"
-    ] * 3600 + 3600
+    assert abs(registry.get_sample_value("fraud_monitor_last_window_timestamp_seconds") - time.time()) < 60
 
 
 def test_the_report_has_its_tables_and_three_plots(tmp_path):

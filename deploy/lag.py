@@ -46,6 +46,21 @@ class ConsumerLag:
         self.gauge.labels(self.consumer, topic, str(partition)).set(max(0, high_watermark - next_offset))
 
 
+def record_positions(consumer: Consumer, lag: ConsumerLag) -> None:
+    """Set ``lag`` for every partition ``consumer`` is assigned and has read from.
+
+    Uses the high watermarks librdkafka cached from its last fetches: no broker round trip."""
+    assignment = consumer.assignment()
+    if not assignment:
+        return
+    for tp in consumer.position(assignment):
+        if tp.offset < 0:  # nothing read from it yet: no position
+            continue
+        _, high = consumer.get_watermark_offsets(tp, cached=True)
+        if high >= 0:
+            lag.set(tp.topic, tp.partition, tp.offset, high)
+
+
 class ProcessedOffsetsLag:
     """Lag of a consumer that keeps its offsets outside Kafka, from the offsets it has processed.
 

@@ -11,6 +11,8 @@ Three ways to run the same ``monitoring.Monitor``:
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -99,12 +101,22 @@ def feed(monitor: Monitor, decisions: Sequence[Decision], labels: Sequence[Label
             monitor.observe(items)
 
 
-def serve_monitor(settings: Settings, port: int, poll_s: float = 1.0, stop: Callable[[], bool] = lambda: False) -> None:
-    """Tail `decisions` and `labels` (group ``monitor``), export metrics on ``port``, act on alerts."""
+def _stop_on_signal() -> Callable[[], bool]:
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    return stopping.is_set
+
+
+def serve_monitor(settings: Settings, port: int, poll_s: float = 1.0, stop: Callable[[], bool] | None = None) -> None:
+    """Tail `decisions` and `labels` (group ``monitor``), export metrics on ``port``, act on alerts.
+
+    Runs until ``stop()`` is true, or SIGTERM/SIGINT (then it leaves the consumer group cleanly)."""
     from confluent_kafka import KafkaError
     from prometheus_client import start_http_server
 
     from deploy.kafka import make_consumer
+    from deploy.lag import record_positions
     from monitoring import MonitorMetrics
 
     metrics = MonitorMetrics()
@@ -113,8 +125,13 @@ def serve_monitor(settings: Settings, port: int, poll_s: float = 1.0, stop: Call
     topics = settings.topics
     consumer = make_consumer(settings.require_kafka(), MONITOR_GROUP, [topics.decisions, topics.labels])
     log.info("monitoring model %s; metrics on :%d", version, port)
+    stop = stop or _stop_on_signal()
+    next_lag = 0.0
     try:
         while not stop():
+            if time.monotonic() >= next_lag:
+                record_positions(consumer, metrics.consumer_lag)
+                next_lag = time.monotonic() + 2.0
             decisions, labels = [], []
             for msg in consumer.consume(num_messages=2000, timeout=poll_s):
                 if msg.error() is not None:
@@ -130,7 +147,5 @@ def serve_monitor(settings: Settings, port: int, poll_s: float = 1.0, stop: Call
                     log.warning("unreadable record on %s at offset %s: %s", msg.topic(), msg.offset(), exc)
             monitor.observe(decisions)
             monitor.observe_labels(labels)
-            if not decisions and not labels:
-                time.sleep(0)
     finally:
         consumer.close()

@@ -18,6 +18,7 @@ needs ``sustain`` consecutive windows over, so a false alert needs that many rar
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,9 +77,11 @@ class DriftDetector:
     seed: int = 0
     _floors: dict[tuple[str, int], float] = field(default_factory=dict, repr=False)
 
-    def window(self, values: dict[str, np.ndarray]) -> list[WindowDrift]:
-        """The statistics of one window; features absent from ``values`` are reported with n=0."""
-        return [self._one(name, ref, values.get(name)) for name, ref in self.reference.features.items()]
+    def window(self, values: dict[str, np.ndarray], features: Iterable[str] | None = None) -> list[WindowDrift]:
+        """The statistics of one window, for ``features`` (default: every reference feature);
+        features absent from ``values`` are reported with n=0."""
+        names = self.reference.features if features is None else features
+        return [self._one(name, self.reference.features[name], values.get(name)) for name in names]
 
     def noise_floor(self, feature: str, n: int) -> float:
         """KL that a window of ``n`` reference-distributed values exceeds with probability false_alarm_rate."""

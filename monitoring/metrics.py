@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from deploy.lag import ConsumerLag, consumer_lag_gauge
 from schema import Label
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class MonitorMetrics:
             buckets=LABEL_DELAY_BUCKETS,
             registry=r,
         )
+        self.consumer_lag = ConsumerLag(consumer_lag_gauge(r), "monitor")
         self.retrain_requests = Counter(
             "fraud_retrain_requests", "Retrain requests sent by the monitor, by alert kind", ["reason"], registry=r
         )

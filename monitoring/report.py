@@ -83,7 +83,7 @@ def _markdown(history: dict[str, Any], images: list[str], model_version: str | N
         "",
         "## Firing now",
         "",
-        *([f"- **{name}**" for name in history["firing"]] or ["Nothing."]),
+        *(_firing(history["firing"]) or ["Nothing."]),
         "",
         *_requests(history["requests"]),
         *_latest_drift(windows),
@@ -93,6 +93,20 @@ def _markdown(history: dict[str, Any], images: list[str], model_version: str | N
     for image in images:
         lines += [f"![{image[:-4]}]({image})", ""]
     return "\n".join(lines)
+
+
+def _firing(names: list[str]) -> list[str]:
+    """One line per alert kind: a shift moves dozens of features at once."""
+    by_kind: dict[str, list[str]] = {}
+    for name in names:
+        kind, _, feature = name.partition(":")
+        by_kind.setdefault(kind, []).append(feature)
+    lines = []
+    for kind, features in by_kind.items():
+        shown = ", ".join(f for f in features[:8] if f)
+        more = f" and {len(features) - 8} more" if len(features) > 8 else ""
+        lines.append(f"- **{kind}**" + (f" on {len(features)}: {shown}{more}" if shown else ""))
+    return lines
 
 
 def _requests(requests: list[dict[str, Any]]) -> list[str]:

@@ -24,6 +24,7 @@ alert's reason; the retrain job reads them (``fraud retrain --if-due``).
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ from monitoring.performance import realised_performance, wilson_interval
 from schema import Decision, Label, LabelSource, Outcome
 
 DAY_S = 86_400.0
+MAX_HELD_LABELS = 200_000
 ALERT_KINDS = ("covariate", "score", "concept", "performance")
 
 
@@ -57,6 +59,10 @@ class MonitorPolicy:
     min_reviewed: int = 30  # fewer reviewed payments in the trailing days: no concept verdict
     retrain_on: tuple[str, ...] = ("concept", "performance")
     retrain_gap_s: float = DAY_S  # at most one retrain request per this much event time
+    # Features that follow the clock: any window shorter than a day differs from the whole-day
+    # training mix by construction (the night has other hours than the day), so they are compared
+    # only when windows are a day or longer.
+    seasonal: tuple[str, ...] = ("hour_of_day",)
 
     def __post_init__(self) -> None:
         unknown = set(self.retrain_on) - set(ALERT_KINDS)
@@ -127,11 +133,14 @@ class Monitor:
         self.calibration = calibration or ScoreCalibration()
         self.on_retrain = on_retrain
         self.metrics = metrics
-        self.names = [n for n in reference.features if n != "score"]
+        seasonal = set(self.policy.seasonal) if self.policy.window_s < DAY_S else set()
+        self.names = [n for n in reference.features if n != "score" and n not in seasonal]
         self.windows: list[dict[str, Any]] = []
         self.alerts: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
         self.late_for_drift = 0
+        self.labels_unmatched = 0  # labels dropped without ever seeing their decision
+        self._held: OrderedDict[str, list[Label]] = OrderedDict()
         self._open: dict[int, list[Decision]] = {}
         self._closed_up_to = -math.inf  # windows with index < this are closed
         self._watermark = -math.inf
@@ -157,6 +166,8 @@ class Monitor:
             p = math.nan if d.score is None else float(self.calibration.probability(np.array([d.score]))[0])
             if not self._payments.add(d, p):
                 continue  # a redelivery: counted once in drift
+            for label in self._held.pop(d.transaction_id, ()):
+                self._apply(self._payments.index[d.transaction_id], label)
             w = int(ts // self.policy.window_s)
             if w < self._closed_up_to:
                 self.late_for_drift += 1
@@ -176,22 +187,35 @@ class Monitor:
         ) + self.policy.lateness_s
 
     def observe_labels(self, labels: Iterable[Label]) -> None:
-        pay = self._payments
         for label in labels:
             if self.metrics:
                 self.metrics.count_label(label, self._payment_time(label))
-            row = pay.index.get(label.transaction_id)
+            row = self._payments.index.get(label.transaction_id)
             if row is None:
-                continue
-            known = label.known_at.timestamp()
-            if label.source is LabelSource.REVIEW:
-                pay.reviewed[row] = (known, label.is_fraud)
-            if label.is_fraud:
-                pay.fraud_known_at[row] = min(known, pay.fraud_known_at.get(row, math.inf))
-                pay.legit_known.discard(row)
-                self._label_delays.append((pay.event_ts[row], known - pay.event_ts[row]))
-            elif row not in pay.fraud_known_at:
-                pay.legit_known.add(row)
+                self._hold(label)
+            else:
+                self._apply(row, label)
+
+    def _hold(self, label: Label) -> None:
+        """Keep a label whose decision has not been seen (two topics read at once need not interleave
+        in time); the oldest go first beyond ``MAX_HELD_LABELS``, e.g. chargebacks for payments
+        from before the monitor's history."""
+        self._held.setdefault(label.transaction_id, []).append(label)
+        while len(self._held) > MAX_HELD_LABELS:
+            self._held.popitem(last=False)
+            self.labels_unmatched += 1
+
+    def _apply(self, row: int, label: Label) -> None:
+        pay = self._payments
+        known = label.known_at.timestamp()
+        if label.source is LabelSource.REVIEW:
+            pay.reviewed[row] = (known, label.is_fraud)
+        if label.is_fraud:
+            pay.fraud_known_at[row] = min(known, pay.fraud_known_at.get(row, math.inf))
+            pay.legit_known.discard(row)
+            self._label_delays.append((pay.event_ts[row], known - pay.event_ts[row]))
+        elif row not in pay.fraud_known_at:
+            pay.legit_known.add(row)
 
     def flush(self) -> None:
         """End of input: close every open window and judge the last (partial) day."""
@@ -211,7 +235,7 @@ class Monitor:
     def _close(self, w: int, decisions: list[Decision]) -> None:
         values = {n: np.array([d.features.get(n, math.nan) for d in decisions], dtype=np.float64) for n in self.names}
         values["score"] = np.array([d.score for d in decisions], dtype=np.float64)
-        stats = self.detector.window(values)
+        stats = self.detector.window(values, [*self.names, "score"])
         start = w * self.policy.window_s
         at = _iso(start + self.policy.window_s)
         self.windows.append(

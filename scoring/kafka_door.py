@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from deploy.lag import ConsumerLag
+from deploy.lag import ConsumerLag, record_positions
 from schema import DeadLetter, Decision, InvalidEvent, Transaction, decode_transaction, encode
 from scoring.engine import DecisionEngine
 from scoring.publisher import DecisionPublisher
@@ -106,15 +106,7 @@ class KafkaDecisionDoor:
     def refresh_lag(self) -> None:
         """Set the lag gauge of every assigned partition the door has a position in."""
         self._next_lag_refresh = time.monotonic() + self.config.lag_refresh_s
-        assignment = self.consumer.assignment()
-        if not assignment:
-            return
-        for tp in self.consumer.position(assignment):
-            if tp.offset < 0:  # nothing read from it yet: no position
-                continue
-            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            if high >= 0:
-                self.lag.set(tp.topic, tp.partition, tp.offset, high)
+        record_positions(self.consumer, self.lag)
 
     def poll_limit(self) -> int:
         """Messages one poll may take: about ``batch_time_s`` of work, at least one."""

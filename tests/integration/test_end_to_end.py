@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from datetime import timedelta
@@ -268,3 +269,27 @@ def test_monitor_replays_the_log_and_writes_the_morning_report(run, tmp_path):
     assert "## Daily performance" in text and "## Latest window" in text
     for png in ("drift.png", "score.png", "performance.png"):
         assert png in text and (tmp_path / png).stat().st_size > 10_000
+
+
+def test_monitor_serve_tails_the_log_and_exports_drift_labels_and_its_lag(run):
+    from deploy.embedded import free_port
+
+    port = free_port()
+    env = {**run["env"], "FRAUD_MONITOR_WINDOW_S": "21600", "FRAUD_MONITOR_METRICS_PORT": str(port)}
+    monitor = subprocess.Popen([sys.executable, "-m", "fraud", "monitor", "--serve"], env=env, stderr=subprocess.PIPE)
+    try:
+        wanted = ('fraud_feature_drift_kl{feature="score"}', 'fraud_labels_total{source="chargeback"}',
+                  'fraud_kafka_consumer_lag{consumer="monitor",partition="0",topic="decisions')
+        deadline, text = time.monotonic() + 60, ""
+        while time.monotonic() < deadline and not all(w in text for w in wanted):
+            assert monitor.poll() is None, monitor.stderr.read().decode()
+            time.sleep(0.5)
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                continue
+        assert all(w in text for w in wanted), text
+        assert 'fraud_drift_alert_firing{feature="score",kind="score"}' in text
+    finally:
+        monitor.terminate()
+        assert monitor.wait(timeout=15) == 0  # SIGTERM: leaves the group and exits cleanly

@@ -141,6 +141,16 @@ def test_reviewers_finding_twice_the_fraud_the_scores_expect_is_a_concept_alert_
     assert watched.concept_checks[-1]["found"] > 1.5 * watched.concept_checks[-1]["expected"]
 
 
+def test_the_hour_of_day_is_compared_only_in_windows_of_a_day_or_more():
+    ref = reference(np.random.default_rng(98))
+    ref.features["hour_of_day"] = DriftReference.from_samples(
+        {"hour_of_day": np.arange(24.0).repeat(100)}, categorical=["hour_of_day"]
+    ).features["hour_of_day"]
+    hourly = Monitor(ref, policy=MonitorPolicy(window_s=3600))
+    daily = Monitor(ref, policy=MonitorPolicy(window_s=86_400))
+    assert "hour_of_day" not in hourly.names and "hour_of_day" in daily.names
+
+
 def test_steady_traffic_raises_nothing():
     traffic = Traffic(seed=2).hours(0, 72)
     watched, asked = monitor()
@@ -185,7 +195,7 @@ def test_the_report_has_its_tables_and_three_plots(tmp_path):
     watched.flush()
     report = write_monitor_report(watched.history(), tmp_path, "m1")
     text = report.read_text()
-    assert "covariate:amount" in text and "## Daily performance" in text and "## Alert log" in text
+    assert "**covariate** on 1: amount" in text and "## Daily performance" in text and "## Alert log" in text
     for png in ("drift.png", "score.png", "performance.png"):
         assert f"({png})" in text and (tmp_path / png).stat().st_size > 10_000
 
@@ -193,3 +203,17 @@ def test_the_report_has_its_tables_and_three_plots(tmp_path):
 def test_an_unknown_alert_kind_in_retrain_on_is_refused_naming_it():
     with pytest.raises(ValueError, match="retrain_on.*'drift'"):
         MonitorPolicy(retrain_on=("drift",))
+
+
+def test_a_label_read_before_its_decision_is_held_and_applied_when_the_decision_arrives():
+    traffic = Traffic(seed=6).hours(0, 30)
+    in_order, _ = monitor()
+    feed(in_order, traffic.decisions, traffic.labels)
+    in_order.flush()
+    labels_first, _ = monitor()
+    labels_first.observe_labels(traffic.labels)  # e.g. the labels topic's backlog came in first
+    labels_first.observe(traffic.decisions)
+    labels_first.flush()
+    now = traffic.decisions[-1].transaction.event_ts + 2 * 86_400
+    assert [d.known_fraud for d in labels_first.daily(now)] == [d.known_fraud for d in in_order.daily(now)]
+    assert sum(d.known_fraud for d in labels_first.daily(now)) == len(traffic.labels)

@@ -65,6 +65,9 @@ def test_simulate_then_train_registers_a_served_model(tmp_path):
     assert meta["parent_version"] is None and len(meta["data_fingerprint"]) == 16
     assert meta["label_cutoff"] and meta["training_window"][0] < meta["evaluation_window"][0]
     assert 0 < meta["operating_point"]["flags_per_day"] <= 200
+    # the score calibration the monitor estimates recall with, fitted on the evaluation slice
+    assert meta["calibration"]["fitted_on"] == meta["eval_rows"] and meta["calibration"]["slope"] > 0
+    assert "hour_of_day" in meta["drift_reference"] and meta["drift_reference"]["hour_of_day"]["discrete_values"]
 
     listed = runner.invoke(app, ["models", "list", "--home", str(tmp_path)], env={"COLUMNS": "200"})
     assert listed.exit_code == 0 and "xgb-0001" in listed.output and "champion" in listed.output
@@ -80,3 +83,18 @@ def test_bench_refuses_an_unknown_mode_and_bad_rates_naming_the_option():
     assert bad_mode.exit_code != 0 and "--mode" in bad_mode.output
     bad_rates = runner.invoke(app, ["bench", "--rates", "1000,fast"])
     assert bad_rates.exit_code != 0 and "--rates" in bad_rates.output
+
+
+def test_monitor_check_detector_prints_its_setup_and_error_rates_without_services(tmp_path):
+    result = runner.invoke(
+        app, ["monitor", "--check-detector", "--windows", "400", "--home", str(tmp_path)], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "cores" in result.output and "false-alarm rate 0.01" in result.output and "sustain 3" in result.output
+    (row,) = [line for line in result.output.splitlines() if line.strip("│ ").startswith("400")]
+    assert "0.00%" in row  # with the default 0.1 nats threshold no feature-window goes over without drift
+
+
+def test_monitor_without_a_model_says_to_train_one(tmp_path):
+    result = runner.invoke(app, ["monitor", "--home", str(tmp_path)], env={"KAFKA_BOOTSTRAP": "127.0.0.1:1"})
+    assert result.exit_code != 0 and "train one first" in result.output

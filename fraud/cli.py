@@ -771,6 +771,9 @@ def bench(
     ] = True,
     customers: Annotated[int, typer.Option(help="Simulated customers with history in Redis.")] = 10_000,
     history_days: Annotated[int, typer.Option(help="Days of history replayed into Redis (and trained on).")] = 7,
+    case_seconds: Annotated[
+        float, typer.Option(help="Seconds per case of the model-call and feature-read measurements that follow.")
+    ] = 1.0,
     out: Annotated[Path | None, typer.Option(help="JSON result (default HOME/bench/decisions-<time>.json).")] = None,
     broker_only: Annotated[
         bool,
@@ -806,6 +809,8 @@ def bench(
         raise typer.BadParameter(f"--mode: expected some of {', '.join(MODES)}, got {mode!r}")
     if arrivals not in ("poisson", "constant"):
         raise typer.BadParameter(f"--arrivals: expected poisson or constant, got {arrivals!r}")
+    if case_seconds <= 0:
+        raise typer.BadParameter(f"--case-seconds: expected a positive number, got {case_seconds}")
     config = DecisionBenchConfig(
         modes=modes,
         rates=_floats(rates, "--rates"),
@@ -816,6 +821,7 @@ def bench(
         arrivals=arrivals,
         timeout_s=timeout_s,
         baseline=baseline,
+        case_seconds=case_seconds,
         world=WorldConfig(customers=customers, history_days=history_days),
     )
     base = _settings(home)

@@ -44,6 +44,7 @@ class DecisionBenchConfig:
     timeout_s: float = 2.0
     baseline: bool = True
     model_speed: bool = True
+    case_seconds: float = 1.0  # per case of the model-call and feature-read measurements
     # Partitions of the transactions and decisions topics (kafka mode); None: one per scorer process.
     # Every partition costs the embedded broker per request, whatever it carries (docs/performance.md).
     partitions: int | None = None
@@ -313,10 +314,12 @@ def run_decision_bench(
         from fraud.bench.model_speed import measure_model_calls
         from streaming import OnlineFeatureStore
 
-        result["model_calls"] = [asdict(r) for r in measure_model_calls(settings.registry_dir)]
+        calls = measure_model_calls(settings.registry_dir, seconds_per_case=config.case_seconds)
+        result["model_calls"] = [asdict(r) for r in calls]
         store = OnlineFeatureStore(redis.Redis.from_url(services.redis_url), settings.key_prefix)
         payments = load_payments(world.payments)
-        result["feature_reads"] = [asdict(r) for r in measure_feature_reads(store, payments)]
+        reads = measure_feature_reads(store, payments, seconds_per_case=config.case_seconds)
+        result["feature_reads"] = [asdict(r) for r in reads]
         store.client.close()
     return result
 

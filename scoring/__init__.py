@@ -1,7 +1,8 @@
 """The scorer: rules + online features + ONNX model + thresholds behind gRPC."""
 
 from scoring.client import ScorerClient
-from scoring.engine import DecisionEngine, FallbackPolicy
+from scoring.engine import DecisionEngine
+from scoring.fallback import CircuitBreaker, FallbackPolicy
 from scoring.metrics import ScorerMetrics
 from scoring.publisher import DecisionPublisher
 from scoring.server import FraudScorerService, ServerConfig, serve
@@ -9,6 +10,7 @@ from scoring.server import FraudScorerService, ServerConfig, serve
 __all__ = [
     "DecisionEngine",
     "DecisionPublisher",
+    "CircuitBreaker",
     "FallbackPolicy",
     "FraudScorerService",
     "ScorerClient",

@@ -4,12 +4,10 @@ Precedence: a rule's action is a floor the model cannot lower (a blocked country
 whatever the score); the model's threshold outcome can raise it. The final outcome is the most
 severe of the two.
 
-Fallback when the online feature store is unreachable (documented in the README): the decision
-is made from the transaction alone, rules-only; velocity rules report "not evaluated", the model
-is not consulted (its score on empty history would be falsely reassuring), and any amount above
-``degraded_flag_amount_minor`` is flagged for review rather than approved. The decision carries
-``degraded_reason`` and a metric counts it; the next batch tries the store again, so recovery
-needs nothing but the store coming back.
+Fallback when the online feature store is unreachable or the model fails: the ladder in
+``scoring.fallback`` (rules on the payment alone; over a ceiling, review; under it, approve within
+a fail-open budget and queue for post-authorisation review). A circuit breaker stops a hung Redis
+from costing every batch its timeout; recovery needs nothing but Redis coming back.
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ import redis
 from retrain.registry import RegisteredModel
 from rules_engine import RuleSet
 from schema import Decision, DecisionThresholds, FeatureVector, Outcome, ReasonCode, RuleHit, Transaction
+from scoring.fallback import CircuitBreaker, FailOpenBudget, FallbackPolicy
 from scoring.metrics import ScorerMetrics
 from scoring.reasons import ReasonExplainer, needs_reasons
 from scoring.release import CANARY_ARM, CHAMPION_ARM, SHADOW_ARM, ModelRelease, ServingRelease, canary_mask
@@ -35,11 +34,6 @@ from streaming.features import MODEL_FEATURES
 from streaming.windows import context_features
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FallbackPolicy:
-    degraded_flag_amount_minor: int = 50_000  # 500.00: above this, no-features decisions go to review
 
 
 @dataclass(frozen=True)
@@ -75,7 +69,9 @@ class DecisionEngine:
         self.release = model if isinstance(model, ModelRelease) else ModelRelease(model, thresholds)
         self.store = store
         self.metrics = metrics
-        self.fallback = fallback or FallbackPolicy()
+        self.fallback = fallback = fallback or FallbackPolicy()
+        self.redis_circuit = CircuitBreaker(fallback.failures_to_open, fallback.retry_after_s)
+        self.fail_open = FailOpenBudget(fallback.fail_open_per_s, fallback.fail_open_burst)
         self.on_shadow = on_shadow  # where shadow decisions go (a topic); None: counted only
         self.reasons = ReasonExplainer()  # explains with whichever model decided the row
         # False: decisions leave without reasons and ``explain`` adds them later, off the reply path
@@ -106,11 +102,20 @@ class DecisionEngine:
             return []
         release = self.release.current  # one snapshot per batch: a swap never splits a batch
         started = time.perf_counter()
+        if not self.redis_circuit.allow():
+            return self.without_features(transactions, "features_unavailable: circuit open")
         try:
             batch = self.store.features_for_batch(transactions)
         except redis.RedisError as exc:
+            self.redis_circuit.failure()
+            self.metrics.circuit_changed("redis", self.redis_circuit)
             self.metrics.observe_stage("features", time.perf_counter() - started)
             return self.without_features(transactions, f"features_unavailable: {type(exc).__name__}")
+        if self.redis_circuit.is_open:  # the half-open trial succeeded: close
+            self.redis_circuit.success()
+            self.metrics.circuit_changed("redis", self.redis_circuit)
+        else:
+            self.redis_circuit.success()  # resets the count of consecutive failures
         features_done = time.perf_counter()
         self.metrics.observe_stage("features", features_done - started)
 
@@ -261,28 +266,20 @@ class DecisionEngine:
     def without_features(
         self, transactions: Sequence[Transaction], reason: str, vectors: Sequence[FeatureVector] | None = None
     ) -> list[Decision]:
-        """The documented fallback: rules only, anything large flagged for review; ``reason`` is
-        recorded in each decision (``features_unavailable: ...``, ``model_unavailable: ...``,
-        ``shed: ...``) and its first word counted in ``fraud_degraded_decisions``."""
+        """The fallback ladder (``scoring.fallback``); ``reason`` is recorded in each decision
+        (``features_unavailable: ...``, ``model_unavailable: ...``, ``shed: ...``) and its first
+        word counted in ``fraud_degraded_decisions``."""
         now = datetime.now(UTC)
         decisions = []
         for i, txn in enumerate(transactions):
             vector = vectors[i] if vectors is not None else context_features(txn)
             hits = self.rules.evaluate(txn, vector)
-            if txn.amount_minor > self.fallback.degraded_flag_amount_minor:
-                hits.append(
-                    RuleHit(
-                        rule_id="degraded_amount_review@1",
-                        action=Outcome.FLAG,
-                        reason=f"decided without {_missing(reason)}; "
-                        f"amount over {self.fallback.degraded_flag_amount_minor / 100:,.2f} goes to review",
-                    )
-                )
-            outcome = max([Outcome.APPROVE, *(h.action for h in hits)], key=_severity)
+            if max([Outcome.APPROVE, *(h.action for h in hits)], key=_severity) is Outcome.APPROVE:
+                hits.append(self._fallback_hit(txn, reason))
             decisions.append(
                 Decision(
                     transaction=txn,
-                    outcome=outcome,
+                    outcome=max([Outcome.APPROVE, *(h.action for h in hits)], key=_severity),
                     score=None,
                     model_version=self.model.version,
                     rule_hits=hits,
@@ -294,6 +291,34 @@ class DecisionEngine:
         self.metrics.count_degraded(reason.split(":")[0], len(decisions))
         self.metrics.count_decisions(decisions)
         return decisions
+
+    def _fallback_hit(self, txn: Transaction, reason: str) -> RuleHit:
+        """Rungs 2 and 3 of the ladder for a payment the rules would approve."""
+        ceiling = self.fallback.degraded_flag_amount_minor
+        without = _missing(reason)
+        if txn.amount_minor > ceiling:
+            return RuleHit(
+                rule_id=DEGRADED_REVIEW_RULE,
+                action=Outcome.FLAG,
+                reason=f"decided without {without}; amount over {ceiling / 100:,.2f} goes to review",
+            )
+        if not self.fail_open.take():
+            self.metrics.count_degraded("fail_open_budget_spent", 1)
+            return RuleHit(
+                rule_id=DEGRADED_REVIEW_RULE,
+                action=Outcome.FLAG,
+                reason=f"decided without {without}; fail-open budget of {self.fallback.fail_open_per_s:g}/s spent",
+            )
+        return RuleHit(
+            rule_id=POST_AUTH_REVIEW_RULE,
+            action=Outcome.APPROVE,
+            reason=f"approved without {without} (amount under {ceiling / 100:,.2f}); "
+            "queued for post-authorisation review",
+        )
+
+
+DEGRADED_REVIEW_RULE = "degraded_amount_review@1"
+POST_AUTH_REVIEW_RULE = "degraded_post_auth_review@1"
 
 
 def _thresholds(release: ServingRelease, canary: bool) -> DecisionThresholds:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections import Counter as _Tally
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from deploy.lag import consumer_lag_gauge
 from schema import Decision
+
+if TYPE_CHECKING:
+    from scoring.fallback import CircuitBreaker
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -52,6 +56,16 @@ class ScorerMetrics:
             ["event"],
             registry=r,
         )
+        self.circuit_open = Gauge(
+            "fraud_dependency_circuit_open",
+            "1 while the circuit to a dependency is open (the decision path skips it)",
+            ["dependency"],
+            registry=r,
+        )
+        self.circuit_opens = Counter(
+            "fraud_dependency_circuit_opens", "Times the circuit to a dependency opened", ["dependency"], registry=r
+        )
+        self._circuit_opens: dict[str, int] = {}
         self.publish_failures = Counter(
             "fraud_decision_publish_failures", "Decisions that could not be handed to Kafka", registry=r
         )
@@ -63,6 +77,13 @@ class ScorerMetrics:
             ["reason"],
             registry=r,
         )
+
+    def circuit_changed(self, dependency: str, breaker: CircuitBreaker) -> None:
+        self.circuit_open.labels(dependency=dependency).set(1.0 if breaker.is_open else 0.0)
+        seen = self._circuit_opens.get(dependency, 0)
+        if breaker.opens > seen:
+            self.circuit_opens.labels(dependency=dependency).inc(breaker.opens - seen)
+            self._circuit_opens[dependency] = breaker.opens
 
     def model_loaded(self, version: str) -> None:
         self.model_info.clear()

@@ -51,3 +51,51 @@ def test_rules_floor_the_model(redis_client, model):
     (decision,) = engine.decide_batch([txn(1, country="KP", card_country="DE")])
     assert decision.outcome is Outcome.BLOCK
     assert [h.rule_id for h in decision.rule_hits] == ["blocked_country@1"]
+
+
+def test_the_ladder_fails_open_for_small_amounts_within_its_budget_then_flags(tmp_path, model):
+    from scoring import FallbackPolicy
+
+    server = EmbeddedRedis(tmp_path).start()
+    client = redis.Redis(port=server.port, socket_timeout=0.25, socket_connect_timeout=0.25)
+    metrics = ScorerMetrics()
+    policy = FallbackPolicy(degraded_flag_amount_minor=10_000, fail_open_per_s=0.001, fail_open_burst=3)
+    engine = DecisionEngine(load_rules(), model, OnlineFeatureStore(client), DecisionThresholds(), metrics, policy)
+    server.stop()
+    small = [txn(i, amount_minor=2_000) for i in range(5)]
+    down = engine.decide_batch([*small, txn(9, amount_minor=10_001), txn(10, country="KP", card_country="DE")])
+    hits = [[h.rule_id for h in d.rule_hits if h.rule_id.startswith(("degraded", "blocked"))] for d in down]
+    assert [d.outcome for d in down] == [Outcome.APPROVE] * 3 + [Outcome.FLAG] * 3 + [Outcome.BLOCK]
+    assert hits[:3] == [["degraded_post_auth_review@1"]] * 3  # approved, queued for review after authorisation
+    assert hits[3:6] == [["degraded_amount_review@1"]] * 3 and "budget" in down[3].rule_hits[-1].reason
+    assert "over 100.00" in down[5].rule_hits[-1].reason
+    assert hits[6] == ["blocked_country@1"]  # hard rules still decide
+    assert (
+        metrics.registry.get_sample_value("fraud_degraded_decisions_total", {"reason": "fail_open_budget_spent"}) == 2
+    )
+
+
+def test_the_circuit_skips_a_dead_redis_then_closes_when_it_returns(tmp_path, model):
+    from scoring import FallbackPolicy
+
+    server = EmbeddedRedis(tmp_path).start()
+    client = redis.Redis(port=server.port, socket_timeout=0.25, socket_connect_timeout=0.25)
+    metrics = ScorerMetrics()
+    policy = FallbackPolicy(failures_to_open=2, retry_after_s=0.3)
+    engine = DecisionEngine(load_rules(), model, OnlineFeatureStore(client), DecisionThresholds(), metrics, policy)
+    server.stop()
+    reasons = [engine.decide_batch([txn(i)])[0].degraded_reason for i in range(4)]
+    assert [r.split(": ")[1] for r in reasons[2:]] == ["circuit open", "circuit open"]
+    assert metrics.registry.get_sample_value("fraud_dependency_circuit_open", {"dependency": "redis"}) == 1.0
+    restarted = EmbeddedRedis(tmp_path)
+    restarted.port = server.port
+    restarted.start()
+    try:
+        import time
+
+        time.sleep(0.35)
+        assert engine.decide_batch([txn(7)])[0].degraded_reason is None  # the half-open trial succeeds
+        assert metrics.registry.get_sample_value("fraud_dependency_circuit_open", {"dependency": "redis"}) == 0.0
+        assert metrics.registry.get_sample_value("fraud_dependency_circuit_opens_total", {"dependency": "redis"}) == 1
+    finally:
+        restarted.stop()

@@ -103,6 +103,9 @@ def _generate(bootstrap: str, topic: str, config: BenchConfig, produced: mp.Valu
     merchant_weights /= merchant_weights.sum()
     encoder = msgspec.json.Encoder()
     start_wall = time.time()
+    # Sped-up simulated time starts as far back as the run will advance it, so no event is dated
+    # ahead of the wall clock (the doors refuse events more than schema MAX_AHEAD_S ahead).
+    clock0 = start_wall - config.events / config.rate * max(config.time_scale - 1, 0.0)
     sent = 0
     chunk = 2048
     while sent < config.events:
@@ -122,7 +125,7 @@ def _generate(bootstrap: str, topic: str, config: BenchConfig, produced: mp.Valu
             elif now - due > behind.value:
                 behind.value = now - due
             card = int(cards[j])
-            event_ts = start_wall + (now - start_wall) * config.time_scale
+            event_ts = clock0 + (now - start_wall) * config.time_scale
             payload = {
                 "transaction_id": f"bench-{config.seed}-{sent}",
                 "event_time": datetime.fromtimestamp(event_ts, UTC).isoformat(),

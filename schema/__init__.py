@@ -2,11 +2,14 @@
 
 from schema.codec import (
     InvalidEvent,
+    check_transaction,
+    dead_letter,
     decode_decision,
     decode_label,
     decode_transaction,
     encode,
     read_jsonl,
+    transaction_from_fields,
     write_jsonl,
 )
 from schema.labels import resolve_labels
@@ -39,11 +42,14 @@ __all__ = [
     "ReasonCode",
     "RuleHit",
     "Transaction",
+    "check_transaction",
+    "dead_letter",
     "decode_decision",
     "decode_label",
     "decode_transaction",
     "encode",
     "read_jsonl",
     "resolve_labels",
+    "transaction_from_fields",
     "write_jsonl",
 ]

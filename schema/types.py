@@ -7,7 +7,7 @@ a missing field or a constraint violation raises an error naming the field (``$.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
@@ -25,6 +25,42 @@ PositiveMinorUnits = Annotated[int, msgspec.Meta(gt=0, le=10**12)]
 Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 # RFC 3339 with Z or an offset; a naive time is rejected rather than guessed.
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+# Input limits, beyond the field types above, that every door applies (schema.check_transaction,
+# called by schema.decode_transaction for Kafka and by the gRPC door): documented in README "Input
+# limits". An event outside them is refused with an error naming the field, never half-accepted.
+#
+# A raw event (one Kafka message value) larger than this is refused before it is parsed. A valid
+# transaction is ~400 bytes and at most ~4 KiB (six 128-character ids of 4-byte characters);
+# unknown fields are ignored for forward compatibility, and this bounds what they may cost.
+MAX_EVENT_BYTES = 16 * 1024
+# Event time must fall in [EARLIEST_EVENT_TIME, LATEST_EVENT_TIME): outside it a time is a
+# placeholder or garbage (1970-01-01 is epoch zero, 9999-12-31 "never"), not a payment. Fixed, not
+# relative to now, so old logs and simulated worlds replay the same way on any day.
+EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_EVENT_TIME = datetime(2100, 1, 1, tzinfo=UTC)
+# At a live door, event time may run at most this far ahead of the door's wall clock: enough for
+# clock skew and any wrong UTC offset (at most 14 h), and no more, because one payment dated far
+# ahead would make every later payment of its card "late" in the feature stream.
+MAX_AHEAD_S = 86_400.0
+# Ids (transaction, card, customer, merchant, category, device) are 1-128 characters and printable
+# (str.isprintable: no control, format, line-separator, surrogate or unassigned characters). Any
+# script is fine; a NUL, a newline or a bidi override in an id breaks logs, keys and review pages.
+ID_FIELDS = ("transaction_id", "card_id", "customer_id", "merchant_id", "merchant_category", "device_id")
+# ISO 4217 currencies a card payment can be in: the active ones plus those withdrawn since 2008
+# (for replays of older logs); fund, metal, bond-unit, test (XTS) and no-currency (XXX) codes are not.
+_ISO_4217 = """
+    AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP BYN
+    BZD CAD CDF CHF CLP CNY COP CRC CUC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL
+    GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW
+    KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN
+    NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK
+    SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS
+    VED VES VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG
+    BYR EEK HRK LTL LVL MRO SKK SLL STD VEF ZMK ZWL
+"""
+CURRENCIES = frozenset(_ISO_4217.split())
 
 
 class Channel(StrEnum):
@@ -173,3 +209,6 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     offset: int
     payload: str  # the raw bytes as UTF-8 (invalid bytes replaced) so the record itself is valid JSON
     received_at: AwareTime
+    # Set when ``payload`` holds only the first bytes of a larger event (schema.codec.dead_letter):
+    # the original size in bytes.
+    payload_bytes: int | None = None

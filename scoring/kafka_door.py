@@ -31,12 +31,11 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from deploy.lag import ConsumerLag, record_positions
-from schema import DeadLetter, Decision, InvalidEvent, Transaction, decode_transaction, encode
+from schema import Decision, InvalidEvent, Transaction, dead_letter, decode_transaction, encode
 from scoring.engine import DecisionEngine
 from scoring.publisher import DecisionPublisher
 
@@ -143,17 +142,12 @@ class KafkaDecisionDoor:
         try:
             if msg.value() is None:
                 raise InvalidEvent("empty message (no value)")
-            return decode_transaction(msg.value())
+            return decode_transaction(msg.value(), now=time.time())
         except InvalidEvent as exc:
             self.engine.metrics.invalid.inc()
             self.engine.metrics.dead_letters.labels("invalid").inc()
-            letter = DeadLetter(
-                reason=str(exc),
-                source_topic=msg.topic() or "",
-                partition=msg.partition() or 0,
-                offset=msg.offset() or 0,
-                payload=(msg.value() or b"").decode("utf-8", errors="replace"),
-                received_at=datetime.now(UTC),
+            letter = dead_letter(
+                str(exc), msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.value() or b""
             )
             self.dead_letters.produce(self.dead_letter_topic, key=msg.key(), value=encode(letter))
             return None

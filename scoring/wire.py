@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import msgspec
-
-from schema import Decision, InvalidEvent, Transaction
+from schema import Decision, Transaction, transaction_from_fields
 from scoring.proto import fraud_pb2 as pb
 
 _FIELDS = (
@@ -22,16 +20,15 @@ _FIELDS = (
 )
 
 
-def transaction_from_proto(msg: pb.Transaction) -> Transaction:
-    """Validate a request; InvalidEvent names the field and the problem."""
+def transaction_from_proto(msg: pb.Transaction, now: float | None = None) -> Transaction:
+    """Validate a request as the Kafka doors validate an event (schema.transaction_from_fields:
+    field types and input limits; ``now``, the door's clock, bounds how far ahead event time may
+    be); InvalidEvent names the field and the problem."""
     data = {name: getattr(msg, name) for name in _FIELDS}
     # proto3 cannot tell an empty string from a missing one; an empty channel means the default.
     if msg.channel:
         data["channel"] = msg.channel
-    try:
-        return msgspec.convert(data, Transaction)
-    except msgspec.ValidationError as exc:
-        raise InvalidEvent(str(exc)) from exc
+    return transaction_from_fields(data, now=now)
 
 
 def transaction_to_proto(txn: Transaction) -> pb.Transaction:

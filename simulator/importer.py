@@ -30,7 +30,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schema import Channel, GroundTruth, Label, LabelSource, Transaction, decode_transaction, encode
+from schema import (
+    Channel,
+    GroundTruth,
+    InvalidEvent,
+    Label,
+    LabelSource,
+    Transaction,
+    check_transaction,
+    decode_transaction,
+    encode,
+)
 from simulator.generate import FILES
 
 REJECTS_FILE = "rejected.jsonl"
@@ -534,7 +544,13 @@ def _validate(values: dict[str, Any], codes_seen: set[tuple[str, str, str]]) -> 
     if codes not in codes_seen:
         _convert(dict(zip(_CODE_FIELDS, codes, strict=True)), _Codes)
         codes_seen.add(codes)
-    return Transaction(**values)  # checked above: the constructor itself does not validate
+    txn = Transaction(**values)  # checked above: the constructor itself does not validate
+    try:
+        return check_transaction(txn)  # and the doors' input limits (printable ids, known currency, time range)
+    except InvalidEvent as exc:
+        found = re.search(r"`\$\.(\w+)`", str(exc))
+        name = found.group(1) if found else ""
+        raise _Bad(_FIELD_TARGET.get(name, "record"), str(exc)) from None
 
 
 def _convert(values: dict[str, Any], type_: type) -> None:

@@ -45,7 +45,7 @@ from bytewax.run import cli_main
 from prometheus_client import Counter
 
 from deploy.lag import ConsumerLag, ProcessedOffsetsLag
-from schema import DeadLetter, InvalidEvent, Label, Transaction, decode_label, decode_transaction, encode
+from schema import InvalidEvent, Label, Transaction, dead_letter, decode_label, decode_transaction, encode
 from streaming.admission import DEFAULT_ALLOWED_LATENESS_S, Admission, late_reason
 from streaming.metrics import StreamMetrics
 from streaming.offline import label_entity_ids
@@ -88,15 +88,12 @@ class Sourced(NamedTuple):
 
 def _letter(reason: str, msg: RawMessage | None, payload: bytes, source: tuple[str, int, int] | None = None) -> Letter:
     topic, partition, offset = source or (msg.topic or "", _or(msg.partition), _or(msg.offset))
-    letter = DeadLetter(
-        reason=reason,
-        source_topic=topic,
-        partition=partition,
-        offset=offset,
-        payload=payload.decode("utf-8", errors="replace"),
-        received_at=datetime.now(UTC),
-    )
+    letter = dead_letter(reason, topic, partition, offset, payload)  # cut to a size the topic takes
     return KafkaSinkMessage(key=msg.key if msg is not None else None, value=encode(letter))
+
+
+def _decode_live(raw: bytes) -> Transaction:
+    return decode_transaction(raw, now=time.time())
 
 
 def _or(value: int | None) -> int:
@@ -137,7 +134,10 @@ class _Steps:
             return _letter(str(exc), msg, msg.value or b"")
 
     def validate_transaction(self, msg: RawMessage) -> Sourced | Letter:
-        txn = self._decode(msg, decode_transaction, self.metrics.transactions)
+        # The wall clock bounds how far ahead event time may run (schema.MAX_AHEAD_S): one payment
+        # dated years ahead would otherwise make every later payment of its card late. A replay
+        # after a restart reads a later clock, so it refuses nothing that the first run admitted.
+        txn = self._decode(msg, _decode_live, self.metrics.transactions)
         if isinstance(txn, Transaction):
             return Sourced(txn, msg.topic or "", _or(msg.partition), _or(msg.offset))
         return txn

@@ -108,7 +108,10 @@ def build_service(settings: Settings):
     publisher = ExplainingPublisher(DecisionPublisher(producer, settings.topics.decisions, metrics), engine.explain)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
-    return FraudScorerService(engine, publisher, ServerConfig(host=settings.grpc_host, port=settings.grpc_port))
+    config = ServerConfig(
+        host=settings.grpc_host, port=settings.grpc_port, max_message_bytes=settings.grpc_max_message_bytes
+    )
+    return FraudScorerService(engine, publisher, config)
 
 
 def open_review_store(settings: Settings) -> ReviewStore:

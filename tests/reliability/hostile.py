@@ -80,7 +80,7 @@ def hostile_event(draw: st.DrawFn, n: int = 0, kind: str | None = None) -> Hosti
         return _event(kind, data, _at("amount_minor"), proto=False)
     if kind == "amount out of range":
         data["amount_minor"] = draw(
-            st.one_of(st.integers(max_value=0), st.integers(min_value=10**12 + 1, max_value=2**63 - 1))
+            st.one_of(st.integers(-(2**63), 0), st.integers(10**12 + 1, 2**63 - 1))  # int64, for the proto
         )
         return _event(kind, data, _at("amount_minor"))
     if kind == "amount huge or fractional":

@@ -89,6 +89,8 @@ def build_service(settings: Settings):
         ModelRegistry(settings.registry_dir),
         on_change=lambda r: (metrics.model_loaded(r.champion.version), metrics.release_events.labels("swap").inc()),
         on_rollback=lambda *_: metrics.release_events.labels("canary_rollback").inc(),
+        # a model that cannot serve is refused and logged; the release being served keeps serving
+        on_refusal=lambda _version, exc: metrics.model_load_refusals.labels(exc.reason).inc(),
     )
     release.set_thresholds(settings.threshold_override(release.current.champion_thresholds))
     release.watch(settings.release_poll_s)  # promotions, canaries and rollbacks apply without a restart

@@ -124,7 +124,12 @@ def retrain_on(data: TrainingSet, registry: ModelRegistry, as_of: datetime, poli
         # estimates recall from it before labels arrive (monitoring/estimate.py).
         "calibration": ScoreCalibration.fit(challenger_scores, evaluation.labels).as_dict(),
     }
-    challenger = registry.register(onnx_bytes, metadata, native_model=bytes(model.get_booster().save_raw("ubj")))
+    challenger = registry.register(
+        onnx_bytes,
+        metadata,
+        native_model=bytes(model.get_booster().save_raw("ubj")),
+        golden_rows=evaluation.features,  # its golden set: checked at every load (retrain.registry)
+    )
 
     champion_metrics = _champion_metrics(registry, champion, evaluation, policy.cost)
     promoted, reason = _verdict(challenger_metrics, champion_metrics, policy.min_improvement)

@@ -5,11 +5,23 @@ Layout on disk (a directory; a later issue can put the same interface over objec
     models/<version>/model.onnx
     models/<version>/xgboost.ubj       # the same model in XGBoost's own format (benchmarks, bulk scoring)
     models/<version>/metadata.json
+    models/<version>/golden.json       # 64 feature rows and the probabilities the model gave them at registration
     champion                 # the version the scorer serves
     promotions.jsonl         # every promote/refuse decision, with both scores
 
-A model is refused at load when its feature list differs from the declaration the running code
-computes: serving a model features in the wrong order is a silent disaster, refusing is loud.
+A model is refused at load (``ModelLoadError`` with a ``reason``) when:
+
+* ``corrupt``: its files cannot be read or onnxruntime cannot build a session from them;
+* ``features``: its feature list differs from the declaration the running code computes (serving a
+  model features in the wrong order is a silent disaster, refusing is loud);
+* ``golden``: on its golden set it outputs NaN or infinity, a probability outside [0, 1], or
+  probabilities that differ from those recorded at registration by more than the tolerance (the
+  file is not the model that was registered, or this runtime computes it differently).
+
+The golden set is written at registration: up to 48 rows of the model's evaluation slice (when the
+caller passes them) and synthetic rows (``synthetic_rows``: new cards with empty history, busy
+cards, extreme amounts) up to 64, with the model's probabilities on them. A model registered
+before golden sets were kept is checked on the synthetic rows: finite probabilities in [0, 1].
 """
 
 from __future__ import annotations
@@ -29,9 +41,20 @@ import onnxruntime as ort
 from schema import DecisionThresholds, Transaction
 from streaming.features import MODEL_FEATURES
 
+GOLDEN_ROWS = 64
+GOLDEN_FROM_EVALUATION = 48  # the rest synthetic, so edge cases (empty history, huge amounts) are always in
+GOLDEN_TOLERANCE = 1e-5  # absolute, on probabilities; onnxruntime on one CPU is far closer than this
+
+# ModelLoadError.reason values (the label of fraud_model_load_refusals_total)
+CORRUPT, FEATURES, GOLDEN, MISSING = "corrupt", "features", "golden", "missing"
+
 
 class ModelLoadError(RuntimeError):
-    """A model that must not serve: missing, corrupt, or built for other features."""
+    """A model that must not serve; ``reason`` says why: corrupt, features, golden or missing."""
+
+    def __init__(self, message: str, reason: str = CORRUPT) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def feature_list_hash(names: Sequence[str]) -> str:
@@ -79,6 +102,59 @@ class RegisteredModel:
         return probabilities[:, 1]
 
 
+def synthetic_rows(n: int = GOLDEN_ROWS) -> np.ndarray:
+    """Deterministic, plausible feature rows in ``MODEL_FEATURES`` order (float32).
+
+    The first rows are edge cases every model meets in production: a payment on a card, customer,
+    merchant and device with no history at all (zeros), and one with very large amounts and counts.
+    The rest are drawn from a fixed seed, per column kind (counts, amounts, flags, rates)."""
+    rng = np.random.default_rng(20260105)
+    columns = []
+    for name in MODEL_FEATURES:
+        if name.startswith("is_"):
+            col = rng.integers(0, 2, n)
+        elif name == "hour_of_day":
+            col = rng.integers(0, 24, n)
+        elif name == "merchant_category_code":
+            col = rng.integers(-1, 12, n)
+        elif "fraud_rate" in name:
+            col = rng.beta(0.5, 50.0, n)
+        elif "count" in name or "distinct" in name:
+            col = rng.poisson(rng.choice([0.5, 3.0, 20.0], n))
+        elif "seconds_since" in name:
+            col = rng.exponential(3600.0, n)
+        elif "to_mean" in name:
+            col = rng.lognormal(0.0, 0.7, n)
+        else:  # amounts in major units
+            col = rng.lognormal(3.5, 1.4, n)
+        columns.append(col.astype(np.float64))
+    rows = np.stack(columns, axis=1)
+    rows[0] = 0.0  # no history anywhere
+    rows[0, MODEL_FEATURES.index("amount")] = 25.0
+    if n > 1:
+        rows[1] = np.where(rows[1] > 0, rows[1] * 1000.0, 1000.0)  # extreme amounts and counts
+        for name in MODEL_FEATURES:
+            if name.startswith("is_") or "fraud_rate" in name:
+                rows[1, MODEL_FEATURES.index(name)] = 1.0
+    return rows.astype(np.float32)
+
+
+def _probabilities(session: ort.InferenceSession, rows: np.ndarray) -> np.ndarray:
+    return session.run(["probabilities"], {"input": rows.astype(np.float32, copy=False)})[0][:, 1]
+
+
+def _output_problem(probabilities: np.ndarray) -> str | None:
+    """What is wrong with a model's probabilities on its golden rows (None: nothing)."""
+    bad = ~np.isfinite(probabilities)
+    if bad.any():
+        return f"outputs NaN or infinity on {int(bad.sum())} of {len(probabilities)} golden rows"
+    outside = (probabilities < 0.0) | (probabilities > 1.0)
+    if outside.any():
+        worst = probabilities[outside][np.argmax(np.abs(probabilities[outside] - 0.5))]
+        return f"outputs probabilities outside [0, 1] on {int(outside.sum())} golden rows (e.g. {worst:g})"
+    return None
+
+
 def _session(model_bytes: bytes) -> ort.InferenceSession:
     options = ort.SessionOptions()
     # One decision path per core: intra-op threads would fight the gRPC loop for the same cores.
@@ -99,12 +175,22 @@ class ModelRegistry:
         numbers = [int(v.split("-")[-1]) for v in self.versions()]
         return f"xgb-{max(numbers, default=0) + 1:04d}"
 
-    def register(self, model_bytes: bytes, metadata: dict[str, Any], native_model: bytes | None = None) -> str:
+    def register(
+        self,
+        model_bytes: bytes,
+        metadata: dict[str, Any],
+        native_model: bytes | None = None,
+        golden_rows: np.ndarray | None = None,
+    ) -> str:
         """Store a new model version (written to a temp dir, then renamed: never half-written).
 
         ``native_model``: the same model as XGBoost UBJSON, kept for comparisons with XGBoost's
-        own predictor; the decision path serves the ONNX file.
+        own predictor; the decision path serves the ONNX file. ``golden_rows``: feature rows of the
+        model's evaluation slice, the first 48 of which join its golden set (module docstring).
+        A model that cannot be loaded, or outputs NaN, infinity or a value outside [0, 1] on its
+        golden set, is refused here (ModelLoadError) and not registered.
         """
+        golden = self._golden_set(model_bytes, golden_rows)
         version = self.next_version()
         final = self.root / "models" / version
         staging = self.root / "models" / f".{version}.tmp"
@@ -112,10 +198,38 @@ class ModelRegistry:
         (staging / "model.onnx").write_bytes(model_bytes)
         if native_model is not None:
             (staging / "xgboost.ubj").write_bytes(native_model)
+        (staging / "golden.json").write_text(json.dumps(golden))
         meta = {**metadata, "version": version, "registered_at": datetime.now(UTC).isoformat()}
         (staging / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         os.replace(staging, final)
         return version
+
+    @staticmethod
+    def _golden_set(model_bytes: bytes, evaluation_rows: np.ndarray | None) -> dict[str, Any]:
+        try:
+            session = _session(model_bytes)
+        except Exception as exc:  # onnxruntime raises its own types for corrupt graphs
+            raise ModelLoadError(f"refusing to register a corrupt ONNX model: {exc}", CORRUPT) from exc
+        taken = np.empty((0, len(MODEL_FEATURES)), dtype=np.float32)
+        if evaluation_rows is not None and len(evaluation_rows):
+            picks = np.linspace(0, len(evaluation_rows) - 1, min(GOLDEN_FROM_EVALUATION, len(evaluation_rows)))
+            taken = np.asarray(evaluation_rows, dtype=np.float32)[picks.astype(int)]
+        rows = np.concatenate([taken, synthetic_rows(GOLDEN_ROWS - len(taken))])
+        try:
+            expected = _probabilities(session, rows)
+        except Exception as exc:  # noqa: BLE001 - a graph that cannot score our rows must not register
+            raise ModelLoadError(
+                f"refusing to register a model that cannot score feature rows: {exc}", CORRUPT
+            ) from exc
+        problem = _output_problem(expected)
+        if problem is not None:
+            raise ModelLoadError(f"refusing to register a model that {problem}", GOLDEN)
+        return {
+            "rows": rows.tolist(),  # float32 -> float -> JSON round-trips exactly
+            "expected": expected.astype(np.float64).tolist(),
+            "evaluation_rows": len(taken),
+            "tolerance": GOLDEN_TOLERANCE,
+        }
 
     def champion(self) -> str | None:
         path = self.root / "champion"
@@ -124,7 +238,7 @@ class ModelRegistry:
     def promote(self, version: str, record: dict[str, Any]) -> None:
         """Make ``version`` the served model; the record (scores, reason) goes to the history."""
         if version not in self.versions():
-            raise ModelLoadError(f"cannot promote unknown model version {version!r}")
+            raise ModelLoadError(f"cannot promote unknown model version {version!r}", MISSING)
         self._set_champion(version)
         self.record({"event": "promote", "version": version, **record})
         running = self.challenger()
@@ -134,20 +248,26 @@ class ModelRegistry:
     def rollback(self, reason: str, by: str = "operator") -> str:
         """Serve the champion before the current one again (hot: scorers pick it up by polling)."""
         current = self.champion()
-        # Champions form a stack: a promotion pushes, a rollback pops. Rolling back twice goes
-        # two versions back, never forward again.
+        stack = self.champion_stack()
+        if current is None or len(stack) < 2:
+            raise ModelLoadError("nothing to roll back to: no earlier champion in the history", MISSING)
+        target = stack[-2]
+        self._set_champion(target)
+        self.record({"event": "rollback", "version": target, "from": current, "reason": reason, "by": by})
+        return target
+
+    def champion_stack(self) -> list[str]:
+        """The champions in promotion order, the current one last (what a rollback returns to).
+
+        Champions form a stack: a promotion pushes, a rollback pops. Rolling back twice goes
+        two versions back, never forward again."""
         stack: list[str] = []
         for entry in self.history():
             if entry["event"] == "promote":
                 stack.append(entry["version"])
             elif entry["event"] == "rollback" and stack:
                 stack.pop()
-        if current is None or len(stack) < 2:
-            raise ModelLoadError("nothing to roll back to: no earlier champion in the history")
-        target = stack[-2]
-        self._set_champion(target)
-        self.record({"event": "rollback", "version": target, "from": current, "reason": reason, "by": by})
-        return target
+        return stack
 
     def challenger(self) -> dict[str, Any] | None:
         """The running release experiment: version, mode (shadow | canary), share, guard; or None."""
@@ -215,7 +335,7 @@ class ModelRegistry:
         """The XGBoost file of ``version`` (ModelLoadError when it was registered without one)."""
         path = self.root / "models" / version / "xgboost.ubj"
         if not path.exists():
-            raise ModelLoadError(f"model {version}: no XGBoost file (registered before they were kept)")
+            raise ModelLoadError(f"model {version}: no XGBoost file (registered before they were kept)", MISSING)
         return path
 
     def metadata(self, version: str) -> dict[str, Any]:
@@ -225,8 +345,10 @@ class ModelRegistry:
         """Load a version (default: the champion), refusing one that must not serve."""
         version = version or self.champion()
         if version is None:
-            raise ModelLoadError(f"no champion model in {self.root}; run `fraud train` first")
+            raise ModelLoadError(f"no champion model in {self.root}; run `fraud train` first", MISSING)
         folder = self.root / "models" / version
+        if not (folder / "metadata.json").exists():
+            raise ModelLoadError(f"model {version}: no such version in {self.root}", MISSING)
         try:
             metadata = json.loads((folder / "metadata.json").read_text())
             session = _session((folder / "model.onnx").read_bytes())
@@ -237,12 +359,58 @@ class ModelRegistry:
         if tuple(metadata.get("feature_names", ())) != MODEL_FEATURES:
             raise ModelLoadError(
                 f"model {version} was trained on features {metadata.get('feature_names')}, "
-                f"but this code computes {list(MODEL_FEATURES)}"
+                f"but this code computes {list(MODEL_FEATURES)}",
+                FEATURES,
             )
         stored_hash = metadata.get("feature_list_hash")
         if stored_hash is not None and stored_hash != feature_list_hash(MODEL_FEATURES):
             raise ModelLoadError(
                 f"model {version}: feature list hash {stored_hash} does not match the served features' "
-                f"{feature_list_hash(MODEL_FEATURES)} (metadata edited or corrupt)"
+                f"{feature_list_hash(MODEL_FEATURES)} (metadata edited or corrupt)",
+                FEATURES,
             )
+        self._check_golden(version, folder, session)
         return RegisteredModel(version=version, metadata=metadata, session=session, native_path=folder / "xgboost.ubj")
+
+    @staticmethod
+    def _check_golden(version: str, folder: Path, session: ort.InferenceSession) -> None:
+        """Refuse (reason ``golden``) a model whose outputs on its golden set are not finite
+        probabilities or differ from those recorded at registration (synthetic rows, finite
+        probabilities only, for a model registered before golden sets were kept)."""
+        width = session.get_inputs()[0].shape[-1]
+        if isinstance(width, int) and width != len(MODEL_FEATURES):
+            raise ModelLoadError(
+                f"model {version}: its graph takes {width} features, this code computes {len(MODEL_FEATURES)}", FEATURES
+            )
+        path = folder / "golden.json"
+        golden: dict[str, Any] | None = None
+        if path.exists():
+            try:
+                golden = json.loads(path.read_text())
+                rows = np.asarray(golden["rows"], dtype=np.float32)
+                expected = np.asarray(golden["expected"], dtype=np.float64)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ModelLoadError(f"model {version}: unreadable golden set: {exc}", CORRUPT) from exc
+        else:
+            rows, expected = synthetic_rows(), None
+        try:
+            got = _probabilities(session, rows).astype(np.float64)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
+            raise ModelLoadError(f"model {version}: cannot score its golden rows: {exc}", CORRUPT) from exc
+        problem = _output_problem(got)
+        if problem is not None:
+            raise ModelLoadError(f"model {version} {problem}", GOLDEN)
+        if golden is not None and expected is not None:
+            if got.shape != expected.shape:
+                raise ModelLoadError(
+                    f"model {version}: golden set has {len(expected)} expectations, {len(got)} outputs", GOLDEN
+                )
+            diff = np.abs(got - expected)
+            tolerance = float(golden.get("tolerance", GOLDEN_TOLERANCE))
+            if diff.max(initial=0.0) > tolerance:
+                raise ModelLoadError(
+                    f"model {version}: probabilities differ from those recorded at registration on "
+                    f"{int((diff > tolerance).sum())} of {len(got)} golden rows "
+                    f"(max {diff.max():.3g} > {tolerance:g}): the file is not the model that was registered",
+                    GOLDEN,
+                )

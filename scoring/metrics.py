@@ -66,6 +66,13 @@ class ScorerMetrics:
             "fraud_dependency_circuit_opens", "Times the circuit to a dependency opened", ["dependency"], registry=r
         )
         self._circuit_opens: dict[str, int] = {}
+        self.model_load_refusals = Counter(
+            "fraud_model_load_refusals",
+            "Model versions this scorer refused to serve, by reason (corrupt, features, golden, missing); "
+            "the release it was serving kept serving",
+            ["reason"],
+            registry=r,
+        )
         self.publish_failures = Counter(
             "fraud_decision_publish_failures", "Decisions that could not be handed to Kafka", registry=r
         )

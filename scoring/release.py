@@ -123,8 +123,14 @@ class RegistryRelease(ModelRelease):
     """The release as the registry records it, re-read whenever it changes (hot swap).
 
     ``poll`` is cheap (two ``stat`` calls) and runs on a background thread every ``interval_s``;
-    loading happens there too, never on the decision path. A challenger that cannot load is
-    refused and logged, and the champion keeps serving alone.
+    loading happens there too, never on the decision path. A model version that cannot load
+    (``ModelLoadError``: corrupt file, other features, NaN or drifted outputs on its golden set)
+    is refused once per process: logged with the reason, reported to ``on_refusal`` (the
+    scorer counts ``fraud_model_load_refusals_total{reason}``) and never retried, since a
+    registered version's files do not change. A refused champion leaves the current champion
+    serving; a refused challenger leaves the champion serving alone. At startup, a champion
+    that cannot load is replaced by the newest earlier champion (the rollback stack) that can,
+    so a restarted scorer serves what its peers kept serving.
     """
 
     def __init__(
@@ -133,34 +139,73 @@ class RegistryRelease(ModelRelease):
         thresholds: DecisionThresholds | None = None,
         on_change: Callable[[ServingRelease], None] | None = None,
         on_rollback: Callable[[str, str], None] | None = None,
+        on_refusal: Callable[[str, ModelLoadError], None] | None = None,
     ) -> None:
         self.registry = registry
         self.on_change = on_change
         self.on_rollback = on_rollback
+        self.on_refusal = on_refusal
+        self.refused: dict[str, ModelLoadError] = {}  # version -> why, for this process's lifetime
         self._guard: CanaryGuard | None = None
         self._guarded: ServingRelease | None = None
         self._stamp = registry.release_stamp()
-        super().__init__(registry.load(), thresholds)
+        super().__init__(self._startup_champion(), thresholds)
         self.current = self._read(self.current.champion)
         self._stop = threading.Event()
+
+    def _refuse(self, version: str, exc: ModelLoadError, role: str, keeps: str) -> None:
+        self.refused[version] = exc
+        log.error("%s %s refused (%s), %s: %s", role, version, exc.reason, keeps, exc)
+        if self.on_refusal is not None:
+            self.on_refusal(version, exc)
+
+    def _startup_champion(self) -> RegisteredModel:
+        version = self.registry.champion()
+        if version is None:
+            return self.registry.load()  # ModelLoadError: no champion at all
+        try:
+            return self.registry.load(version)
+        except ModelLoadError as exc:
+            first = exc
+            self._refuse(version, exc, "champion", "trying the earlier champions")
+        for earlier in reversed([v for v in self.registry.champion_stack() if v != version]):
+            if earlier in self.refused:
+                continue
+            try:
+                model = self.registry.load(earlier)
+            except ModelLoadError as exc:
+                self._refuse(earlier, exc, "earlier champion", "trying the one before")
+                continue
+            log.error("serving %s, the newest earlier champion that loads, instead of %s", earlier, version)
+            return model
+        raise first
 
     def _model(self, version: str, loaded: ServingRelease) -> RegisteredModel:
         for model in (loaded.champion, loaded.challenger):
             if model is not None and model.version == version:
                 return model  # already loaded: a promotion of the canary costs no reload
+        if version in self.refused:
+            raise self.refused[version]
         return self.registry.load(version)
 
     def _read(self, fallback_champion: RegisteredModel) -> ServingRelease:
         loaded = self.current
         champion_version = self.registry.champion()
-        champion = fallback_champion if champion_version is None else self._model(champion_version, loaded)
+        champion = fallback_champion
+        if champion_version is not None:
+            try:
+                champion = self._model(champion_version, loaded)
+            except ModelLoadError as exc:
+                if champion_version not in self.refused:
+                    self._refuse(champion_version, exc, "new champion", f"still serving {fallback_champion.version}")
         running = self.registry.challenger()
         if running is None or running["version"] == champion.version:
             return ServingRelease(champion, self._thresholds(champion))
         try:
             challenger = self._model(running["version"], loaded)
         except ModelLoadError as exc:
-            log.error("challenger %s refused, champion serves alone: %s", running["version"], exc)
+            if running["version"] not in self.refused:
+                self._refuse(running["version"], exc, "challenger", "champion serves alone")
             return ServingRelease(champion, self._thresholds(champion))
         return ServingRelease(
             champion,
@@ -173,17 +218,15 @@ class RegistryRelease(ModelRelease):
         )
 
     def poll(self) -> bool:
-        """Swap in the registry's release if it changed; True when it did."""
+        """Swap in the registry's release if it changed; True when it did (a change that only
+        names refused models leaves the current release in place and returns False)."""
         stamp = self.registry.release_stamp()
         if stamp == self._stamp:
             return False
-        try:
-            release = self._read(self.current.champion)
-        except ModelLoadError as exc:  # a champion that cannot load: keep serving the one we have
-            log.error("new champion refused, still serving %s: %s", self.current.champion.version, exc)
-            self._stamp = stamp
-            return False
         self._stamp = stamp
+        release = self._read(self.current.champion)
+        if _same(release, self.current):
+            return False
         self.current = release
         if self.on_change is not None:
             self.on_change(release)
@@ -220,6 +263,21 @@ class RegistryRelease(ModelRelease):
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _same(a: ServingRelease, b: ServingRelease) -> bool:
+    """The same models in the same roles: swapping one for the other would change nothing."""
+
+    def version(m: RegisteredModel | None) -> str | None:
+        return None if m is None else m.version
+
+    return (a.champion.version, version(a.challenger), a.mode, a.share, a.guard) == (
+        b.champion.version,
+        version(b.challenger),
+        b.mode,
+        b.share,
+        b.guard,
+    )
 
 
 @dataclass

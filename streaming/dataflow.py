@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -52,6 +53,8 @@ from streaming.offline import label_entity_ids
 from streaming.online import STATE_TTL_S, OnlineFeatureStore
 from streaming.shards import AdmissionShard, EntityEvent, EntityShard, entity_events, shard_of
 from streaming.windows import EntityState
+
+log = logging.getLogger(__name__)
 
 RawMessage = KafkaSourceMessage[bytes | None, bytes | None]
 Letter = KafkaSinkMessage[bytes | None, bytes]
@@ -243,24 +246,71 @@ class ShardUpdate(NamedTuple):
     labels: int
 
 
+class StoreResync:
+    """Asks every entity shard to write all its states again (a Redis that came back empty).
+
+    Shared by the sink, which notices the restart, and the shard logics of the same process,
+    which re-emit everything on their next batch. Whole-state writes make the rewrite idempotent.
+    """
+
+    def __init__(self) -> None:
+        self.generation = 0
+
+    def request(self) -> None:
+        self.generation += 1
+
+
 class _EntityLogic(_ShardLogic):
-    def __init__(self, resume: bytes | None) -> None:
+    def __init__(self, resume: bytes | None, resync: StoreResync) -> None:
         super().__init__(EntityShard.decode(resume) if resume is not None else EntityShard())
+        self.resync = resync
+        self._generation = resync.generation
 
     def on_batch(self, groups: list[list[EntityEvent]]) -> tuple[list[Any], bool]:
         events = [event for group in groups for event in group]
         changed = self.shard.apply(events, time.time())
+        if self._generation != self.resync.generation:
+            self._generation = self.resync.generation
+            changed = dict(self.shard.states)
         # The states themselves go downstream, not copies: the sink encodes each key's newest state
         # once per batch, which is all Redis needs.
         event_times = [e[2].event_ts for e in events if e[0] == "card" and isinstance(e[2], Transaction)]
         labels = sum(1 for e in events if isinstance(e[2], Label))
         return [ShardUpdate(changed, event_times, labels)], StatefulBatchLogic.RETAIN
 
+    def notify_at(self) -> datetime:
+        # Woken every few seconds as well as for the hourly sweep, so a shard that sees no events
+        # still rewrites its states soon after a Redis restart.
+        return min(self._next_sweep, datetime.now(UTC) + timedelta(seconds=RESYNC_POLL_S))
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        out: list[Any] = []
+        if self._generation != self.resync.generation:
+            self._generation = self.resync.generation
+            out = [ShardUpdate(dict(self.shard.states), [], 0)]
+        if datetime.now(UTC) >= self._next_sweep:
+            super().on_notify()
+        return out, StatefulBatchLogic.RETAIN
+
+
+RESYNC_POLL_S = 5.0
+
 
 class _RedisStatePartition(StatelessSinkPartition[tuple[str, ShardUpdate]]):
-    def __init__(self, store: OnlineFeatureStore, metrics: StreamMetrics) -> None:
+    """Writes whole entity states; waits out a Redis outage instead of crashing the flow.
+
+    While Redis is away the write is retried with backoff (the flow stalls, Kafka keeps the input,
+    memory stays flat). If Redis came back with a new ``run_id`` (restarted, probably empty), every
+    shard is asked to rewrite all its states. The run_id is also checked every
+    ``RESTART_CHECK_S``, so a restart between two writes is noticed too.
+    """
+
+    def __init__(self, store: OnlineFeatureStore, metrics: StreamMetrics, resync: StoreResync) -> None:
         self.store = store
         self.metrics = metrics
+        self.resync = resync
+        self._run_id: str | None = None
+        self._next_check = 0.0
 
     def write_batch(self, items: list[tuple[str, ShardUpdate]]) -> None:
         latest: dict[str, EntityState] = {}
@@ -270,26 +320,57 @@ class _RedisStatePartition(StatelessSinkPartition[tuple[str, ShardUpdate]]):
             latest.update(update.states)
             event_times.extend(update.event_times)
             labels += update.labels
-        states = ((*key.split(":", 1), state) for key, state in latest.items())
-        self.store.write_states(states, max(event_times, default=None), transactions=len(event_times), labels=labels)
+        self._write(latest, event_times, labels)
         visible = time.time()
         for ts in event_times:
             self.metrics.freshness.observe(max(visible - ts, 0.0))
         self.metrics.redis_writes.inc(len(latest))
 
+    def _write(self, latest: dict[str, EntityState], event_times: list[float], labels: int) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                if time.monotonic() >= self._next_check:
+                    self._check_restart()
+                states = ((*key.split(":", 1), state) for key, state in latest.items())
+                newest = max(event_times, default=None)
+                self.store.write_states(states, newest, transactions=len(event_times), labels=labels)
+                return
+            except redis.RedisError as exc:
+                self.metrics.store_retries.inc()
+                log.warning("Redis unavailable (%s: %s); retrying in %.2f s", type(exc).__name__, exc, backoff)
+                self._next_check = 0.0  # check for a restart as soon as it answers
+                time.sleep(backoff)
+                backoff = min(backoff * 2, STORE_RETRY_MAX_S)
+
+    def _check_restart(self) -> None:
+        run_id = self.store.client.info("server")["run_id"]
+        if self._run_id is not None and run_id != self._run_id:
+            log.warning("Redis restarted (run_id %s -> %s): rewriting every entity state", self._run_id, run_id)
+            self.metrics.store_resyncs.inc()
+            self.resync.request()
+        self._run_id = run_id
+        self._next_check = time.monotonic() + RESTART_CHECK_S
+
     def close(self) -> None:
         self.store.client.close()
 
 
+STORE_RETRY_MAX_S = 2.0
+RESTART_CHECK_S = 5.0
+
+
 class RedisStateSink(DynamicSink[tuple[str, ShardUpdate]]):
-    def __init__(self, redis_url: str, key_prefix: str, metrics: StreamMetrics) -> None:
+    def __init__(self, redis_url: str, key_prefix: str, metrics: StreamMetrics, resync: StoreResync) -> None:
         self.redis_url = redis_url
         self.key_prefix = key_prefix
         self.metrics = metrics
+        self.resync = resync
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisStatePartition:
-        client = redis.Redis.from_url(self.redis_url)
-        return _RedisStatePartition(OnlineFeatureStore(client, self.key_prefix), self.metrics)
+        # Timeouts, so a hung Redis is an error to retry rather than a worker blocked forever.
+        client = redis.Redis.from_url(self.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        return _RedisStatePartition(OnlineFeatureStore(client, self.key_prefix), self.metrics, self.resync)
 
 
 def _is_letter(item: object) -> bool:
@@ -326,8 +407,9 @@ def build_flow(config: StreamConfig, metrics: StreamMetrics | None = None) -> Da
     dead = op.merge("dead", checked.trues, routed.trues, label_checked.trues)
     kop.output("dead_letters", dead, brokers=[config.kafka_bootstrap], topic=config.dead_letter_topic)
     entity_events = op.merge("entity_events", routed.falses, label_checked.falses)
-    states = op.stateful_batch("entity_state", entity_events, _EntityLogic)
-    op.output("online_store", states, RedisStateSink(config.redis_url, config.key_prefix, metrics))
+    resync = StoreResync()
+    states = op.stateful_batch("entity_state", entity_events, lambda resume: _EntityLogic(resume, resync))
+    op.output("online_store", states, RedisStateSink(config.redis_url, config.key_prefix, metrics, resync))
     return flow
 
 

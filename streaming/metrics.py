@@ -62,6 +62,12 @@ class StreamMetrics:
             buckets=FRESHNESS_BUCKETS,
             **kw,
         )
+        self.store_retries = Counter(
+            "fraud_stream_store_retries", "Writes to Redis retried while it was unavailable", **kw
+        )
+        self.store_resyncs = Counter(
+            "fraud_stream_store_resyncs", "Times Redis came back restarted and every state was rewritten", **kw
+        )
         self.redis_writes = Counter(
             "fraud_stream_entity_writes", "Entity states written to Redis (after coalescing).", **kw
         )

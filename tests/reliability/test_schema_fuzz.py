@@ -14,7 +14,7 @@ from schema import InvalidEvent, Transaction, decode_transaction, encode, transa
 from schema.types import CURRENCIES, EARLIEST_EVENT_TIME, ID_FIELDS, LATEST_EVENT_TIME, MAX_AHEAD_S
 from tests.reliability.hostile import KINDS, Hostile, hostile_event
 
-FAST = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def assert_invariants(t: Transaction, now: float) -> None:
@@ -64,7 +64,7 @@ def test_a_grpc_request_is_validated_exactly_as_a_kafka_event(event):
     assert type(from_fields) is type(from_json) and str(from_fields) == str(from_json)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     st.one_of(
         st.binary(max_size=300),

@@ -245,19 +245,12 @@ def intake_decisions(settings: Settings, idle_s: float) -> int:
 
     Every flagged decision opens a case; approved decisions in the audit sample open audit cases
     (``review_audit_rate``, chosen by a stable hash so a redelivery picks the same ones); every
-    decision goes into its card's recent history for the case pages."""
-    from review_queue import in_audit_sample
-    from schema import Outcome
-
+    decision goes into its card's recent history for the case pages. `decisions` is at least once (a
+    scorer's Kafka door re-decides what it read but had not committed when it died): a repeat of a
+    transaction already taken in is ignored, the first decision wins (``ReviewStore.intake``)."""
     decisions = read_decisions(settings, idle_s, group="review-intake")
-    rate = settings.review_audit_rate
-    audit = [d for d in decisions if d.outcome is Outcome.APPROVE and in_audit_sample(d.transaction_id, rate)]
-    with open_review_store(settings) as store:
-        store.record_payments(decisions, keep=timedelta(days=settings.review_history_days))
-        opened = store.add_cases([d for d in decisions if d.outcome is Outcome.FLAG])
-        if audit:
-            opened += store.add_audit_cases(audit, sample_rate=rate)
-    return opened
+    with open_review_store(settings) as store:  # idempotent by transaction id, first decision wins
+        return store.intake(decisions, settings.review_audit_rate, keep=timedelta(days=settings.review_history_days))
 
 
 def intake_labels(settings: Settings, idle_s: float) -> int:

@@ -311,6 +311,34 @@ class ReviewStore:
             )
             return self.db.total_changes - before
 
+    def intake(self, decisions: Iterable[Decision], audit_rate: float = 0.0, keep: timedelta = DEFAULT_HISTORY) -> int:
+        """Take decisions read from `decisions` (at least once: repeats happen) in one transaction:
+        each payment into its card's history, a case for each flagged one and for each approved one
+        in the audit sample (``in_audit_sample``). Returns how many cases were opened.
+
+        Idempotent by transaction id, first decision wins: a decision whose payment is already in the
+        history (a redelivery, or a re-decision after a scorer restart that came out differently) is
+        ignored, so a repeat can neither open a second case nor open one its first decision did not.
+        The guard reaches back as far as the history is kept (``keep``, from the newest payment)."""
+        first: dict[str, Decision] = {}
+        for d in decisions:
+            first.setdefault(d.transaction_id, d)
+        with self._tx():
+            ids = list(first)
+            seen = set()
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT transaction_id FROM card_payments WHERE transaction_id IN ({marks})"
+                seen.update(tx for (tx,) in self.db.execute(query, chunk))
+            fresh = [d for tx, d in first.items() if tx not in seen]
+            self.record_payments(fresh, keep=keep)
+            opened = self.add_cases([d for d in fresh if d.outcome is Outcome.FLAG])
+            audit = [d for d in fresh if d.outcome is Outcome.APPROVE and in_audit_sample(d.transaction_id, audit_rate)]
+            if audit:
+                opened += self.add_audit_cases(audit, sample_rate=audit_rate)
+        return opened
+
     def record_payments(self, decisions: Iterable[Decision], keep: timedelta = DEFAULT_HISTORY) -> int:
         """Remember every decided payment for its card's history, and forget those older than ``keep``.
 
@@ -600,14 +628,20 @@ def _label(
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK on error): one writer at a time, all or nothing."""
+    """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK on error): one writer at a time, all or nothing.
+
+    Inside a transaction already open on the connection it joins it: the outer one commits."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
+        self.outer = False
 
     def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
+        self.outer = not self.db.in_transaction
+        if self.outer:
+            self.db.execute("BEGIN IMMEDIATE")
         return self.db
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if self.outer:
+            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")

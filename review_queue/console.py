@@ -4,12 +4,14 @@ An analyst logs in with the configured token and a name, sees the queue in prior
 a case (the payment, its card's recent history, the rule reasons and the model's reason codes),
 claims it and records a verdict with a note.
 
-Security: a signed session cookie (Starlette's SessionMiddleware, itsdangerous) holds the
-reviewer's name and a per-session CSRF token. Every POST but the login needs a session (401
-otherwise) and the session's CSRF token in its form (403 otherwise), and is refused before it
-touches the store. The login form carries a pre-session CSRF token too, and a successful login
-starts a fresh session (no fixation). With one shared token a reviewer's name is self-declared:
-it records who labelled for accountability among trusted analysts, it is not an identity check.
+Security: every response forbids framing, sniffing and scripts (``SECURITY_HEADERS``); pages are
+autoescaped and the store uses parameterised SQL only. A signed session cookie (Starlette's
+SessionMiddleware, itsdangerous) holds the reviewer's name and a per-session CSRF token. Every
+POST but the login needs a session (401 otherwise) and the session's CSRF token in its form (403
+otherwise), and is refused before it touches the store. The login form carries a pre-session
+CSRF token too, and a successful login starts a fresh session (no fixation). With one shared
+token a reviewer's name is self-declared: it records who labelled for accountability among
+trusted analysts, it is not an identity check.
 
 ``GET /metrics`` (no login: it carries counts, no case data) serves the review queue's Prometheus
 metrics (``review_queue.metrics``): the queue gauges read from the store on each scrape, and the
@@ -24,7 +26,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -61,8 +63,8 @@ class Recorded(Protocol):
 
 @dataclass(frozen=True)
 class ConsoleConfig:
-    token: str  # the password every reviewer logs in with
-    session_secret: str  # signs the session cookie
+    token: str = field(repr=False)  # the password every reviewer logs in with (never in a repr or a log)
+    session_secret: str = field(repr=False)  # signs the session cookie
     queue_limit: int = 200
     history_limit: int = 20
     session_max_age_s: int = 12 * 3600  # one working day
@@ -225,15 +227,49 @@ def create_app(
         Route("/cases/{transaction_id}/label", label, methods=["POST"]),
     ]
     middleware = [
+        Middleware(_SecurityHeaders),
         Middleware(
             SessionMiddleware,
             secret_key=config.session_secret,
             session_cookie="fraud_review",
             max_age=config.session_max_age_s,
             same_site="strict",  # a second line against cross-site form posts, beside the CSRF token
-        )
+        ),
     ]
     return Starlette(routes=routes, middleware=middleware)
+
+
+# Sent with every response: no framing (a framed console could be clicked through by another site),
+# no content sniffing (a plain-text 404 that echoes a path stays text), no scripts at all (the pages
+# have none, so an injected one would not run even if escaping failed), no referrer to other sites.
+SECURITY_HEADERS = {
+    b"x-frame-options": b"DENY",
+    b"x-content-type-options": b"nosniff",
+    b"content-security-policy": b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    b"frame-ancestors 'none'; base-uri 'none'",
+    b"referrer-policy": b"no-referrer",
+}
+
+
+class _SecurityHeaders:
+    """Pure ASGI middleware adding SECURITY_HEADERS to every HTTP response."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS.items() if k not in names]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def _reviewer(request: Request) -> str | None:

@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     release_poll_s: float = Field(1.0, gt=0.0, description="How often a scorer checks the registry for a new release.")
     retrain_every_days: float = Field(30.0, gt=0.0, description="`fraud retrain --if-due`: retrain after this long.")
     rules_file: Path | None = Field(None, description="Rule file (YAML); unset: the rules shipped.")
+    # Publishing decisions while the broker is away (scoring/spill.py).
+    publish_buffer_kbytes: int = Field(
+        65_536, gt=0, description="Decisions held in memory for the broker (librdkafka's queue), KiB."
+    )
+    publish_timeout_s: float = Field(
+        300.0, gt=0.0, description="A decision undelivered this long moves from memory to the disk spill."
+    )
+    spill_max_bytes: int = Field(2 * 1024**3, gt=0, description="Disk spill bound; past it, decisions are lost.")
     # The monitor (docs/monitoring.md).
     monitor_metrics_port: int = Field(9470, ge=0, le=65535, description="`fraud monitor --serve`'s /metrics port.")
     monitor_window_s: float = Field(3600.0, gt=0.0, description="Drift window length, event time.")
@@ -149,6 +157,10 @@ class Settings(BaseSettings):
     @property
     def stream_recovery_dir(self) -> Path:
         return self.home / "recovery" / f"stream{self.topic_suffix}"
+
+    @property
+    def spill_dir(self) -> Path:
+        return self.home / "spill"
 
     @property
     def services_file(self) -> Path:

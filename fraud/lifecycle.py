@@ -82,6 +82,7 @@ def build_service(settings: Settings):
     from scoring import DecisionEngine, DecisionPublisher, FraudScorerService, ScorerMetrics, ServerConfig
     from scoring.publisher import ExplainingPublisher
     from scoring.release import RegistryRelease
+    from scoring.spill import Spill
     from streaming import OnlineFeatureStore
 
     metrics = ScorerMetrics()
@@ -96,7 +97,13 @@ def build_service(settings: Settings):
     release.watch(settings.release_poll_s)  # promotions, canaries and rollbacks apply without a restart
     # Delivery reports only for failures: a Python callback per delivered decision cost more than
     # the produce itself under load (docs/performance.md); failures are all the publisher counts.
-    producer = make_producer(settings.require_kafka(), delivery_report_only_error=True)
+    producer = make_producer(
+        settings.require_kafka(),
+        delivery_report_only_error=True,
+        # bounded memory while the broker is away; past it (or past the timeout) the spill takes over
+        queue_buffering_max_kbytes=settings.publish_buffer_kbytes,
+        message_timeout_ms=int(settings.publish_timeout_s * 1000),
+    )
     shadow = DecisionPublisher(producer, settings.topics.shadow_decisions, metrics)
     engine = DecisionEngine(
         rules=load_rules(settings.rules_file),
@@ -107,7 +114,10 @@ def build_service(settings: Settings):
         on_shadow=shadow.publish,
         explain_inline=False,  # the reply goes out first; reason codes join the published decision
     )
-    publisher = ExplainingPublisher(DecisionPublisher(producer, settings.topics.decisions, metrics), engine.explain)
+    spill = Spill(settings.spill_dir / settings.topics.decisions, settings.spill_max_bytes)
+    publisher = ExplainingPublisher(
+        DecisionPublisher(producer, settings.topics.decisions, metrics, spill), engine.explain
+    )
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
     config = ServerConfig(

@@ -27,11 +27,19 @@ class ScorerMetrics:
         self.degraded = Counter(
             "fraud_degraded_decisions", "Decisions made without a dependency, by reason", ["reason"], registry=r
         )
+        self.replays = Counter(
+            "fraud_idempotent_replays",
+            "Requests answered with the decision already made for their transaction id, not published again "
+            "(how: stored = decided earlier, race = another attempt recorded first, batch = repeated in one batch)",
+            ["how"],
+            registry=r,
+        )
         self.invalid = Counter("fraud_invalid_requests", "Transactions refused as malformed", registry=r)
         self.latency = Histogram(
             "fraud_decision_latency_seconds",
             "Server-side time per request (stage=total) and per batch stage "
-            "(features, model, rules: rules and thresholds, reasons, publish: handing decisions to Kafka)",
+            "(features, model, rules: rules and thresholds, reasons, record: recording decisions for retries, "
+            "publish: handing decisions to Kafka)",
             ["stage"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
@@ -73,6 +81,14 @@ class ScorerMetrics:
             ["reason"],
             registry=r,
         )
+        self.decisions_spilled = Counter(
+            "fraud_decisions_spilled",
+            "Decisions the broker could not take in time, written to the disk spill",
+            registry=r,
+        )
+        self.decisions_replayed = Counter(
+            "fraud_decisions_replayed", "Spilled decisions delivered once the broker was back", registry=r
+        )
         self.publish_failures = Counter(
             "fraud_decision_publish_failures", "Decisions that could not be handed to Kafka", registry=r
         )
@@ -108,6 +124,9 @@ class ScorerMetrics:
         tally = _Tally((d.outcome.value, d.model_version) for d in decisions)
         for (outcome, version), n in tally.items():
             self.shadow_decisions.labels(outcome=outcome, model_version=version).inc(n)
+
+    def count_replays(self, how: str, n: int) -> None:
+        self.replays.labels(how=how).inc(n)
 
     def count_degraded(self, reason: str, n: int) -> None:
         self.degraded.labels(reason=reason).inc(n)

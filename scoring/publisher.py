@@ -8,28 +8,41 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
 
 from schema import Decision, encode
 from scoring.metrics import ScorerMetrics
 from scoring.reasons import needs_reasons
+from scoring.spill import Spill, SpillReplayer
 
 
 class DecisionPublisher:
     """Asynchronous, batched publishing of decisions to the ``decisions`` topic.
 
-    ``produce`` only queues in librdkafka's buffer; delivery happens on its thread. A full buffer
-    (broker away for long) is counted as a publish failure rather than blocking authorisations;
-    bounded buffering with spill-to-disk is the reliability issue's job.
+    ``produce`` only queues in librdkafka's buffer; delivery happens on its thread. When the broker
+    is away the buffer fills (it is bounded, see ``deploy.kafka.make_producer``): with a ``spill``,
+    what does not fit, times out in the buffer or is purged at shutdown goes to disk and is
+    replayed when the broker is back (``scoring.spill``); without one it is counted as a publish
+    failure. Authorisations never wait for the broker either way.
     """
 
-    def __init__(self, producer: Producer, topic: str, metrics: ScorerMetrics) -> None:
+    def __init__(self, producer: Producer, topic: str, metrics: ScorerMetrics, spill: Spill | None = None) -> None:
         self.producer = producer
         self.topic = topic
         self.metrics = metrics
+        self.spill = spill
+        self.replayer = (
+            SpillReplayer(spill, producer, self._delivered, metrics.decisions_replayed.inc).start() if spill else None
+        )
 
-    def _delivered(self, err: object, _msg: object) -> None:
+    def _delivered(self, err: object, msg: Message) -> None:
         if err is not None:
+            self._keep(msg.topic(), msg.key(), msg.value())
+
+    def _keep(self, topic: str, key: bytes | None, value: bytes) -> None:
+        if self.spill is not None and self.spill.append(topic, key, value):
+            self.metrics.decisions_spilled.inc()
+        else:
             self.metrics.publish_failures.inc()
 
     def publish(self, decisions: Iterable[Decision]) -> None:
@@ -37,20 +50,24 @@ class DecisionPublisher:
         ``fraud_decision_latency_seconds`` (one observation per batch)."""
         started = time.perf_counter()
         for decision in decisions:
+            key, value = decision.transaction_id.encode(), encode(decision)
             try:
-                self.producer.produce(
-                    self.topic,
-                    key=decision.transaction_id.encode(),
-                    value=encode(decision),
-                    on_delivery=self._delivered,
-                )
+                self.producer.produce(self.topic, key=key, value=value, on_delivery=self._delivered)
             except BufferError:
-                self.metrics.publish_failures.inc()
+                self._keep(self.topic, key, value)
         self.producer.poll(0)
         self.metrics.observe_stage("publish", time.perf_counter() - started)
 
     def flush(self, timeout: float = 10.0) -> int:
-        return self.producer.flush(timeout)
+        """Wait for delivery; with a spill, whatever is still undelivered is purged into it."""
+        remaining = self.producer.flush(timeout)
+        if remaining and self.spill is not None:
+            self.producer.purge(in_queue=True, in_flight=False)
+            self.producer.poll(1.0)  # runs the delivery callbacks, which spill the purged messages
+            remaining = len(self.producer)
+        if self.replayer is not None:
+            self.replayer.stop()
+        return remaining
 
 
 log = logging.getLogger(__name__)

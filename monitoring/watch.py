@@ -104,12 +104,11 @@ class _Payments:
     legit_known: set[int] = field(default_factory=set)
 
     def add(self, decision: Decision, probability: float) -> bool:
-        """Record a decision; False when its transaction was seen before (the last decision counts)."""
-        row = self.index.get(decision.transaction_id)
-        stopped = decision.outcome is not Outcome.APPROVE
-        if row is not None:
-            self.stopped[row], self.probability[row] = stopped, probability
+        """Record a decision; False when its transaction was seen before: the first decision counts,
+        as for every consumer of `decisions` (docs/architecture.md, delivery at least once)."""
+        if decision.transaction_id in self.index:
             return False
+        stopped = decision.outcome is not Outcome.APPROVE
         self.index[decision.transaction_id] = len(self.event_ts)
         self.event_ts.append(decision.transaction.event_ts)
         self.stopped.append(stopped)

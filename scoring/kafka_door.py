@@ -21,7 +21,7 @@ refreshed every ``lag_refresh_s`` on the door's own loop.
 
 Delivery is at least once: offsets are committed after the batch's decisions are handed to the
 producer, so a crash between the two re-decides a few payments; decisions are keyed by
-transaction id, so consumers of ``decisions`` keep the last one per key.
+transaction id, and consumers of ``decisions`` keep the first one per key (docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint proto clean bench bench-stream
+.PHONY: demo test test-faults test-fast lint proto clean bench bench-stream
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: $(STAMP)
 	fi
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# Fault injection and hostile input against real processes (tests/reliability): Redis killed and
+# hung, the broker away, bad models, duplicate delivery, crashes, fuzzing. CI runs it after `test`.
+test-faults: $(STAMP)
+	$(BIN)/pytest -m fault
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not integration"

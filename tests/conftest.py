@@ -14,6 +14,17 @@ import redis
 from deploy import EmbeddedKafka, EmbeddedRedis, Topics, ensure_topics
 
 
+FAULT_TESTS = "reliability"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests under tests/reliability break things for real (kill, hang, corrupt, fuzz): they carry
+    the ``fault`` marker, run by `make test-faults` (CI runs it after `make test`)."""
+    for item in items:
+        if FAULT_TESTS in item.path.parts:
+            item.add_marker(pytest.mark.fault)
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("KAFKA_BOOTSTRAP"):

@@ -443,7 +443,7 @@ def serve(
     decision. Run several on one port to use more cores (SO_REUSEPORT), each with its own
     --metrics-port."""
     from fraud.lifecycle import build_service
-    from scoring import serve as serve_forever
+    from scoring.server import serve_until_signalled
 
     settings = _settings(
         home, grpc_port=port, metrics_port=metrics_port, flag_threshold=flag, block_threshold=block, rules_file=rules
@@ -467,8 +467,8 @@ def serve(
         _serve_kafka(settings, service)
         return
     console.print(f"model {service.engine.model.version} on {settings.grpc_host}:{settings.grpc_port}")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(service))
+    # SIGTERM or Ctrl-C: stop accepting calls, finish those in flight, flush decisions to Kafka.
+    asyncio.run(serve_until_signalled(service))
 
 
 def _quiet_gc() -> None:

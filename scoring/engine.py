@@ -26,10 +26,11 @@ from retrain.registry import RegisteredModel
 from rules_engine import RuleSet
 from schema import Decision, DecisionThresholds, FeatureVector, Outcome, ReasonCode, RuleHit, Transaction
 from scoring.fallback import CircuitBreaker, FailOpenBudget, FallbackPolicy
+from scoring.idempotency import DECISION_TTL_S, OnceDecided, encode_record, replayed
 from scoring.metrics import ScorerMetrics
 from scoring.reasons import ReasonExplainer, needs_reasons
 from scoring.release import CANARY_ARM, CHAMPION_ARM, SHADOW_ARM, ModelRelease, ServingRelease, canary_mask
-from streaming import OnlineFeatureStore
+from streaming import BatchFeatures, OnlineFeatureStore
 from streaming.features import MODEL_FEATURES
 from streaming.windows import context_features
 
@@ -64,6 +65,7 @@ class DecisionEngine:
         fallback: FallbackPolicy | None = None,
         on_shadow: Callable[[list[Decision]], None] | None = None,
         explain_inline: bool = True,
+        decision_ttl_s: int = DECISION_TTL_S,
     ) -> None:
         self.rules = rules
         self.release = model if isinstance(model, ModelRelease) else ModelRelease(model, thresholds)
@@ -77,6 +79,7 @@ class DecisionEngine:
         # False: decisions leave without reasons and ``explain`` adds them later, off the reply path
         # (``ExplainingPublisher``), so payments batched with a flagged one do not wait for TreeSHAP.
         self.explain_inline = explain_inline
+        self.decision_ttl_s = decision_ttl_s  # how long a retry of a payment gets the same decision
         metrics.model_loaded(self.model.version)
 
     @property
@@ -107,15 +110,112 @@ class DecisionEngine:
         try:
             batch = self.store.features_for_batch(transactions)
         except redis.RedisError as exc:
-            self.redis_circuit.failure()
-            self.metrics.circuit_changed("redis", self.redis_circuit)
-            self.metrics.observe_stage("features", time.perf_counter() - started)
-            return self.without_features(transactions, f"features_unavailable: {type(exc).__name__}")
+            return self._redis_failed(transactions, exc, started)
+        self._redis_answered()
+        return self._decide(release, transactions, batch, started)
+
+    def decide_batch_once(self, transactions: Sequence[Transaction]) -> OnceDecided:
+        """``decide_batch``, idempotent by transaction id (``scoring.idempotency``): an id decided
+        before (by any scorer, within ``decision_ttl_s``) gets that decision back, and so does a
+        repeat of an id earlier in this batch; only the rest are decided, then recorded first
+        writer wins. ``new`` says which decisions to publish.
+
+        Without Redis (its circuit open, or it fails) idempotency degrades with the features:
+        the fallback decisions are neither looked up nor recorded, and a retry is decided again
+        (README, "Idempotency and restarts")."""
+        if not transactions:
+            return OnceDecided([], [])
+        release = self.release.current
+        started = time.perf_counter()
+        first: dict[str, int] = {}  # transaction id -> index of its first occurrence
+        unique: list[Transaction] = []
+        for t in transactions:
+            if t.transaction_id not in first:
+                first[t.transaction_id] = len(unique)
+                unique.append(t)
+        decided, new = self._decide_unique_once(release, unique, started)
+        if len(unique) == len(transactions):
+            return OnceDecided(decided, new)
+        out: list[Decision] = []
+        out_new: list[bool] = []
+        seen: set[str] = set()
+        for t in transactions:
+            i = first[t.transaction_id]
+            out.append(decided[i])
+            out_new.append(new[i] and t.transaction_id not in seen)
+            seen.add(t.transaction_id)
+        self.metrics.count_replays("batch", len(transactions) - len(unique))
+        return OnceDecided(out, out_new)
+
+    def _decide_unique_once(
+        self, release: ServingRelease, transactions: list[Transaction], started: float
+    ) -> tuple[list[Decision], list[bool]]:
+        everything_new = [True] * len(transactions)
+        if not self.redis_circuit.allow():
+            return self.without_features(transactions, "features_unavailable: circuit open"), everything_new
+        try:
+            read = self.store.read_batch(transactions, [t.transaction_id for t in transactions])
+        except redis.RedisError as exc:
+            return self._redis_failed(transactions, exc, started), everything_new
+        self._redis_answered()
+        out: list[Decision | None] = [
+            None if raw is None else replayed(t, raw) for t, raw in zip(transactions, read.decided, strict=True)
+        ]
+        new = [d is None for d in out]
+        if not all(new):
+            self.metrics.count_replays("stored", len(new) - sum(new))
+        todo = [t for t, d in zip(transactions, out, strict=True) if d is None]
+        if not todo:
+            return [d for d in out if d is not None], new
+        fresh = self._decide(release, todo, self.store.features_for_batch(todo, read), started, count=False)
+        recorded_at = time.perf_counter()
+        try:
+            earlier = self.store.record_decisions(
+                [(d.transaction_id, encode_record(d)) for d in fresh], self.decision_ttl_s
+            )
+        except redis.RedisError as exc:  # decided with features but not recorded: a retry decides again
+            log.warning("could not record %d decisions for idempotency: %s", len(fresh), exc)
+            self.metrics.count_degraded("idempotency_unrecorded", len(fresh))
+            earlier = [None] * len(fresh)
+        self.metrics.observe_stage("record", time.perf_counter() - recorded_at)
+        lost = 0
+        mine = []
+        slots = iter(i for i, d in enumerate(out) if d is None)
+        for d, raw in zip(fresh, earlier, strict=True):
+            i = next(slots)
+            if raw is None:
+                out[i] = d
+                mine.append(d)
+            else:  # another attempt of this payment recorded its decision first: that one stands
+                out[i], new[i] = replayed(d.transaction, raw), False
+                lost += 1
+        if lost:
+            self.metrics.count_replays("race", lost)
+        self.metrics.count_decisions(mine)
+        return [d for d in out if d is not None], new
+
+    def _redis_failed(self, transactions: Sequence[Transaction], exc: Exception, started: float) -> list[Decision]:
+        self.redis_circuit.failure()
+        self.metrics.circuit_changed("redis", self.redis_circuit)
+        self.metrics.observe_stage("features", time.perf_counter() - started)
+        return self.without_features(transactions, f"features_unavailable: {type(exc).__name__}")
+
+    def _redis_answered(self) -> None:
         if self.redis_circuit.is_open:  # the half-open trial succeeded: close
             self.redis_circuit.success()
             self.metrics.circuit_changed("redis", self.redis_circuit)
         else:
             self.redis_circuit.success()  # resets the count of consecutive failures
+
+    def _decide(
+        self,
+        release: ServingRelease,
+        transactions: Sequence[Transaction],
+        batch: BatchFeatures,
+        started: float,
+        count: bool = True,
+    ) -> list[Decision]:
+        """Decide a batch whose features are in hand (``started``: when the feature read began)."""
         features_done = time.perf_counter()
         self.metrics.observe_stage("features", features_done - started)
 
@@ -124,7 +224,9 @@ class DecisionEngine:
         try:
             scored = self._score(release, transactions, matrix)
         except Exception as exc:  # noqa: BLE001 - any model failure must degrade, not fail the payment
-            return self.without_features(transactions, f"model_unavailable: {type(exc).__name__}", vectors)
+            return self.without_features(
+                transactions, f"model_unavailable: {type(exc).__name__}", vectors, count_decisions=count
+            )
         model_done = time.perf_counter()
         self.metrics.observe_stage("model", model_done - features_done)
 
@@ -166,7 +268,8 @@ class DecisionEngine:
             self.metrics.observe_stage("reasons", reasons_done - rules_done)
         # Rule evaluation, thresholds and assembling the decisions; the reasons stage is not in it.
         self.metrics.observe_stage("rules", time.perf_counter() - model_done - (reasons_done - rules_done))
-        self.metrics.count_decisions(decisions)
+        if count:
+            self.metrics.count_decisions(decisions)
         self._judge_canary(release, outcomes, scored)
         if release.shadow:
             self._shadow(release, matrix, decisions)
@@ -264,7 +367,11 @@ class DecisionEngine:
             self.on_shadow(shadow)
 
     def without_features(
-        self, transactions: Sequence[Transaction], reason: str, vectors: Sequence[FeatureVector] | None = None
+        self,
+        transactions: Sequence[Transaction],
+        reason: str,
+        vectors: Sequence[FeatureVector] | None = None,
+        count_decisions: bool = True,
     ) -> list[Decision]:
         """The fallback ladder (``scoring.fallback``); ``reason`` is recorded in each decision
         (``features_unavailable: ...``, ``model_unavailable: ...``, ``shed: ...``) and its first
@@ -289,7 +396,8 @@ class DecisionEngine:
                 )
             )
         self.metrics.count_degraded(reason.split(":")[0], len(decisions))
-        self.metrics.count_decisions(decisions)
+        if count_decisions:
+            self.metrics.count_decisions(decisions)
         return decisions
 
     def _fallback_hit(self, txn: Transaction, reason: str) -> RuleHit:

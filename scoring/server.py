@@ -7,7 +7,9 @@ time, and requests queued past the latency budget are shed with an explicit degr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import time
 from dataclasses import dataclass
 
@@ -44,9 +46,11 @@ class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
         self.batcher = DecisionBatcher(self._decide_and_publish, self._shed_and_publish, config.batching)
 
     def _decide_and_publish(self, transactions: list[Transaction]) -> list[Decision]:
-        decisions = self.engine.decide_batch(transactions)
-        self.publisher.publish(decisions)
-        return decisions
+        # Idempotent by transaction id: a retry (after a timeout, a restart, on another scorer) is
+        # answered with the decision already made, and only new decisions are published.
+        once = self.engine.decide_batch_once(transactions)
+        self.publisher.publish([d for d, new in zip(once.decisions, once.new, strict=True) if new])
+        return once.decisions
 
     def _shed_and_publish(self, transactions: list[Transaction], reason: str) -> list[Decision]:
         decisions = self.engine.without_features(transactions, reason)
@@ -145,8 +149,9 @@ def add_to_server(service: FraudScorerService, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers("fraud.v1.FraudScorer", handlers)
 
 
-async def serve(service: FraudScorerService, ready: asyncio.Event | None = None) -> None:
-    """Run until cancelled; on cancellation finish in-flight calls and flush decisions."""
+async def serve(service: FraudScorerService, ready: asyncio.Event | None = None, grace_s: float = 5.0) -> None:
+    """Run until cancelled; on cancellation stop accepting calls, finish the calls in flight (up
+    to ``grace_s``), then flush the decisions to Kafka."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", service.config.max_message_bytes)])
     add_to_server(service, server)
     address = f"{service.config.host}:{service.config.port}"
@@ -159,6 +164,20 @@ async def serve(service: FraudScorerService, ready: asyncio.Event | None = None)
     try:
         await server.wait_for_termination()
     finally:
-        await server.stop(grace=5)
+        log.info("stopping: no new calls, finishing those in flight (up to %.0f s)", grace_s)
+        await server.stop(grace=grace_s)
         service.batcher.close()
-        service.publisher.flush()
+        left = service.publisher.flush()
+        log.info("stopped; %d decisions left undelivered to Kafka", left or 0)
+
+
+async def serve_until_signalled(service: FraudScorerService, grace_s: float = 5.0) -> None:
+    """``serve`` until SIGTERM or SIGINT, then shut down gracefully (as ``serve`` does when
+    cancelled): what a rolling restart sends. Main thread only (signal handlers)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await serve(service, grace_s=grace_s)

@@ -33,6 +33,16 @@ WRITE_CHUNK = 500
 
 
 @dataclass(frozen=True)
+class BatchRead:
+    """What one round trip brought back for a batch: entity states, the stream watermark and, per
+    transaction id asked for, the decision recorded for it (None: not decided yet)."""
+
+    states: dict[tuple[str, str], bytes]
+    watermark: float | None
+    decided: list[bytes | None]
+
+
+@dataclass(frozen=True)
 class BatchFeatures:
     matrix: np.ndarray  # (payments x MODEL_FEATURES) float64, in the order the payments were given
     stream_watermark: float | None  # newest event time the feature stream has applied
@@ -64,6 +74,14 @@ class OnlineFeatureStore:
             "for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[2*i-1], 'EX', ARGV[2*i]) end return #KEYS"
         )
         # Keep the greatest watermark ever written: workers and replays may report older times.
+        # Record decisions first-writer-wins: SET NX with a TTL per key; where a key is already
+        # set (another attempt of the same payment decided first), return the recorded value
+        # instead. One script call per batch: one command for redis-py, one round trip.
+        self._record = client.register_script(
+            "local out = {} for i, key in ipairs(KEYS) do "
+            "if redis.call('SET', key, ARGV[i+1], 'NX', 'EX', ARGV[1]) then out[i] = false "
+            "else out[i] = redis.call('GET', key) end end return out"
+        )
         self._advance = client.register_script(
             "local cur = tonumber(redis.call('GET', KEYS[1]) or '-1') "
             "if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end return 1"
@@ -71,6 +89,22 @@ class OnlineFeatureStore:
 
     def key(self, entity: str, entity_id: str) -> str:
         return f"{self.prefix}:feat:{{{entity}:{entity_id}}}"
+
+    def decision_key(self, transaction_id: str) -> str:
+        """Where the decision for a transaction id is recorded (one hash tag per payment)."""
+        return f"{self.prefix}:dec:{{txn:{transaction_id}}}"
+
+    def record_decisions(self, items: Sequence[tuple[str, bytes]], ttl_s: int) -> list[bytes | None]:
+        """Record (transaction id, encoded decision) pairs, first writer wins, for ``ttl_s``.
+
+        Returns, per item, None where this call recorded it, or the value recorded earlier (by
+        another attempt of the same payment, on this scorer or another) where it did not. One
+        round trip. Keys of one call may sit in different slots: fine on one server; on Redis
+        Cluster they would be grouped by slot first (issue 9), as for the stream's writes."""
+        if not items:
+            return []
+        keys = [self.decision_key(txn_id) for txn_id, _ in items]
+        return list(self._record(keys=keys, args=[ttl_s, *(payload for _, payload in items)]))
 
     def write_states(
         self,
@@ -128,15 +162,30 @@ class OnlineFeatureStore:
         states = {k: raw for k, raw in zip(keys, raws, strict=True) if raw is not None}
         return states, float(watermark) if watermark is not None else None
 
-    def features_for_batch(self, transactions: Sequence[Transaction]) -> BatchFeatures:
+    def read_batch(self, transactions: Sequence[Transaction], decision_ids: Sequence[str] = ()) -> BatchRead:
+        """The batch's entity states, the watermark and the decisions recorded for
+        ``decision_ids``, in one ``MGET`` (the idempotency lookup rides on the feature read)."""
+        keys = sorted(entity_keys(transactions))
+        *raws, watermark = self.client.mget(
+            [*(self.key(e, i) for e, i in keys), *(self.decision_key(t) for t in decision_ids), self._watermark_key]
+        )
+        states = {k: raw for k, raw in zip(keys, raws, strict=False) if raw is not None}
+        decided = raws[len(keys) :]
+        return BatchRead(states, float(watermark) if watermark is not None else None, decided)
+
+    def features_for_batch(self, transactions: Sequence[Transaction], read: BatchRead | None = None) -> BatchFeatures:
         """Point-in-time features for a batch, as the offline builder would compute them.
 
         The payments are read in event order and each counts in the windows of the later ones on
         the same card, merchant or device (``streaming.batch_features``), so two payments on one
-        card in one batch see each other exactly as they would in a replay of the log.
+        card in one batch see each other exactly as they would in a replay of the log. ``read``:
+        states already read (``read_batch``, for these transactions or more); None reads them.
         """
-        keys = sorted(entity_keys(transactions))
-        states, watermark = self.read_states(keys)
+        if read is None:
+            keys = sorted(entity_keys(transactions))
+            states, watermark = self.read_states(keys)
+        else:
+            states, watermark = read.states, read.watermark
         order = sorted(range(len(transactions)), key=lambda i: event_order(transactions[i]))
         matrix = np.empty((len(transactions), len(MODEL_FEATURES)), dtype=np.float64)
         matrix[order] = batch_feature_matrix([transactions[i] for i in order], states)

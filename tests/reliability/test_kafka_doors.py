@@ -110,9 +110,12 @@ def test_the_scorers_kafka_door(kafka_bootstrap, topics, redis_client, model, ev
     decisions = [decode_decision(m.value()) for m in read_topic(kafka_bootstrap, topics.decisions)]
     letters = read_topic(kafka_bootstrap, dead_letter_topic)
     valid = [e for _, e in events if e.expect is None]
-    assert len(decisions) + len(letters) == len(events)  # every message is a decision or a dead letter
-    expected_ids = sorted(decode_transaction(e.raw).transaction_id for e in valid)
-    assert sorted(d.transaction_id for d in decisions) == expected_ids  # retried copies decided again
+    unique_ids = {decode_transaction(e.raw).transaction_id for e in valid}
+    assert len(unique_ids) == len(valid) - DUPLICATED
+    assert {d.transaction_id for d in decisions} == unique_ids  # every valid payment decided
+    # a retried copy is decided again or (idempotent scorer) answered from the first decision
+    assert len(unique_ids) <= len(decisions) <= len(valid)
+    assert len(unique_ids) + DUPLICATED + len(letters) == len(events)  # every message accounted for
     assert all(d.outcome in ("approve", "flag", "block") for d in decisions)
     check_letters(letters, events, topics.transactions)
     metrics = service.engine.metrics.registry

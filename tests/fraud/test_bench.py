@@ -131,7 +131,7 @@ def test_two_scorer_processes_share_the_calls_evenly(kafka_bootstrap, redis_url,
     out = tmp_path / "result.json"
     env = {"KAFKA_BOOTSTRAP": kafka_bootstrap, "REDIS_URL": redis_url}
     args = ["--mode", "batch", "--server-procs", "2", "--no-baseline", "--rates", "200", "--duration", "2"]
-    args += ["--warmup", "1", "--customers", "1500", "--history-days", "6", "--out", str(out)]
+    args += ["--warmup", "1", "--customers", "1500", "--history-days", "6", "--case-seconds", "0.05", "--out", str(out)]
     _fraud_bench(tmp_path, env, *args, timeout=420)
     (step,) = json.loads(out.read_text())["steps"]
     per_process = step["server_batching"]["decisions_per_process"]

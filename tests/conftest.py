@@ -13,7 +13,6 @@ import redis
 
 from deploy import EmbeddedKafka, EmbeddedRedis, Topics, ensure_topics
 
-
 FAULT_TESTS = "reliability"
 
 

@@ -1,6 +1,6 @@
 """The scorer: rules + online features + ONNX model + thresholds behind gRPC."""
 
-from scoring.client import ScorerClient
+from scoring.client import ScorerClient, ScorerPool
 from scoring.engine import DecisionEngine
 from scoring.fallback import CircuitBreaker, FallbackPolicy
 from scoring.metrics import ScorerMetrics
@@ -14,6 +14,7 @@ __all__ = [
     "FallbackPolicy",
     "FraudScorerService",
     "ScorerClient",
+    "ScorerPool",
     "ScorerMetrics",
     "ServerConfig",
     "serve",

@@ -168,31 +168,44 @@ class DecisionEngine:
         if not todo:
             return [d for d in out if d is not None], new
         fresh = self._decide(release, todo, self.store.features_for_batch(todo, read), started, count=False)
-        recorded_at = time.perf_counter()
+        kept, kept_new = self._record(fresh)
+        self.metrics.count_decisions(d for d, n in zip(kept, kept_new, strict=True) if n)
+        slots = iter(i for i, d in enumerate(out) if d is None)
+        for d, n in zip(kept, kept_new, strict=True):
+            i = next(slots)
+            out[i], new[i] = d, n
+        return [d for d in out if d is not None], new
+
+    def shed_once(self, transactions: Sequence[Transaction], reason: str) -> OnceDecided:
+        """The shed path (``without_features``), recorded like any decision so that a retry of a
+        shed payment gets the same answer: no lookup first (shedding must not wait for a read),
+        but the first-writer-wins record replaces a shed decision by one made earlier for the same
+        id. Skipped while the Redis circuit is open."""
+        decisions = self.without_features(transactions, reason)
+        if self.redis_circuit.is_open:
+            return OnceDecided(decisions, [True] * len(decisions))
+        kept, new = self._record(decisions)
+        return OnceDecided(kept, new)
+
+    def _record(self, decisions: list[Decision]) -> tuple[list[Decision], list[bool]]:
+        """Record ``decisions`` first writer wins, in one round trip; where another attempt of a
+        payment (or an earlier copy in this batch) recorded first, its decision replaces ours.
+        Returns the decisions to answer with and which of them are new (to publish)."""
+        started = time.perf_counter()
         try:
             earlier = self.store.record_decisions(
-                [(d.transaction_id, encode_record(d)) for d in fresh], self.decision_ttl_s
+                [(d.transaction_id, encode_record(d)) for d in decisions], self.decision_ttl_s
             )
-        except redis.RedisError as exc:  # decided with features but not recorded: a retry decides again
-            log.warning("could not record %d decisions for idempotency: %s", len(fresh), exc)
-            self.metrics.count_degraded("idempotency_unrecorded", len(fresh))
-            earlier = [None] * len(fresh)
-        self.metrics.observe_stage("record", time.perf_counter() - recorded_at)
-        lost = 0
-        mine = []
-        slots = iter(i for i, d in enumerate(out) if d is None)
-        for d, raw in zip(fresh, earlier, strict=True):
-            i = next(slots)
-            if raw is None:
-                out[i] = d
-                mine.append(d)
-            else:  # another attempt of this payment recorded its decision first: that one stands
-                out[i], new[i] = replayed(d.transaction, raw), False
-                lost += 1
-        if lost:
-            self.metrics.count_replays("race", lost)
-        self.metrics.count_decisions(mine)
-        return [d for d in out if d is not None], new
+        except redis.RedisError as exc:  # decided but not recorded: a retry decides again
+            log.warning("could not record %d decisions for idempotency: %s", len(decisions), exc)
+            self.metrics.count_degraded("idempotency_unrecorded", len(decisions))
+            earlier = [None] * len(decisions)
+        self.metrics.observe_stage("record", time.perf_counter() - started)
+        out = [d if raw is None else replayed(d.transaction, raw) for d, raw in zip(decisions, earlier, strict=True)]
+        new = [raw is None for raw in earlier]
+        if not all(new):
+            self.metrics.count_replays("race", len(new) - sum(new))
+        return out, new
 
     def _redis_failed(self, transactions: Sequence[Transaction], exc: Exception, started: float) -> list[Decision]:
         self.redis_circuit.failure()

@@ -53,9 +53,9 @@ class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
         return once.decisions
 
     def _shed_and_publish(self, transactions: list[Transaction], reason: str) -> list[Decision]:
-        decisions = self.engine.without_features(transactions, reason)
-        self.publisher.publish(decisions)
-        return decisions
+        once = self.engine.shed_once(transactions, reason)  # recorded too: a retry gets the same answer
+        self.publisher.publish([d for d, new in zip(once.decisions, once.new, strict=True) if new])
+        return once.decisions
 
     async def _decide(self, transactions: list[Transaction]) -> list[pb.Decision]:
         return [decision_to_proto(d) for d in await self.batcher.decide(transactions)]
@@ -162,7 +162,10 @@ async def serve(service: FraudScorerService, ready: asyncio.Event | None = None,
     if ready is not None:
         ready.set()
     try:
-        await server.wait_for_termination()
+        # Wait on a future of our own: cancelling ``server.wait_for_termination()`` cancels the
+        # server's shutdown future with it, and ``server.stop(grace)`` then returns at once,
+        # cancelling the calls in flight instead of letting them finish (grpcio 1.85).
+        await asyncio.get_running_loop().create_future()
     finally:
         log.info("stopping: no new calls, finishing those in flight (up to %.0f s)", grace_s)
         await server.stop(grace=grace_s)

@@ -107,3 +107,15 @@ def test_without_redis_idempotency_degrades_with_the_features(model):
         once = engine.decide_batch_once(payments)
         assert once.new == [True, True]
         assert all(d.degraded_reason.startswith("features_unavailable") for d in once.decisions)
+
+
+def test_a_shed_decision_is_recorded_and_a_shed_retry_gets_the_decision_made_before(redis_client, model):
+    engine, metrics = engine_for(redis_client, model)
+    decided, later = txn(1), txn(2)
+    (full,) = engine.decide_batch_once([decided]).decisions
+    shed = engine.shed_once([decided, later], "shed: queued over 50 ms")
+    assert shed.new == [False, True]
+    assert same(shed.decisions[0], full) and shed.decisions[0].degraded_reason is None
+    assert shed.decisions[1].degraded_reason.startswith("shed")
+    (again,) = engine.decide_batch_once([later]).decisions  # a retry of the shed payment: the shed answer
+    assert same(again, shed.decisions[1]) and again.degraded_reason.startswith("shed")

@@ -9,6 +9,7 @@ from review_queue.store import (
     ReviewStore,
     Verdict,
     in_audit_sample,
+    needs_post_auth_review,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "ReviewStore",
     "Verdict",
     "in_audit_sample",
+    "needs_post_auth_review",
 ]

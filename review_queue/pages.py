@@ -14,7 +14,7 @@ _BASE = """<!doctype html>
  th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
  .flash { padding: .5em .8em; background: #e8f5e9; border: 1px solid #9c9; margin-bottom: 1em; }
  .error { padding: .5em .8em; background: #fdecea; border: 1px solid #d99; margin-bottom: 1em; }
- .kind-audit { color: #555; font-style: italic; } tr.current { background: #fff8dc; }
+ .kind-audit, .kind-post_auth { color: #555; font-style: italic; } tr.current { background: #fff8dc; }
  header { display: flex; gap: 1em; align-items: baseline; margin-bottom: 1em; } header form { margin: 0; }
 </style></head><body>
 <header><strong><a href="/queue">fraud review</a></strong>
@@ -60,6 +60,8 @@ _CASE = """{% extends "base.html" %}{% block title %}{{ case.transaction_id }}{%
 <h1>Case {{ case.transaction_id }} <small class="kind-{{ case.kind.value }}">({{ case.kind.value }})</small></h1>
 {% if case.kind.value == "audit" %}<p>An approved payment drawn at random (probability {{ case.sample_rate }}) so that
  review labels are not only about payments the model already suspected. Label it as carefully as a flagged one.</p>
+{% endif %}{% if case.kind.value == "post_auth" %}<p>Approved without its features while the feature store was
+ unavailable (fail-open, under the budget): the payment has gone through. Check it after the fact.</p>
 {% endif %}
 <table id="transaction">
 <tr><th>status</th><td id="status">{{ case.status }}</td></tr>

@@ -6,10 +6,12 @@ transaction id, so a decision delivered twice opens one case. Conflicting labels
 transaction resolve by ``schema.resolve_labels``: a chargeback beats a review, the latest review
 beats earlier ones. A later issue can put PostgreSQL behind the same methods.
 
-Cases come in two kinds: ``flagged`` (the model or a rule asked for review) and ``audit`` (a
+Cases come in three kinds: ``flagged`` (the model or a rule asked for review), ``audit`` (a
 small random sample of approved payments, so that review labels are not only about what the
 model already suspected; the case records the probability it was sampled with, for
-inverse-propensity weighting in evaluation). See docs/feedback-loop.md.
+inverse-propensity weighting in evaluation), and ``post_auth`` (payments approved without
+features under the fail-open budget while Redis was away, checked after the fact; see
+docs/reliability.md). See docs/feedback-loop.md.
 
 Queue order: ``priority × (1 + age / SLA)``, where ``priority`` is score × amount (minor units)
 for a flagged case and 0.5 × amount for an audit case, and ``age`` is the time since the
@@ -43,9 +45,9 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
-from schema import Decision, Label, LabelSource, Outcome, decode_decision, encode, resolve_labels
+from schema import POST_AUTH_REVIEW_RULE, Decision, Label, LabelSource, Outcome, decode_decision, encode, resolve_labels
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 DEFAULT_CLAIM_TIMEOUT = timedelta(minutes=15)
 DEFAULT_SLA = timedelta(hours=4)
@@ -63,7 +65,7 @@ CREATE TABLE cases (
     model_version    TEXT NOT NULL,
     created_at       TEXT NOT NULL,
     status           TEXT NOT NULL CHECK (status IN ('open', 'labelled', 'unsure')),
-    kind             TEXT NOT NULL DEFAULT 'flagged' CHECK (kind IN ('flagged', 'audit')),
+    kind             TEXT NOT NULL DEFAULT 'flagged' CHECK (kind IN ('flagged', 'audit', 'post_auth')),
     sample_rate      REAL NOT NULL DEFAULT 1.0,
     created_ts       REAL NOT NULL,
     claimed_by       TEXT,
@@ -116,6 +118,7 @@ class Verdict(StrEnum):
 class CaseKind(StrEnum):
     FLAGGED = "flagged"  # the decision path flagged the payment for review
     AUDIT = "audit"  # an approved payment drawn at random, against selection bias
+    POST_AUTH = "post_auth"  # approved without features under the fail-open budget: check it after the fact
 
 
 class ClaimConflict(RuntimeError):
@@ -166,6 +169,11 @@ def _iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat()
 
 
+def needs_post_auth_review(decision: Decision) -> bool:
+    """Approved by the fallback ladder's fail-open rung, so reviewed after authorisation."""
+    return decision.outcome is Outcome.APPROVE and any(h.rule_id == POST_AUTH_REVIEW_RULE for h in decision.rule_hits)
+
+
 def in_audit_sample(transaction_id: str, rate: float) -> bool:
     """Whether an approved payment belongs to the audit sample drawn at ``rate``.
 
@@ -196,7 +204,9 @@ class ReviewStore:
             if version == 0:
                 self._script(_CASES + _LABELS + _V2_ONLY)
             elif version == 1:
-                self._migrate_v1()
+                self._migrate_v1()  # straight to the current ``cases`` table
+            elif version == 2:
+                self._migrate_v2()
             elif version != SCHEMA_VERSION:
                 raise RuntimeError(f"{path}: review store schema {version}, this code knows {SCHEMA_VERSION}")
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -242,6 +252,15 @@ class ReviewStore:
             )
         self._script(_V2_ONLY)
 
+    def _migrate_v2(self) -> None:
+        """v2 -> v3 in place: the ``post_auth`` case kind. SQLite cannot change a CHECK, so
+        ``cases`` is rebuilt and every row copied as it is."""
+        self.db.execute("ALTER TABLE cases RENAME TO cases_v2")
+        self.db.execute("DROP INDEX IF EXISTS cases_open")
+        self._script(_CASES)
+        self.db.execute("INSERT INTO cases SELECT * FROM cases_v2")
+        self.db.execute("DROP TABLE cases_v2")
+
     def _tx(self) -> _Transaction:
         return _Transaction(self.db)
 
@@ -283,6 +302,17 @@ class ReviewStore:
             rows.append(self._case_row(d, CaseKind.AUDIT, sample_rate, AUDIT_PRIORITY_SCORE))
         return self._insert_cases(rows)
 
+    def add_post_auth_cases(self, decisions: Iterable[Decision]) -> int:
+        """Open cases for payments approved without features (the fallback ladder's fail-open rung,
+        ``POST_AUTH_REVIEW_RULE``): the money has gone, a reviewer checks it after the fact.
+        Ranked like audit cases (as if scored 0.5): their risk is unknown, not low."""
+        rows = []
+        for d in decisions:
+            if not needs_post_auth_review(d):
+                raise ValueError(f"{d.transaction_id} was not approved under the fail-open budget")
+            rows.append(self._case_row(d, CaseKind.POST_AUTH, 1.0, AUDIT_PRIORITY_SCORE))
+        return self._insert_cases(rows)
+
     @staticmethod
     def _case_row(d: Decision, kind: CaseKind, sample_rate: float, weight: float) -> tuple:
         amount = d.transaction.amount_minor
@@ -313,8 +343,9 @@ class ReviewStore:
 
     def intake(self, decisions: Iterable[Decision], audit_rate: float = 0.0, keep: timedelta = DEFAULT_HISTORY) -> int:
         """Take decisions read from `decisions` (at least once: repeats happen) in one transaction:
-        each payment into its card's history, a case for each flagged one and for each approved one
-        in the audit sample (``in_audit_sample``). Returns how many cases were opened.
+        each payment into its card's history, a case for each flagged one, for each one approved under
+        the fail-open budget (``post_auth``), and for each other approved one in the audit sample
+        (``in_audit_sample``). Returns how many cases were opened.
 
         Idempotent by transaction id, first decision wins: a decision whose payment is already in the
         history (a redelivery, or a re-decision after a scorer restart that came out differently) is
@@ -334,7 +365,15 @@ class ReviewStore:
             fresh = [d for tx, d in first.items() if tx not in seen]
             self.record_payments(fresh, keep=keep)
             opened = self.add_cases([d for d in fresh if d.outcome is Outcome.FLAG])
-            audit = [d for d in fresh if d.outcome is Outcome.APPROVE and in_audit_sample(d.transaction_id, audit_rate)]
+            post_auth = [d for d in fresh if needs_post_auth_review(d)]
+            opened += self.add_post_auth_cases(post_auth) if post_auth else 0
+            audit = [
+                d
+                for d in fresh
+                if d.outcome is Outcome.APPROVE
+                and not needs_post_auth_review(d)
+                and in_audit_sample(d.transaction_id, audit_rate)
+            ]
             if audit:
                 opened += self.add_audit_cases(audit, sample_rate=audit_rate)
         return opened

@@ -14,6 +14,7 @@ from schema.codec import (
 )
 from schema.labels import resolve_labels
 from schema.types import (
+    POST_AUTH_REVIEW_RULE,
     Channel,
     DeadLetter,
     Decision,
@@ -40,6 +41,7 @@ __all__ = [
     "LabelSource",
     "Outcome",
     "ReasonCode",
+    "POST_AUTH_REVIEW_RULE",
     "RuleHit",
     "Transaction",
     "check_transaction",

@@ -108,6 +108,11 @@ class Outcome(StrEnum):
 _SEVERITY = {Outcome.APPROVE: 0, Outcome.FLAG: 1, Outcome.BLOCK: 2}
 
 
+# The hit a fail-open approval carries (scoring/fallback.py): approved without features, to be
+# reviewed after authorisation. The review queue opens a ``post_auth`` case for each.
+POST_AUTH_REVIEW_RULE = "degraded_post_auth_review@1"
+
+
 class RuleHit(msgspec.Struct, frozen=True, kw_only=True):
     """A rule that fired (or could not be evaluated) for one transaction."""
 

@@ -24,7 +24,16 @@ import redis
 
 from retrain.registry import RegisteredModel
 from rules_engine import RuleSet
-from schema import Decision, DecisionThresholds, FeatureVector, Outcome, ReasonCode, RuleHit, Transaction
+from schema import (
+    POST_AUTH_REVIEW_RULE,
+    Decision,
+    DecisionThresholds,
+    FeatureVector,
+    Outcome,
+    ReasonCode,
+    RuleHit,
+    Transaction,
+)
 from scoring.fallback import CircuitBreaker, FailOpenBudget, FallbackPolicy
 from scoring.idempotency import DECISION_TTL_S, OnceDecided, encode_record, replayed
 from scoring.metrics import ScorerMetrics
@@ -439,7 +448,6 @@ class DecisionEngine:
 
 
 DEGRADED_REVIEW_RULE = "degraded_amount_review@1"
-POST_AUTH_REVIEW_RULE = "degraded_post_auth_review@1"
 
 
 def _thresholds(release: ServingRelease, canary: bool) -> DecisionThresholds:

@@ -10,7 +10,7 @@ without the model (README, "Decisions and their fallback"):
    is not consulted.
 3. **Under the ceiling: fail open, within a budget.** Small payments are approved so that a
    Redis outage does not decline a shop's whole day; each such approval carries the rule hit
-   ``degraded_post_auth_review@1``, marking it for review after authorisation. The budget
+   ``degraded_post_auth_review@1``, for which review intake opens a ``post_auth`` case. The budget
    (``fail_open_per_s`` approvals per second per scorer, a token bucket with a burst of
    ``fail_open_burst``) caps the exposure of a long outage: past it, payments are flagged.
 

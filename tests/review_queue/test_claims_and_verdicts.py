@@ -1,17 +1,18 @@
 """The review store's v2 behaviour on real SQLite files: exclusive claims and their expiry, verdicts
 (unsure writes no label), the SLA-boosted queue order, audit sampling, the card history, the
-outbox, and the in-place migration of a v1 database."""
+outbox, post-authorisation cases, and the in-place migrations of v1 and v2 databases."""
 
 from __future__ import annotations
 
 import sqlite3
 from datetime import timedelta
 
+import msgspec
 import pytest
 
 from review_queue import CaseKind, ClaimConflict, ReviewStore, Verdict, in_audit_sample
-from review_queue.store import SCHEMA_VERSION
-from schema import Label, LabelSource, Outcome, encode
+from review_queue.store import _CASES, SCHEMA_VERSION
+from schema import POST_AUTH_REVIEW_RULE, Label, LabelSource, Outcome, RuleHit, encode
 from tests.factories import T0
 from tests.review_queue.cases import decision
 
@@ -180,7 +181,7 @@ def test_a_v1_database_is_migrated_in_place(tmp_path):
     db.close()
 
     with ReviewStore(path) as store:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         (open_case,) = store.open_cases()
         assert (open_case.transaction_id, open_case.kind, open_case.sample_rate) == (TX2, CaseKind.FLAGGED, 1.0)
         assert open_case.decision == decision(2, amount_minor=50_000)
@@ -198,3 +199,40 @@ def test_a_v1_database_is_migrated_in_place(tmp_path):
     with ReviewStore(path) as reopened:  # and the migration does not run twice
         assert reopened.get_case(TX2).claimed_by == "bob"
         assert len(reopened.card_history("card-000001")) == 1
+
+
+def fail_open(n: int):
+    """A payment approved without features under the fail-open budget (scoring/fallback.py)."""
+    d = decision(n, outcome=Outcome.APPROVE)
+    hit = RuleHit(rule_id=POST_AUTH_REVIEW_RULE, action=Outcome.APPROVE, reason="approved without features")
+    return msgspec.structs.replace(d, rule_hits=[hit], degraded_reason="features_unavailable: circuit open")
+
+
+def test_intake_opens_a_post_auth_case_for_each_fail_open_approval_and_never_an_audit_case(store):
+    opened = store.intake([fail_open(1), decision(2, outcome=Outcome.APPROVE), decision(3)], audit_rate=1.0)
+    assert opened == 3
+    kinds = {c.transaction_id: c.kind for c in store.open_cases()}
+    assert kinds == {TX1: CaseKind.POST_AUTH, TX2: CaseKind.AUDIT, TX3: CaseKind.FLAGGED}
+    assert store.get_case(TX1).priority == 0.5 * 10_000  # ranked like an audit case: risk unknown, not low
+    with pytest.raises(ValueError, match="fail-open"):
+        store.add_post_auth_cases([decision(4, outcome=Outcome.APPROVE)])
+
+
+def test_a_v2_database_is_migrated_to_take_post_auth_cases(tmp_path):
+    path = tmp_path / "review.sqlite3"
+    with ReviewStore(path) as store:
+        store.add_case(decision(1))
+        store.add_audit_cases([decision(2, outcome=Outcome.APPROVE)], sample_rate=0.002)
+    db = sqlite3.connect(path)  # put the v2 table back: the same columns, the old CHECK on kind
+    v2_cases = _CASES.replace("'flagged', 'audit', 'post_auth'", "'flagged', 'audit'")
+    db.executescript(
+        "ALTER TABLE cases RENAME TO c3; DROP INDEX cases_open;"
+        + v2_cases
+        + "INSERT INTO cases SELECT * FROM c3; DROP TABLE c3; PRAGMA user_version=2;"
+    )
+    db.close()
+    with ReviewStore(path) as store:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert {c.transaction_id: c.kind for c in store.open_cases()} == {TX1: CaseKind.FLAGGED, TX2: CaseKind.AUDIT}
+        assert store.get_case(TX2).sample_rate == 0.002
+        assert store.add_post_auth_cases([fail_open(3)]) == 1

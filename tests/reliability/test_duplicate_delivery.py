@@ -29,7 +29,7 @@ from deploy import free_port, make_producer, produce_all, read_topic
 from fraud.config import Settings
 from fraud.lifecycle import intake_decisions
 from fraud.processes import wait_for
-from review_queue import ReviewStore, in_audit_sample
+from review_queue import ReviewStore, in_audit_sample, needs_post_auth_review
 from schema import Label, LabelSource, Outcome, decode_decision, encode
 from streaming import OnlineFeatureStore
 from tests.factories import register_tiny_model, txn
@@ -168,10 +168,11 @@ def test_the_scorers_kafka_door_and_review_intake_under_duplicate_delivery(
     first: dict[str, object] = {}
     for m in messages:
         first.setdefault(m.key().decode(), decode_decision(m.value()))
-    reviewable = [
+    reviewable = [  # flagged, approved under the fail-open budget (post_auth), or in the audit sample
         d
         for d in first.values()
         if d.outcome is Outcome.FLAG
+        or needs_post_auth_review(d)
         or (d.outcome is Outcome.APPROVE and in_audit_sample(d.transaction_id, settings.review_audit_rate))
     ]
     assert len(reviewable) > 100

@@ -18,11 +18,9 @@ the one that must refuse them.
 
 import functools
 import re
-import threading
 import urllib.request
 import uuid
 
-import grpc
 import numpy as np
 import onnx
 import pytest
@@ -35,8 +33,7 @@ from retrain.registry import synthetic_rows
 from scoring import ScorerClient, ScorerMetrics
 from scoring.release import RegistryRelease
 from streaming.features import MODEL_FEATURES
-from tests.factories import txn
-from tests.integration.helpers import fraud_env, start
+from tests.integration.helpers import SteadyCaller, fraud_env, start
 
 
 def nan_model() -> bytes:
@@ -165,27 +162,8 @@ def test_registry_release_keeps_serving_and_counts_each_refusal(tmp_path, caplog
     assert restarted.current.champion.version == good and len(restarted.refused) == 4
 
 
-class Caller(threading.Thread):
-    def __init__(self, target: str, worker: int) -> None:
-        super().__init__(daemon=True)
-        self.client = ScorerClient(target, timeout_s=5)
-        self.worker, self.versions, self.errors = worker, [], []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        i = 0
-        while not self.halt.is_set():
-            i += 1
-            try:
-                d = self.client.decide(txn(i, card=f"card-{self.worker}-{i % 53:03d}", amount_minor=1500))
-                self.versions.append(d.model_version)
-            except grpc.RpcError as exc:
-                self.errors.append(exc.code())
-        self.client.close()
-
-
 def _more(callers, seen, n=20):
-    return all(len(c.versions) > before + n for c, before in zip(callers, seen, strict=True))
+    return all(len(c.answers) > before + n for c, before in zip(callers, seen, strict=True))
 
 
 def refusals(port) -> dict[str, float]:
@@ -213,20 +191,20 @@ def test_a_serving_scorer_refuses_bad_promotions_under_load_and_keeps_the_previo
         FRAUD_RELEASE_POLL_S="0.1",
     )
     scorer = start("serve", ["serve"], env, tmp_path)
-    callers: list[Caller] = []
+    callers: list[SteadyCaller] = []
     expected: dict[str, float] = {}
     try:
         ScorerClient(f"127.0.0.1:{port}").wait_ready(60)
-        callers = [Caller(f"127.0.0.1:{port}", w) for w in range(2)]
+        callers = [SteadyCaller(f"127.0.0.1:{port}", w, lambda _s, _l, d: d.model_version, cards=53) for w in range(2)]
         for c in callers:
             c.start()
-        wait_for(lambda: all(len(c.versions) > 20 for c in callers), 20, "decisions", alive=scorer.check_alive)
+        wait_for(lambda: all(len(c.answers) > 20 for c in callers), 20, "decisions", alive=scorer.check_alive)
         for kind in ("corrupt", "features", "nan", "drift"):
             bad = make_bad(root, kind)
             registry.promote(bad, {"reason": f"a {kind} model reaches the registry"})
             expected[REASON[kind]] = expected.get(REASON[kind], 0.0) + 1
             wait_for(lambda: refusals(metrics_port) == expected, 10, f"the {kind} refusal", alive=scorer.check_alive)
-            seen = [len(c.versions) for c in callers]
+            seen = [len(c.answers) for c in callers]
             wait_for(lambda seen=seen: _more(callers, seen), 10, "decisions after it", alive=scorer.check_alive)
         canary = make_bad(root, "corrupt")  # a challenger that cannot load: the champion serves alone
         registry._write_json("challenger.json", {"version": canary, "mode": "canary", "share": 0.5, "guard": {}})
@@ -235,13 +213,13 @@ def test_a_serving_scorer_refuses_bad_promotions_under_load_and_keeps_the_previo
         (root / "challenger.json").unlink()
         # still following the registry: a good promotion after the refusals is applied
         newer = register_good(root, "newer")
-        wait_for(lambda: all(c.versions[-3:] == [newer] * 3 for c in callers), 10, "a good promotion applied")
+        wait_for(lambda: all(c.answers[-3:] == [newer] * 3 for c in callers), 10, "a good promotion applied")
     finally:
         for c in callers:
             c.halt.set()
             c.join(10)
         scorer.stop()
-    versions = [v for c in callers for v in c.versions]
+    versions = [v for c in callers for v in c.answers]
     assert [e for c in callers for e in c.errors] == []
     assert set(versions) == {good, newer}  # no decision ever came from a bad model
     assert versions.count(good) > 200

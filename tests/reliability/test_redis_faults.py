@@ -11,49 +11,26 @@ from __future__ import annotations
 import os
 import re
 import signal
-import threading
 import time
 import urllib.request
 import uuid
 from collections import Counter
 
-import grpc
 import pytest
 
 from deploy import EmbeddedRedis, ensure_topics, free_port
 from fraud.processes import wait_for
 from scoring import ScorerClient
 from tests.factories import register_tiny_model, txn
-from tests.integration.helpers import fraud_env, start
+from tests.integration.helpers import SteadyCaller, fraud_env, start
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DEADLINE_S = 1.0
 
 
-class Caller(threading.Thread):
-    """Calls Decide back to back; keeps (when, latency, degraded reason) per answer and every error."""
-
-    def __init__(self, target: str, worker: int) -> None:
-        super().__init__(daemon=True)
-        self.client = ScorerClient(target, timeout_s=DEADLINE_S)
-        self.worker = worker
-        self.answers: list[tuple[float, float, str]] = []
-        self.errors: list[grpc.StatusCode] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        i = 0
-        while not self.halt.is_set():
-            i += 1
-            started = time.monotonic()
-            try:
-                payment = txn(self.worker * 10_000_000 + i, card=f"card-{self.worker}-{i % 31:03d}", amount_minor=1_500)
-                d = self.client.decide(payment)
-                self.answers.append((started, time.monotonic() - started, d.degraded_reason))
-            except grpc.RpcError as exc:
-                self.errors.append(exc.code())
-        self.client.close()
+def timed(started: float, latency: float, d) -> tuple[float, float, str]:
+    return (started, latency, d.degraded_reason)
 
 
 def answers_between(callers, start, end):
@@ -91,11 +68,11 @@ def test_redis_killed_then_hung_under_load_every_call_answered_in_time_then_reco
     )
     ensure_topics(kafka_bootstrap, topics.all())
     scorer = start("serve", ["serve"], env, tmp_path)
-    callers: list[Caller] = []
+    callers: list[SteadyCaller] = []
     restarted: EmbeddedRedis | None = None
     try:
         ScorerClient(f"127.0.0.1:{port}").wait_ready(60)
-        callers = [Caller(f"127.0.0.1:{port}", w) for w in range(3)]
+        callers = [SteadyCaller(f"127.0.0.1:{port}", w, timed, timeout_s=DEADLINE_S) for w in range(3)]
         for c in callers:
             c.start()
 

@@ -3,43 +3,23 @@
 
 import subprocess
 import sys
-import threading
 import urllib.request
 import uuid
 
-import grpc
 import pytest
 
 from deploy import ensure_topics, free_port
 from fraud.processes import wait_for
 from retrain import ModelRegistry
 from scoring import ScorerClient
-from tests.factories import register_tiny_model, txn
-from tests.integration.helpers import fraud_env, start
+from tests.factories import register_tiny_model
+from tests.integration.helpers import SteadyCaller, fraud_env, start
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-class Caller(threading.Thread):
-    """Calls Decide back to back, keeping every answer (version, arm) and every error."""
-
-    def __init__(self, target: str, worker: int) -> None:
-        super().__init__(daemon=True)
-        self.client = ScorerClient(target, timeout_s=5)
-        self.worker, self.answers, self.errors = worker, [], []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        i = 0
-        while not self.halt.is_set():
-            i += 1
-            payment = txn(i, card=f"card-{self.worker}-{i % 97:03d}", amount_minor=1500)
-            try:
-                d = self.client.decide(payment)
-                self.answers.append((d.model_version, d.policy_arm))
-            except grpc.RpcError as exc:
-                self.errors.append(exc.code())
-        self.client.close()
+def arm_of(_started: float, _latency: float, d) -> tuple[str, str]:
+    return (d.model_version, d.policy_arm)
 
 
 def _fraud(home, env, *args):
@@ -69,7 +49,7 @@ def test_promote_canary_stop_and_rollback_apply_under_load_with_no_failed_reques
     callers = []
     try:
         ScorerClient(f"127.0.0.1:{port}").wait_ready(60)
-        callers = [Caller(f"127.0.0.1:{port}", w) for w in range(3)]
+        callers = [SteadyCaller(f"127.0.0.1:{port}", w, arm_of, cards=97) for w in range(3)]
         for c in callers:
             c.start()
 

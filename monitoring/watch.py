@@ -160,9 +160,11 @@ class Monitor:
 
     # -- input -------------------------------------------------------------------------------
     def observe(self, decisions: Iterable[Decision]) -> None:
-        for d in decisions:
+        decisions = list(decisions)
+        scores = np.array([math.nan if d.score is None else d.score for d in decisions], dtype=np.float64)
+        probabilities = self.calibration.probability(scores).tolist()  # one call per batch; NaN stays NaN
+        for d, p in zip(decisions, probabilities, strict=True):
             ts = d.transaction.event_ts
-            p = math.nan if d.score is None else float(self.calibration.probability(np.array([d.score]))[0])
             if not self._payments.add(d, p):
                 continue  # a redelivery: counted once in drift
             for label in self._held.pop(d.transaction_id, ()):

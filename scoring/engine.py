@@ -223,11 +223,10 @@ class DecisionEngine:
         return self.without_features(transactions, f"features_unavailable: {type(exc).__name__}")
 
     def _redis_answered(self) -> None:
-        if self.redis_circuit.is_open:  # the half-open trial succeeded: close
-            self.redis_circuit.success()
+        was_open = self.redis_circuit.is_open  # then this was the half-open trial, and it succeeded
+        self.redis_circuit.success()  # closes it, and resets the count of consecutive failures
+        if was_open:
             self.metrics.circuit_changed("redis", self.redis_circuit)
-        else:
-            self.redis_circuit.success()  # resets the count of consecutive failures
 
     def _decide(
         self,

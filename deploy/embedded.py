@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import random
 import shutil
 import signal
 import socket
@@ -189,6 +190,102 @@ class EmbeddedRedis(_Server):
             return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
         except redis.RedisError:
             return False
+
+
+class EmbeddedRedisCluster:
+    """A real Redis Cluster on loopback: ``masters`` redis-servers with cluster mode on, joined and
+    given their slots by ``redis-cli --cluster create`` (no replicas: a local cluster for tests and
+    benchmarks, not for availability). ``url`` names every node, ``redis+cluster://`` tells our
+    clients to speak the cluster protocol (``streaming.connect_redis``)."""
+
+    def __init__(self, work_dir: Path, masters: int = 3) -> None:
+        if masters < 3:
+            raise ValueError(f"masters: a Redis Cluster needs at least 3, got {masters}")
+        self.work_dir = Path(work_dir).resolve()
+        self.nodes = [_ClusterNode(self.work_dir) for _ in range(masters)]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    @property
+    def pids(self) -> list[int]:
+        return [n.proc.pid for n in self.nodes if n.proc is not None]
+
+    def start(self, timeout: float = 30.0) -> EmbeddedRedisCluster:
+        try:
+            for node in self.nodes:
+                node.start(timeout)
+            cli = find_redis_server().with_name("redis-cli")
+            addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+            subprocess.run(
+                [str(_executable(cli)), "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+                check=True,
+                capture_output=True,
+                timeout=timeout,
+            )
+            deadline = time.monotonic() + timeout
+            while not all(n.cluster_ok() for n in self.nodes):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"Redis Cluster on {addresses} not ok after {timeout:.0f}s")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for node in self.nodes:
+            node.stop(timeout)
+
+    def __enter__(self) -> EmbeddedRedisCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def free_cluster_port(rng: random.Random | None = None) -> int:
+    """A free port p with p + 10000 free too: a cluster node gossips on its port + 10000 (Redis 6
+    has no setting for it), so p must be at most 55535 and both must be unused."""
+    rng = rng or random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 55_535)
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port pair (p, p + 10000) for a Redis Cluster node")
+
+
+class _ClusterNode(EmbeddedRedis):
+    name = "redis-cluster-node"
+
+    def __init__(self, work_dir: Path) -> None:
+        super().__init__(work_dir)
+        self.port = free_cluster_port()
+        self.log_path = self.work_dir / f"{self.name}-{self.port}.log"
+
+    def _command(self) -> list[str]:
+        return [
+            *super()._command(),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            f"nodes-{self.port}.conf",
+            "--cluster-node-timeout",
+            "5000",
+        ]
+
+    def cluster_ok(self) -> bool:
+        try:
+            info = redis.Redis(port=self.port, socket_timeout=0.5).cluster("info")
+        except redis.RedisError:
+            return False
+        return info.get("cluster_state") == "ok"
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import redis
+from redis.cluster import RedisCluster
 
 from fraud.config import MissingService, Settings
 from schema import Decision, Label, Transaction, decode_decision, encode
+from streaming import connect_redis
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -68,9 +70,10 @@ def run_retrain(
     return retrain(transactions, labels, ModelRegistry(settings.registry_dir), cutoff, policy)
 
 
-def redis_client(url: str) -> redis.Redis:
+def redis_client(url: str) -> redis.Redis | RedisCluster:
+    """A client for the online store at ``url`` (one server, or ``redis+cluster://``)."""
     # Short timeouts: an authorisation cannot wait for a stalled Redis; the engine falls back.
-    return redis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25)
+    return connect_redis(url, socket_timeout=0.25, connect_timeout=0.25)
 
 
 def build_service(settings: Settings):

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 
 import msgspec
 import numpy as np
-import redis
 
 from retrain.registry import RegisteredModel
 from rules_engine import RuleSet
@@ -39,7 +38,7 @@ from scoring.idempotency import DECISION_TTL_S, OnceDecided, encode_record, repl
 from scoring.metrics import ScorerMetrics
 from scoring.reasons import ReasonExplainer, needs_reasons
 from scoring.release import CANARY_ARM, CHAMPION_ARM, SHADOW_ARM, ModelRelease, ServingRelease, canary_mask
-from streaming import BatchFeatures, OnlineFeatureStore
+from streaming import STORE_ERRORS, BatchFeatures, OnlineFeatureStore
 from streaming.features import MODEL_FEATURES
 from streaming.windows import context_features
 
@@ -118,7 +117,7 @@ class DecisionEngine:
             return self.without_features(transactions, "features_unavailable: circuit open")
         try:
             batch = self.store.features_for_batch(transactions)
-        except redis.RedisError as exc:
+        except STORE_ERRORS as exc:
             return self._redis_failed(transactions, exc, started)
         self._redis_answered()
         return self._decide(release, transactions, batch, started)
@@ -164,7 +163,7 @@ class DecisionEngine:
             return self.without_features(transactions, "features_unavailable: circuit open"), everything_new
         try:
             read = self.store.read_batch(transactions, [t.transaction_id for t in transactions])
-        except redis.RedisError as exc:
+        except STORE_ERRORS as exc:
             return self._redis_failed(transactions, exc, started), everything_new
         self._redis_answered()
         out: list[Decision | None] = [
@@ -205,7 +204,7 @@ class DecisionEngine:
             earlier = self.store.record_decisions(
                 [(d.transaction_id, encode_record(d)) for d in decisions], self.decision_ttl_s
             )
-        except redis.RedisError as exc:  # decided but not recorded: a retry decides again
+        except STORE_ERRORS as exc:  # decided but not recorded: a retry decides again
             log.warning("could not record %d decisions for idempotency: %s", len(decisions), exc)
             self.metrics.count_degraded("idempotency_unrecorded", len(decisions))
             earlier = [None] * len(decisions)

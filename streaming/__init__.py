@@ -10,7 +10,7 @@ Bytewax is imported only by ``streaming.dataflow``, so the engine could be swapp
 from streaming.batch_features import batch_feature_matrix
 from streaming.features import MODEL_FEATURES, WINDOWED_FEATURES, Aggregation, Window, WindowedFeature
 from streaming.offline import OfflineFeatureBuilder, event_order, feature_matrix
-from streaming.online import BatchFeatures, OnlineFeatureStore
+from streaming.online import STORE_ERRORS, BatchFeatures, OnlineFeatureStore, connect_redis
 from streaming.packed import pack_state
 from streaming.windows import EntityState, apply_transaction, feature_vector
 
@@ -22,10 +22,12 @@ __all__ = [
     "EntityState",
     "OfflineFeatureBuilder",
     "OnlineFeatureStore",
+    "STORE_ERRORS",
     "Window",
     "WindowedFeature",
     "apply_transaction",
     "batch_feature_matrix",
+    "connect_redis",
     "event_order",
     "feature_matrix",
     "feature_vector",

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import bytewax.operators as op
-import redis
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
@@ -50,7 +49,7 @@ from schema import InvalidEvent, Label, Transaction, dead_letter, decode_label, 
 from streaming.admission import DEFAULT_ALLOWED_LATENESS_S, Admission, late_reason
 from streaming.metrics import StreamMetrics
 from streaming.offline import label_entity_ids
-from streaming.online import STATE_TTL_S, OnlineFeatureStore
+from streaming.online import STATE_TTL_S, STORE_ERRORS, OnlineFeatureStore, connect_redis
 from streaming.shards import AdmissionShard, EntityEvent, EntityShard, entity_events, shard_of
 from streaming.windows import EntityState
 
@@ -309,7 +308,7 @@ class _RedisStatePartition(StatelessSinkPartition[tuple[str, ShardUpdate]]):
         self.store = store
         self.metrics = metrics
         self.resync = resync
-        self._run_id: str | None = None
+        self._run_id: frozenset[str] | None = None
         self._next_check = 0.0
 
     def write_batch(self, items: list[tuple[str, ShardUpdate]]) -> None:
@@ -336,7 +335,7 @@ class _RedisStatePartition(StatelessSinkPartition[tuple[str, ShardUpdate]]):
                 newest = max(event_times, default=None)
                 self.store.write_states(states, newest, transactions=len(event_times), labels=labels)
                 return
-            except redis.RedisError as exc:
+            except STORE_ERRORS as exc:
                 self.metrics.store_retries.inc()
                 log.warning("Redis unavailable (%s: %s); retrying in %.2f s", type(exc).__name__, exc, backoff)
                 self._next_check = 0.0  # check for a restart as soon as it answers
@@ -344,9 +343,9 @@ class _RedisStatePartition(StatelessSinkPartition[tuple[str, ShardUpdate]]):
                 backoff = min(backoff * 2, STORE_RETRY_MAX_S)
 
     def _check_restart(self) -> None:
-        run_id = self.store.client.info("server")["run_id"]
+        run_id = self.store.server_run_ids()
         if self._run_id is not None and run_id != self._run_id:
-            log.warning("Redis restarted (run_id %s -> %s): rewriting every entity state", self._run_id, run_id)
+            log.warning("Redis restarted (run ids %s -> %s): rewriting every entity state", self._run_id, run_id)
             self.metrics.store_resyncs.inc()
             self.resync.request()
         self._run_id = run_id
@@ -369,7 +368,7 @@ class RedisStateSink(DynamicSink[tuple[str, ShardUpdate]]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisStatePartition:
         # Timeouts, so a hung Redis is an error to retry rather than a worker blocked forever.
-        client = redis.Redis.from_url(self.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        client = connect_redis(self.redis_url, socket_timeout=5.0, connect_timeout=2.0)
         return _RedisStatePartition(OnlineFeatureStore(client, self.key_prefix), self.metrics, self.resync)
 
 

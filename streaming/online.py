@@ -1,9 +1,13 @@
 """The online feature store in Redis, and the decision path's feature read.
 
 Keys are Redis-Cluster-ready: one hash tag per entity (``fraud:feat:{card:123}``) so an entity's
-state sits in one slot and is read in one round trip; a batch of transactions is read with one
-pipeline. Values are whole packed entity states (``streaming.packed``) written with SET, so a replayed
-write is harmless (idempotent) where an INCR would double count.
+whole state is one key in one slot. Values are whole packed entity states (``streaming.packed``)
+written with SET, so a replayed write is harmless (idempotent) where an INCR would double count.
+
+One server or a Redis Cluster (``connect_redis``: ``redis+cluster://host:port,...``). On one server a
+batch is read with one MGET and written with one script call per 500 keys. On a cluster a
+multi-key command must stay within one slot, so reads and writes go as one pipeline per node
+(redis-py's cluster pipeline), slot by slot: the same values, more commands.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from schema import FeatureVector, Transaction
 from streaming.batch_features import COLUMN, batch_feature_matrix
@@ -26,6 +32,38 @@ from streaming.windows import LAYOUTS, EntityState, entity_keys
 STATE_TTL_S: dict[str, int] = {
     entity: max((*layout.retention_s.values(), layout.label_retention_s)) + 86400 for entity, layout in LAYOUTS.items()
 }
+
+
+# What a store call raises when Redis is away, hung or re-sharding: a cluster client that cannot
+# reach any node raises RedisClusterException, which is not a RedisError.
+STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
+
+CLUSTER_SCHEME = "+cluster"
+
+
+def connect_redis(
+    url: str, socket_timeout: float | None = None, connect_timeout: float | None = None
+) -> redis.Redis | RedisCluster:
+    """A client for ``url``: ``redis://host:port/db`` for one server; ``redis+cluster://host:port``
+    (or ``rediss+cluster://``, TLS) for a Redis Cluster, naming one or more nodes to discover it
+    from (comma-separated). The cluster client connects at once to learn the slot map."""
+    timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
+    scheme, sep, rest = url.partition("://")
+    if not scheme.endswith(CLUSTER_SCHEME):
+        return redis.Redis.from_url(url, **timeouts)
+    base = scheme.removesuffix(CLUSTER_SCHEME)
+    auth, _, hosts = rest.rpartition("@")
+    nodes = [h.split("/", 1)[0] for h in hosts.split(",") if h]
+    if not nodes:
+        raise ValueError(f"REDIS_URL: no host in the cluster URL {url!r}")
+    first = f"{base}{sep}{auth + '@' if auth else ''}{nodes[0]}"
+    startup = [redis.cluster.ClusterNode(*_host_port(n)) for n in nodes]
+    return RedisCluster.from_url(first, startup_nodes=startup, **timeouts)
+
+
+def _host_port(node: str) -> tuple[str, int]:
+    host, _, port = node.rpartition(":")
+    return host or "127.0.0.1", int(port or 6379)
 
 
 # Keys per script call: each call runs atomically in Redis, so it is kept short (~1 ms) for readers.
@@ -61,15 +99,16 @@ class BatchFeatures:
 class OnlineFeatureStore:
     """Entity states in Redis: written by the feature stream, read by the decision path."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "fraud") -> None:
+    def __init__(self, client: redis.Redis | RedisCluster, prefix: str = "fraud") -> None:
         self.client = client
         self.prefix = prefix
+        self.cluster = isinstance(client, RedisCluster)
         self._watermark_key = f"{prefix}:stream:watermark"
         self._counter_key = f"{prefix}:stream:counts"
         # One script call writes many whole states with their TTLs: per-command overhead in the
         # Python client, not Redis, was the stream's largest cost (one SET per entity per batch).
-        # Keys of one call may sit in different slots: fine on one server; on Redis Cluster the
-        # writes are grouped by slot first (see issue 9).
+        # Keys of one call may sit in different slots: fine on one server only (a cluster
+        # rejects cross-slot scripts); on a cluster the writes are plain SETs per node.
         self._set_many = client.register_script(
             "for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[2*i-1], 'EX', ARGV[2*i]) end return #KEYS"
         )
@@ -99,12 +138,19 @@ class OnlineFeatureStore:
 
         Returns, per item, None where this call recorded it, or the value recorded earlier (by
         another attempt of the same payment, on this scorer or another) where it did not. One
-        round trip. Keys of one call may sit in different slots: fine on one server; on Redis
-        Cluster they would be grouped by slot first (issue 9), as for the stream's writes."""
+        round trip (on a cluster, a second one for the ids already recorded, which are rare)."""
         if not items:
             return []
         keys = [self.decision_key(txn_id) for txn_id, _ in items]
-        return list(self._record(keys=keys, args=[ttl_s, *(payload for _, payload in items)]))
+        if not self.cluster:
+            return list(self._record(keys=keys, args=[ttl_s, *(payload for _, payload in items)]))
+        pipe = self.client.pipeline()
+        for key, (_, payload) in zip(keys, items, strict=True):
+            pipe.set(key, payload, nx=True, ex=ttl_s)
+        recorded = pipe.execute()
+        lost = [i for i, ok in enumerate(recorded) if not ok]
+        earlier = dict(zip(lost, self.client.mget_nonatomic([keys[i] for i in lost]), strict=True)) if lost else {}
+        return [earlier.get(i) for i in range(len(keys))]
 
     def write_states(
         self,
@@ -121,6 +167,8 @@ class OnlineFeatureStore:
             transactions, labels: how many of each the batch applied (progress counters that
                 operators and the paced gateway read; not used by any feature).
         """
+        if self.cluster:
+            return self._write_states_cluster(states, newest_ts, transactions, labels)
         pipe = self.client.pipeline(transaction=False)
         keys: list[str] = []
         values: list[bytes | int] = []
@@ -136,12 +184,31 @@ class OnlineFeatureStore:
             self._set_many(keys=keys, args=values, client=pipe)
         if newest_ts is not None:
             self._advance(keys=[self._watermark_key], args=[repr(newest_ts)], client=pipe)
+        self._count_progress(pipe, transactions, labels)
+        pipe.execute()
+        return n
+
+    def _write_states_cluster(
+        self, states: Iterable[tuple[str, str, EntityState]], newest_ts: float | None, transactions: int, labels: int
+    ) -> int:
+        pipe = self.client.pipeline()
+        n = 0
+        for entity, entity_id, state in states:
+            n += 1
+            pipe.set(self.key(entity, entity_id), pack_state(state), ex=STATE_TTL_S[entity])
+        self._count_progress(pipe, transactions, labels)
+        pipe.execute()
+        # After the states, so the watermark never runs ahead of what readers can see. redis-py's
+        # cluster pipeline takes no scripts: the watermark's compare-and-set is its own call.
+        if newest_ts is not None:
+            self._advance(keys=[self._watermark_key], args=[repr(newest_ts)])
+        return n
+
+    def _count_progress(self, pipe: redis.client.Pipeline, transactions: int, labels: int) -> None:
         if transactions:
             pipe.hincrby(self._counter_key, "events", transactions)
         if labels:
             pipe.hincrby(self._counter_key, "labels", labels)
-        pipe.execute()
-        return n
 
     def count(self, field: str, n: int = 1) -> None:
         """Progress counters of the stream (events applied, dead letters) for operators and tests."""
@@ -156,17 +223,30 @@ class OnlineFeatureStore:
 
     def read_states(self, keys: Sequence[tuple[str, str]]) -> tuple[dict[tuple[str, str], bytes], float | None]:
         """Packed states for the given (entity, id) keys, plus the stream watermark, in one round trip."""
-        # One MGET, not a pipeline of GETs: redis-py's cost is per command (STACK-NOTES). On Redis
-        # Cluster the keys would be grouped by slot first (issue 9), as for the stream's writes.
-        *raws, watermark = self.client.mget([*(self.key(e, i) for e, i in keys), self._watermark_key])
+        *raws, watermark = self._mget([*(self.key(e, i) for e, i in keys), self._watermark_key])
         states = {k: raw for k, raw in zip(keys, raws, strict=True) if raw is not None}
         return states, float(watermark) if watermark is not None else None
+
+    def _mget(self, keys: list[str]) -> list[bytes | None]:
+        # One MGET, not a pipeline of GETs: redis-py's cost is per command (STACK-NOTES). A cluster
+        # takes one MGET per slot, pipelined per node.
+        return self.client.mget_nonatomic(keys) if self.cluster else self.client.mget(keys)
+
+    def server_run_ids(self) -> frozenset[str]:
+        """The run ids of the servers holding the store (every master of a cluster): a new one
+        means a server restarted, and with no persistence its keys are gone."""
+        if not self.cluster:
+            return frozenset({self.client.info("server")["run_id"]})
+        infos = self.client.info("server", target_nodes=RedisCluster.PRIMARIES)
+        if "run_id" in infos:  # a cluster of one master answers for itself, not per node
+            return frozenset({infos["run_id"]})
+        return frozenset(info["run_id"] for info in infos.values())
 
     def read_batch(self, transactions: Sequence[Transaction], decision_ids: Sequence[str] = ()) -> BatchRead:
         """The batch's entity states, the watermark and the decisions recorded for
         ``decision_ids``, in one ``MGET`` (the idempotency lookup rides on the feature read)."""
         keys = sorted(entity_keys(transactions))
-        *raws, watermark = self.client.mget(
+        *raws, watermark = self._mget(
             [*(self.key(e, i) for e, i in keys), *(self.decision_key(t) for t in decision_ids), self._watermark_key]
         )
         states = {k: raw for k, raw in zip(keys, raws, strict=False) if raw is not None}

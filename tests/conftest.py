@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from deploy import EmbeddedKafka, EmbeddedRedis, Topics, ensure_topics
+from deploy import EmbeddedKafka, EmbeddedRedis, EmbeddedRedisCluster, Topics, ensure_topics
 
 FAULT_TESTS = "reliability"
 
@@ -40,6 +40,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis Cluster of 3 masters (``redis-cli --cluster create``); REDIS_CLUSTER_URL, if set,
+    names an external one instead (``redis+cluster://host:port``)."""
+    if os.environ.get("REDIS_CLUSTER_URL"):
+        yield os.environ["REDIS_CLUSTER_URL"]
+        return
+    with EmbeddedRedisCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster.url
 
 
 @pytest.fixture

@@ -1,0 +1,75 @@
+"""The online store on a real Redis Cluster (3 masters) serves exactly what it serves on one server:
+the same features for a batch, the same first-writer-wins decision record, the same watermark.
+On a cluster every multi-key command must stay within one slot, so this is where a cross-slot
+MGET or script would fail."""
+
+import pytest
+from redis.cluster import RedisCluster
+
+from streaming import OnlineFeatureStore, connect_redis
+from streaming.offline import OfflineFeatureBuilder
+from tests.factories import txn
+from tests.streaming.test_online_batch_read import _history_and_batch
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def cluster(redis_cluster_url):
+    client = connect_redis(redis_cluster_url, socket_timeout=2.0, connect_timeout=2.0)
+    assert isinstance(client, RedisCluster)
+    client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    yield client
+    client.close()
+
+
+def _loaded(client, history):
+    offline = OfflineFeatureBuilder()
+    for t in history:
+        offline.apply(t)
+    store = OnlineFeatureStore(client, "t")
+    store.write_states(((e, i, s) for (e, i), s in offline.states.items()), history[-1].event_ts, len(history))
+    return store, offline
+
+
+def test_cluster_serves_the_same_features_as_one_server(cluster, redis_client):
+    history, batch = _history_and_batch(5)
+    on_cluster, offline = _loaded(cluster, history)
+    on_server, _ = _loaded(redis_client, history)
+
+    # The entity states really are spread over the masters, not all in one slot.
+    keys_per_master = [cluster.dbsize(target_nodes=node) for node in cluster.get_primaries()]
+    assert sum(1 for n in keys_per_master if n > 0) == 3, keys_per_master
+    assert on_cluster.watermark() == on_server.watermark() == history[-1].event_ts
+    assert on_cluster.counts() == on_server.counts() == {"events": len(history)}
+
+    got = on_cluster.features_for_batch(batch)
+    assert (got.matrix == on_server.features_for_batch(batch).matrix).all()
+    assert got.stream_watermark == history[-1].event_ts
+    # And both are the offline replay's values.
+    first = min(batch, key=lambda t: (t.event_ts, t.transaction_id))
+    row = got.vectors[batch.index(first)]
+    assert row == pytest.approx(offline.features(first), rel=1e-9, abs=1e-9)
+
+
+def test_cluster_watermark_only_advances(cluster):
+    store = OnlineFeatureStore(cluster, "t")
+    store.write_states([], newest_ts=200.0)
+    store.write_states([], newest_ts=100.0)  # an older batch from another worker
+    assert store.watermark() == 200.0
+
+
+def test_cluster_decision_record_is_first_writer_wins(cluster):
+    store = OnlineFeatureStore(cluster, "t")
+    ids = [f"p-{n}" for n in range(50)]  # spread over many slots
+    assert store.record_decisions([(i, b"first-" + i.encode()) for i in ids], ttl_s=60) == [None] * 50
+    again = store.record_decisions([(ids[3], b"second"), ("p-new", b"new"), (ids[40], b"second")], ttl_s=60)
+    assert again == [b"first-p-3", None, b"first-p-40"]
+    read = store.read_batch([txn(1, card="c1")], decision_ids=[ids[3], "p-unknown", "p-new"])
+    assert read.decided == [b"first-p-3", None, b"new"]
+    assert 0 < cluster.ttl(store.decision_key(ids[0])) <= 60
+
+
+def test_run_ids_name_every_master(cluster, redis_client):
+    assert len(OnlineFeatureStore(cluster).server_run_ids()) == 3
+    assert len(OnlineFeatureStore(redis_client).server_run_ids()) == 1

@@ -293,6 +293,7 @@ class Services:
     kafka_bootstrap: str
     redis_url: str
     broker_pid: int | None = None  # set when the broker is embedded (benchmarks report its CPU)
+    redis_pids: tuple[int, ...] = ()  # the embedded redis-server(s), one per cluster master
 
 
 @contextmanager
@@ -302,14 +303,21 @@ def running_services(
     redis_url: str | None = None,
     topics: Topics = DEFAULT_TOPICS,
     tansu_bin: str | None = None,
+    redis_masters: int = 0,
+    partitions: int = 1,
 ) -> Iterator[Services]:
-    """External services where given, embedded ones otherwise; topics created; stopped on exit."""
+    """External services where given, embedded ones otherwise; topics created (with ``partitions``
+    each); stopped on exit. ``redis_masters`` >= 3 embeds a Redis Cluster instead of one server."""
     with ExitStack() as stack:
-        broker_pid = None
+        broker_pid, redis_pids = None, ()
         if kafka_bootstrap is None:
             broker = stack.enter_context(EmbeddedKafka(work_dir, tansu_bin))
             kafka_bootstrap, broker_pid = broker.bootstrap, broker.proc.pid
-        if redis_url is None:
-            redis_url = stack.enter_context(EmbeddedRedis(work_dir)).url
-        ensure_topics(kafka_bootstrap, topics.all())
-        yield Services(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, broker_pid=broker_pid)
+        if redis_url is None and redis_masters >= 3:
+            cluster = stack.enter_context(EmbeddedRedisCluster(work_dir, redis_masters))
+            redis_url, redis_pids = cluster.url, tuple(cluster.pids)
+        elif redis_url is None:
+            server = stack.enter_context(EmbeddedRedis(work_dir))
+            redis_url, redis_pids = server.url, (server.proc.pid,)
+        ensure_topics(kafka_bootstrap, topics.all(), partitions=partitions)
+        yield Services(kafka_bootstrap, redis_url, broker_pid, redis_pids)

@@ -48,35 +48,73 @@ def _settings(home: Path | None = None, **overrides: object) -> Settings:
 
 
 @app.command()
-def up(home: Home = None) -> None:
+def up(
+    home: Home = None,
+    scale: Annotated[
+        bool,
+        typer.Option(
+            "--scale",
+            help="Also run the system scaled out: a Redis Cluster, partitioned topics, the feature stream "
+            "as a bytewax cluster and several scorers (needs a trained model: `fraud simulate`, `fraud train`).",
+        ),
+    ] = False,
+    partitions: Annotated[int, typer.Option(help="--scale: partitions of every topic.")] = 4,
+    stream_procs: Annotated[int, typer.Option(help="--scale: bytewax processes of the feature stream.")] = 2,
+    scorers: Annotated[int, typer.Option(help="--scale: `fraud serve` processes, a port each.")] = 2,
+    redis_masters: Annotated[int, typer.Option(help="--scale: Redis Cluster masters (0: one redis-server).")] = 3,
+) -> None:
     """Start a Kafka-wire broker (tansu) and redis-server on loopback, create the topics, and keep
     them running until Ctrl-C. KAFKA_BOOTSTRAP / REDIS_URL, if set, are used instead. Other
-    `fraud` commands find these services through HOME/services.json."""
+    `fraud` commands find these services through HOME/services.json.
+
+    With --scale, the system itself runs too, scaled out on its real engines (docs/scaling.md):
+    a Redis Cluster of --redis-masters masters, topics of --partitions partitions, the feature
+    stream as --stream-procs cooperating bytewax processes, and --scorers scorer processes whose
+    gRPC addresses are printed and recorded (callers spread calls over them round-robin)."""
     from deploy import running_services
+    from fraud.scaleout import Scale, scaled_system
 
     settings = _settings(home)
     settings.home.mkdir(parents=True, exist_ok=True)
-    with running_services(
-        settings.home / "services",
-        kafka_bootstrap=settings.kafka_bootstrap,
-        redis_url=settings.redis_url,
-        topics=settings.topics,
-        tansu_bin=settings.tansu_bin,
-    ) as services:
+    shape = Scale(partitions, stream_procs, scorers, redis_masters) if scale else None
+    with contextlib.ExitStack() as stack:
+        services = stack.enter_context(
+            running_services(
+                settings.home / "services",
+                kafka_bootstrap=settings.kafka_bootstrap,
+                redis_url=settings.redis_url,
+                topics=settings.topics,
+                tansu_bin=settings.tansu_bin,
+                redis_masters=shape.redis_masters if shape else 0,
+                partitions=shape.partitions if shape else 1,
+            )
+        )
         if not settings.kafka_bootstrap:
             # A new in-memory broker: any stream snapshot holds offsets of a log that no longer exists.
             shutil.rmtree(settings.home / "recovery", ignore_errors=True)
-        settings.services_file.write_text(
-            json.dumps({"kafka_bootstrap": services.kafka_bootstrap, "redis_url": services.redis_url})
-        )
+        recorded: dict[str, object] = {"kafka_bootstrap": services.kafka_bootstrap, "redis_url": services.redis_url}
+        settings.services_file.write_text(json.dumps(recorded))
+        stack.callback(settings.services_file.unlink, missing_ok=True)
         console.print(f"Kafka bootstrap: [bold]{services.kafka_bootstrap}[/]  Redis: [bold]{services.redis_url}[/]")
+        if shape:
+            running = settings.model_copy(
+                update={"kafka_bootstrap": services.kafka_bootstrap, "redis_url": services.redis_url}
+            )
+            system = stack.enter_context(scaled_system(running, shape))
+            recorded["scorers"] = system.scorer_targets
+            settings.services_file.write_text(json.dumps(recorded))
+            console.print(
+                f"{shape.partitions} partitions per topic; feature stream: {shape.stream_processes} bytewax "
+                f"process(es), metrics on {', '.join(map(str, system.stream_metrics_ports))}"
+            )
+            console.print(f"scorers: [bold]{', '.join(system.scorer_targets)}[/] (logs in {settings.home / 'logs'})")
         console.print(f"Services recorded in {settings.services_file}. Ctrl-C stops them.")
-        # Block both signals and wait for one, so Ctrl-C and `kill` alike stop the servers cleanly.
+        # Block both signals and wait for one, so Ctrl-C and `kill` alike stop the servers cleanly;
+        # meanwhile a child of the scaled system that dies stops everything, with its log's end.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        finally:
-            settings.services_file.unlink(missing_ok=True)
+        while signal.sigtimedwait({signal.SIGINT, signal.SIGTERM}, 2.0) is None:
+            if shape:
+                system.check_alive()
     console.print("stopped")
 
 
@@ -672,11 +710,19 @@ def _check_detector(settings: Settings, windows: list[int]) -> None:
         f"{policy.kl_threshold}, false-alarm rate {policy.false_alarm_rate}, sustain {policy.sustain}; "
         "5 references of 20,000 rows, 60 quiet windows each, 4 features; shift: amount's log-mean by 0.5 SD"
     )
-    table = Table("window", "over, no drift", "alerts, no drift", "windows to fire (median)", "worst",
-                  title="drift detector under these settings")
+    table = Table(
+        "window",
+        "over, no drift",
+        "alerts, no drift",
+        "windows to fire (median)",
+        "worst",
+        title="drift detector under these settings",
+    )
     for r in check_detector(policy, windows, progress=lambda line: console.print(line, style="dim")):
         table.add_row(
-            str(r.window), f"{r.over_rate:.2%}", f"{r.alert_rate:.2%}",
+            str(r.window),
+            f"{r.over_rate:.2%}",
+            f"{r.alert_rate:.2%}",
             "never" if r.delay_median is None else f"{r.delay_median:g}",
             "-" if r.delay_worst is None else str(r.delay_worst),
         )
@@ -687,11 +733,21 @@ def _print_monitor(watched, version: str, threshold: float) -> None:
     from monitoring import latest_window, render_drift_table
 
     console.print(render_drift_table(latest_window(watched.windows), threshold))
-    table = Table("day", "decisions", "known fraud", "maturity", "realised recall", "estimated recall",
-                  title=f"model {version}: performance by payment day")
+    table = Table(
+        "day",
+        "decisions",
+        "known fraud",
+        "maturity",
+        "realised recall",
+        "estimated recall",
+        title=f"model {version}: performance by payment day",
+    )
     for d in watched.daily()[-10:]:
         table.add_row(
-            d.day, str(d.decisions), str(d.known_fraud), _share(d.maturity),
+            d.day,
+            str(d.decisions),
+            str(d.known_fraud),
+            _share(d.maturity),
             _interval(d.realised_recall, d.realised_recall_interval),
             _interval(d.estimated.recall, d.estimated.recall_interval),
         )

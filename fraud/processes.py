@@ -31,6 +31,11 @@ class ChildProcess:
             tail = self.log_path.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; its log ends:\n{tail}")
 
+    def interrupt(self) -> None:
+        """Ask it to stop (SIGINT) without waiting: stop several at once, then ``stop`` each."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+
     def stop(self, timeout_s: float = 10.0) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)

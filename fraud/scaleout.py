@@ -110,6 +110,8 @@ def scaled_system(settings: Settings, scale: Scale, log_dir: Path | None = None)
             system.children.append(_child(stack, f"scorer-{i}", args, env, logs))
             system.scorer_targets.append(f"127.0.0.1:{port}")
             system.scorer_metrics_ports.append(metrics)
+        # Exit stops every child at once (the callbacks run last-in first): then waits for each.
+        stack.callback(lambda: [child.interrupt() for child in system.children])
         for target in system.scorer_targets:
             _wait_serving(target, system)
         yield system

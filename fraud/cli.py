@@ -81,8 +81,8 @@ def up(
         services = stack.enter_context(
             running_services(
                 settings.home / "services",
-                kafka_bootstrap=settings.kafka_bootstrap,
-                redis_url=settings.redis_url,
+                kafka_bootstrap=settings.kafka_bootstrap or None,
+                redis_url=settings.redis_url or None,
                 topics=settings.topics,
                 tansu_bin=settings.tansu_bin,
                 redis_masters=shape.redis_masters if shape else 0,

@@ -3,9 +3,8 @@
 The same history and live payments go through two copies of the system, one model between them:
 
 - single node: one redis-server, one partition per topic, one stream process, one scorer;
-- scaled out: a Redis Cluster of 3 masters, 4 partitions per topic, the feature stream as a
-  2-process bytewax cluster, 2 scorers called round-robin (``fraud.scaleout``, what
-  `fraud up --scale` runs).
+- scaled out: `fraud up --scale`, as a user runs it: a Redis Cluster of 3 masters, 4 partitions
+  per topic, the feature stream as a 2-process bytewax cluster, 2 scorers called round-robin.
 
 Every entity state in Redis, and every decision's features, score, outcome and rule hits, must be
 identical. A difference means scaling changed what a payment is judged on: a key routed to two
@@ -14,6 +13,8 @@ workers, a window split across partitions, a read that missed a slot.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import uuid
 from datetime import timedelta
@@ -24,8 +25,8 @@ from deploy import ensure_topics, free_port, make_producer
 from fraud.config import Settings
 from fraud.gateway import PacedGateway
 from fraud.lifecycle import read_decisions, redis_client, run_retrain
-from fraud.processes import ChildProcess
-from fraud.scaleout import Scale, child_env, scaled_system
+from fraud.processes import ChildProcess, wait_for
+from fraud.scaleout import Scale, child_env
 from scoring import ScorerClient, ScorerPool
 from simulator import ScenarioRates, SimulationConfig, simulate
 from streaming import OnlineFeatureStore
@@ -112,12 +113,40 @@ def single_node(world, kafka_bootstrap, redis_url, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def scaled_out(world, kafka_bootstrap, redis_cluster_url, tmp_path_factory):
-    settings = _settings(tmp_path_factory, world, kafka_bootstrap, redis_cluster_url, "scaled", SCALE.partitions)
-    with scaled_system(settings, SCALE) as system, ScorerPool(system.scorer_targets, timeout_s=30) as pool:
-        result = _drive(settings, world, pool, system.check_alive)
-        result["answered"] = dict(pool.answered)
+def scaled_out(world, kafka_bootstrap, tmp_path_factory):
+    home = tmp_path_factory.mktemp("scaled")
+    shutil.copytree(Settings(home=world["models"]).registry_dir, Settings(home=home).registry_dir)
+    suffix = f"-scaled-{uuid.uuid4().hex[:6]}"
+    env = {
+        "FRAUD_HOME": str(home),
+        "KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "REDIS_URL": os.environ.get("REDIS_CLUSTER_URL", ""),  # empty: `fraud up` embeds a cluster
+        "FRAUD_TOPIC_SUFFIX": suffix,
+        "FRAUD_KEY_PREFIX": f"s{suffix}",
+    }
+    args = ["--partitions", str(SCALE.partitions), "--stream-procs", str(SCALE.stream_processes)]
+    args += ["--scorers", str(SCALE.scorers), "--redis-masters", str(SCALE.redis_masters)]
+    up = ChildProcess("up", ["up", "--scale", *args], env, home / "logs")
+    settings = Settings(home=home, topic_suffix=suffix, key_prefix=f"s{suffix}")
+    try:
+        wait_for(lambda: "scorers" in _running(settings), 120, "`fraud up --scale` to start", 0.2, up.check_alive)
+        running = _running(settings)
+        assert running["redis_url"].startswith("redis+cluster://")
+        with ScorerPool(running["scorers"], timeout_s=30) as pool:
+            result = _drive(settings, world, pool, up.check_alive)
+            result["answered"] = dict(pool.answered)
         yield result
+    finally:
+        up.stop(30)
+    assert up.proc.returncode == 0, up.log_path.read_text()[-2000:]
+    assert not settings.services_file.exists()
+
+
+def _running(settings: Settings) -> dict:
+    try:
+        return json.loads(settings.services_file.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def test_every_live_payment_is_decided_by_both(world, single_node, scaled_out):

@@ -2,6 +2,11 @@
 
 Both go through one ``DecisionBatcher``: concurrent calls are decided together, one batch at a
 time, and requests queued past the latency budget are shed with an explicit degraded decision.
+
+The server also answers the standard health service (``grpc.health.v1.Health``), for both the
+whole server ("") and ``SERVICE_NAME``: NOT_SERVING until it listens with a model loaded, SERVING
+while it decides, NOT_SERVING again from the moment it starts shutting down. Kubernetes' ``grpc``
+readiness and liveness probes ask it (deploy/k8s).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from schema import Decision, InvalidEvent, Transaction
 from scoring.batcher import BatchingConfig, DecisionBatcher
@@ -25,6 +31,12 @@ from scoring.publisher import DecisionPublisher
 from scoring.wire import decision_to_proto, transaction_from_proto
 
 log = logging.getLogger(__name__)
+
+# The decision service's full name: what a readiness check asks about (a Kubernetes grpc probe's
+# ``service``); the empty name "" stands for the whole server (liveness).
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["FraudScorer"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,11 @@ class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
         self.publisher = publisher
         self.config = config
         self.batcher = DecisionBatcher(self._decide_and_publish, self._shed_and_publish, config.batching)
+
+    def serving_model(self) -> str | None:
+        """The version of the champion being decided with, None without one (not ready)."""
+        champion = self.engine.release.current.champion
+        return None if champion is None else champion.version
 
     def _decide_and_publish(self, transactions: list[Transaction]) -> list[Decision]:
         # Idempotent by transaction id: a retry (after a timeout, a restart, on another scorer) is
@@ -145,20 +162,39 @@ def add_to_server(service: FraudScorerService, server: grpc.aio.Server) -> None:
             response_serializer=pb.DecisionBatch.SerializeToString,
         ),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("fraud.v1.FraudScorer", handlers),))
-    server.add_registered_method_handlers("fraud.v1.FraudScorer", handlers)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+async def _add_health(server: grpc.aio.Server) -> health.aio.HealthServicer:
+    """The standard health service on ``server``, NOT_SERVING for "" and SERVICE_NAME until told."""
+    checks = health.aio.HealthServicer()
+    for name in (health.OVERALL_HEALTH, SERVICE_NAME):
+        await checks.set(name, NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+    return checks
 
 
 async def serve(service: FraudScorerService, ready: asyncio.Event | None = None, grace_s: float = 5.0) -> None:
-    """Run until cancelled; on cancellation stop accepting calls, finish the calls in flight (up
-    to ``grace_s``), then flush the decisions to Kafka."""
+    """Run until cancelled; on cancellation report NOT_SERVING, stop accepting calls, finish the
+    calls in flight (up to ``grace_s``), then flush the decisions to Kafka.
+
+    Health: NOT_SERVING until the server listens with a model loaded, then SERVING (before
+    ``ready`` is set). A scorer never listens without a model: ``fraud serve`` refuses to start
+    when the registry has none that loads (``scoring.release.RegistryRelease``), so until then a
+    probe finds nothing listening and fails as well."""
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", service.config.max_message_bytes)])
     add_to_server(service, server)
+    checks = await _add_health(server)
     address = f"{service.config.host}:{service.config.port}"
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()
-    log.info("serving decisions on %s with model %s", address, service.engine.model.version)
+    version = service.serving_model()
+    if version is not None:
+        for name in (health.OVERALL_HEALTH, SERVICE_NAME):
+            await checks.set(name, SERVING)
+    log.info("serving decisions on %s with model %s", address, version)
     if ready is not None:
         ready.set()
     try:
@@ -167,6 +203,10 @@ async def serve(service: FraudScorerService, ready: asyncio.Event | None = None,
         # cancelling the calls in flight instead of letting them finish (grpcio 1.85).
         await asyncio.get_running_loop().create_future()
     finally:
+        # NOT_SERVING first (for good: later sets are ignored), so health watchers and probes see
+        # the drain before the listener closes. A client holding a Health.Watch stream keeps
+        # server.stop waiting until the grace runs out (its stream never ends by itself).
+        await checks.enter_graceful_shutdown()
         log.info("stopping: no new calls, finishing those in flight (up to %.0f s)", grace_s)
         await server.stop(grace=grace_s)
         service.batcher.close()

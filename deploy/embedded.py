@@ -307,7 +307,9 @@ def running_services(
     partitions: int = 1,
 ) -> Iterator[Services]:
     """External services where given, embedded ones otherwise; topics created (with ``partitions``
-    each); stopped on exit. ``redis_masters`` >= 3 embeds a Redis Cluster instead of one server."""
+    each); stopped on exit. ``redis_masters`` >= 3 embeds a Redis Cluster instead of one server.
+    An empty address counts as none given (``REDIS_URL=`` in the environment)."""
+    kafka_bootstrap, redis_url = kafka_bootstrap or None, redis_url or None
     with ExitStack() as stack:
         broker_pid, redis_pids = None, ()
         if kafka_bootstrap is None:

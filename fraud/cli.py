@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
@@ -81,8 +82,8 @@ def up(
         services = stack.enter_context(
             running_services(
                 settings.home / "services",
-                kafka_bootstrap=settings.kafka_bootstrap or None,
-                redis_url=settings.redis_url or None,
+                kafka_bootstrap=settings.kafka_bootstrap,
+                redis_url=settings.redis_url,
                 topics=settings.topics,
                 tansu_bin=settings.tansu_bin,
                 redis_masters=shape.redis_masters if shape else 0,
@@ -817,8 +818,18 @@ def bench(
     duration: Annotated[float, typer.Option(help="Measured seconds per step (after the warm-up).")] = 30.0,
     warmup: Annotated[float, typer.Option(help="Seconds of load before each step's measurement.")] = 5.0,
     server_procs: Annotated[
-        int, typer.Option(help="Scorer processes: a port each, calls spread round-robin (kafka: one group).")
-    ] = 1,
+        str,
+        typer.Option(
+            help="Scorer processes: a port each, calls spread round-robin (kafka: one group). Several, "
+            "comma-separated (1,2,3): the whole run once per count, then the scaling curve."
+        ),
+    ] = "1",
+    redis_masters: Annotated[
+        int, typer.Option(help="Embedded Redis: 0 one redis-server, 3 or more a Redis Cluster of that many masters.")
+    ] = 0,
+    partitions: Annotated[
+        int | None, typer.Option(help="Partitions of the bench's topics (default: one per scorer process).")
+    ] = None,
     window_ms: Annotated[float, typer.Option(help="batch mode: the client's coalescing window.")] = 5.0,
     arrivals: Annotated[str, typer.Option(help="poisson or constant inter-arrival times.")] = "poisson",
     timeout_s: Annotated[float, typer.Option(help="Per-call deadline; later answers count as timeouts.")] = 2.0,
@@ -857,7 +868,14 @@ def bench(
     result and a PNG plot. Uses KAFKA_BOOTSTRAP / REDIS_URL if set, else starts its own."""
     from deploy import running_services
     from fraud.bench.loadgen import MODES
-    from fraud.bench.run import DecisionBenchConfig, Services, redis_pid_of, run_decision_bench, write_result
+    from fraud.bench.run import (
+        DecisionBenchConfig,
+        Services,
+        redis_pids_of,
+        run_decision_bench,
+        scaling_summary,
+        write_result,
+    )
     from fraud.bench.world import WorldConfig
 
     modes = tuple(m.strip() for m in mode.split(",") if m.strip())
@@ -867,12 +885,18 @@ def bench(
         raise typer.BadParameter(f"--arrivals: expected poisson or constant, got {arrivals!r}")
     if case_seconds <= 0:
         raise typer.BadParameter(f"--case-seconds: expected a positive number, got {case_seconds}")
+    counts = [int(n) for n in _floats(server_procs, "--server-procs")]
+    if min(counts) < 1 or len(set(counts)) != len(counts):
+        raise typer.BadParameter(f"--server-procs: distinct counts of at least 1, got {server_procs!r}")
+    if redis_masters not in (0, 1) and redis_masters < 3:
+        raise typer.BadParameter(f"--redis-masters: 0 (one server) or at least 3 (a cluster), got {redis_masters}")
     config = DecisionBenchConfig(
         modes=modes,
         rates=_floats(rates, "--rates"),
         duration_s=duration,
         warmup_s=warmup,
-        server_procs=server_procs,
+        server_procs=counts[0],
+        partitions=partitions,
         window_ms=window_ms,
         arrivals=arrivals,
         timeout_s=timeout_s,
@@ -888,6 +912,7 @@ def bench(
         kafka_bootstrap=base.kafka_bootstrap,
         redis_url=base.redis_url,
         tansu_bin=base.tansu_bin,
+        redis_masters=redis_masters,
     ) as services:
         if broker_only:
             _bench_broker(services, config, path.with_name(f"broker-{run_id}.json"), run_id)
@@ -895,29 +920,53 @@ def bench(
         if reasons_only:
             _bench_reasons(home, services, config, batch_size, path.with_name(f"reasons-{run_id}.json"), run_id)
             return
-        settings = _settings(
-            home,
-            kafka_bootstrap=services.kafka_bootstrap,
-            redis_url=services.redis_url,
-            topic_suffix=f"-bench-{run_id}",
-            key_prefix="bench",
+        bench_services = Services(
+            services.kafka_bootstrap, services.redis_url, services.broker_pid, redis_pids_of(services.redis_url)
         )
-        settings = settings.model_copy(update={"home": settings.home / "bench" / "world"})
-        console.print(f"setup: {config}")
         console.print(f"broker {services.kafka_bootstrap}, redis {services.redis_url}")
-        console.print(_STEP_HEADER, soft_wrap=True)
-        result = run_decision_bench(
-            config,
-            settings,
-            Services(
-                services.kafka_bootstrap, services.redis_url, services.broker_pid, redis_pid_of(services.redis_url)
-            ),
-            say=console.print,
-            on_step=lambda step: console.print(_step_line(step), soft_wrap=True),
-        )
-    png = write_result(result, path)
-    _print_bench_summary(result)
-    console.print(f"result: {path}\nplot:   {png}")
+        results = []
+        for n, count in enumerate(counts):
+            # Each count on topics of its own: a consumer group never sees an earlier run's log.
+            settings = _settings(
+                home,
+                kafka_bootstrap=services.kafka_bootstrap,
+                redis_url=services.redis_url,
+                topic_suffix=f"-bench-{run_id}-{count}",
+                key_prefix="bench",
+            )
+            settings = settings.model_copy(update={"home": settings.home / "bench" / "world"})
+            # The naive baseline and the model-call timings do not depend on the scorer count: once.
+            run_config = dataclasses.replace(config, server_procs=count, baseline=baseline and n == 0)
+            run_config = dataclasses.replace(run_config, model_speed=n == 0)
+            console.print(f"setup: {run_config}")
+            console.print(_STEP_HEADER, soft_wrap=True)
+            result = run_decision_bench(
+                run_config,
+                settings,
+                bench_services,
+                say=console.print,
+                on_step=lambda step: console.print(_step_line(step), soft_wrap=True),
+            )
+            result["redis"] = "cluster" if redis_masters >= 3 else "single"
+            run_path = path if len(counts) == 1 else path.with_name(f"{path.stem}-procs{count}.json")
+            png = write_result(result, run_path)
+            _print_bench_summary(result)
+            console.print(f"result: {run_path}\nplot:   {png}")
+            results.append(result)
+    if len(results) > 1:
+        summary = scaling_summary(results)
+        scaling_path = path.with_name(f"{path.stem}-scaling.json")
+        scaling_path.write_text(json.dumps(summary, indent=2, default=str))
+        _print_scaling(summary)
+        console.print(f"scaling curve: {scaling_path}")
+
+
+def _print_scaling(summary: dict) -> None:
+    console.print("\nscaling: sustainable rate by scorer processes (efficiency = speed-up / processes added)")
+    for mode, points in summary["curve"].items():
+        for p in points:
+            efficiency = "" if p["efficiency"] is None else f"  speed-up {p['speedup']}x, efficiency {p['efficiency']}"
+            console.print(f"  {mode:<7}{p['server_procs']:>3} proc  {p['sustainable_rate']:>9,.0f}/s{efficiency}")
 
 
 def _bench_broker(services, config, path: Path, run_id: str) -> None:

@@ -47,6 +47,7 @@ from schema import Decision, DecisionThresholds, FeatureVector, InvalidEvent, Ou
 from scoring.proto import fraud_pb2 as pb
 from scoring.proto import fraud_pb2_grpc
 from scoring.wire import decision_to_proto, transaction_from_proto
+from streaming import connect_redis
 from streaming.features import MODEL_FEATURES, RATIO_FEATURES
 from streaming.windows import LAYOUTS, EntityLayout, EntityState, context_features, entity_features
 
@@ -156,7 +157,7 @@ class NaiveScorerService(fraud_pb2_grpc.FraudScorerServicer):
     ) -> NaiveScorerService:
         model = NaiveModel.champion(registry_dir)
         return cls(
-            redis.Redis.from_url(redis_url),
+            connect_redis(redis_url),
             make_producer(kafka_bootstrap),
             model,
             decisions_topic,

@@ -21,13 +21,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import redis
-
 from fraud.bench.loadgen import MODES, LoadStep, run_step_in_child
 from fraud.bench.world import BenchWorld, WorldConfig, prepare_world
 from fraud.bench_stream import _proc_stats, machine_info
 from fraud.config import Settings
 from fraud.processes import ChildProcess, wait_for
+from streaming import connect_redis
 
 BASELINE = "baseline"  # the naive service, driven in unary mode
 
@@ -61,7 +60,7 @@ class Services:
     kafka_bootstrap: str
     redis_url: str
     broker_pid: int | None  # embedded broker: its CPU is reported
-    redis_pid: int | None
+    redis_pids: tuple[int, ...] = ()  # redis-servers on this machine (every master of a cluster)
 
 
 def sustainable(step: dict, config: DecisionBenchConfig) -> bool:
@@ -240,7 +239,7 @@ def run_decision_bench(
     from deploy.embedded import free_port
     from deploy.kafka import ensure_topics
 
-    client = redis.Redis.from_url(services.redis_url)
+    client = connect_redis(services.redis_url)
     world = prepare_world(settings, client, config.world, say)
     client.close()
     topics = settings.topics
@@ -271,7 +270,7 @@ def run_decision_bench(
         with _servers(mode, env, settings.home / "logs", ports) as (procs, metrics_ports):
             _wait_ready(mode, procs, settings, ports, world)
             pids = {f"server-{i}": p.proc.pid for i, p in enumerate(procs)}
-            pids.update({k: v for k, v in (("redis", services.redis_pid), ("broker", services.broker_pid)) if v})
+            pids.update(_service_pids(services))
             mode_steps: list[dict] = []
             for n, rate in enumerate(_rates_for(mode, config, mode_steps)):
                 step = LoadStep(
@@ -316,7 +315,7 @@ def run_decision_bench(
 
         calls = measure_model_calls(settings.registry_dir, seconds_per_case=config.case_seconds)
         result["model_calls"] = [asdict(r) for r in calls]
-        store = OnlineFeatureStore(redis.Redis.from_url(services.redis_url), settings.key_prefix)
+        store = OnlineFeatureStore(connect_redis(services.redis_url), settings.key_prefix)
         payments = load_payments(world.payments)
         reads = measure_feature_reads(store, payments, seconds_per_case=config.case_seconds)
         result["feature_reads"] = [asdict(r) for r in reads]
@@ -364,11 +363,55 @@ def plot_latency(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def redis_pid_of(url: str) -> int | None:
-    """The redis-server's pid when it runs on this machine (its CPU is then reported)."""
-    client = redis.Redis.from_url(url)
+def redis_pids_of(url: str) -> tuple[int, ...]:
+    """The pids of the redis-servers behind ``url`` that run on this machine (their CPU is then
+    reported): one, or every master of a cluster."""
+    from streaming import OnlineFeatureStore
+
+    client = connect_redis(url)
     try:
-        pid = int(client.info("server")["process_id"])
+        if OnlineFeatureStore(client).cluster:
+            infos = client.info("server", target_nodes=client.get_primaries())
+            found = [int(i["process_id"]) for i in (infos.values() if "process_id" not in infos else [infos])]
+        else:
+            found = [int(client.info("server")["process_id"])]
     finally:
         client.close()
-    return pid if os.path.exists(f"/proc/{pid}") else None
+    return tuple(pid for pid in found if os.path.exists(f"/proc/{pid}"))
+
+
+def _service_pids(services: Services) -> dict[str, int]:
+    pids = {"broker": services.broker_pid} if services.broker_pid else {}
+    if len(services.redis_pids) == 1:
+        pids["redis"] = services.redis_pids[0]
+    else:
+        pids.update({f"redis-{i}": pid for i, pid in enumerate(services.redis_pids)})
+    return pids
+
+
+def scaling_summary(results: list[dict]) -> dict:
+    """The scaling curve over runs with 1, 2, ... N scorer processes: per mode, the sustainable
+    rate at each count, its speed-up over the fewest processes, and the efficiency (speed-up per
+    process added), so the curve is measured, not assumed."""
+    counts = [r["config"]["server_procs"] for r in results]
+    modes = [m for m in results[0]["sustainable_rate"] if m != BASELINE]
+    curve: dict[str, list[dict]] = {}
+    for mode in modes:
+        rates = [r["sustainable_rate"].get(mode, 0.0) for r in results]
+        base_rate, base_n = rates[0], counts[0]
+        curve[mode] = [
+            {
+                "server_procs": n,
+                "sustainable_rate": rate,
+                "speedup": round(rate / base_rate, 2) if base_rate else None,
+                "efficiency": round(rate / base_rate / (n / base_n), 2) if base_rate else None,
+                "server_cpu_us_per_decision": _cpu_at_best(r, mode),
+            }
+            for n, rate, r in zip(counts, rates, results, strict=True)
+        ]
+    return {"machine": results[0]["machine"], "model_version": results[0]["model_version"], "curve": curve}
+
+
+def _cpu_at_best(result: dict, mode: str) -> float | None:
+    steps = [s for s in result["steps"] if s["mode"] == mode and s["server_cpu_us_per_decision"] is not None]
+    return steps[-1]["server_cpu_us_per_decision"] if steps else None

@@ -127,13 +127,24 @@ def test_fraud_bench_broker_only_measures_the_broker_hop_per_window(kafka_bootst
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_two_scorer_processes_share_the_calls_evenly(kafka_bootstrap, redis_url, tmp_path):
+def test_scaling_curve_over_one_and_two_scorers_on_a_redis_cluster(kafka_bootstrap, tmp_path):
+    """`--server-procs 1,2 --redis-masters 3`: the bench embeds a Redis Cluster, runs once per scorer
+    count, spreads calls evenly over the scorers, and writes the scaling curve."""
     out = tmp_path / "result.json"
-    env = {"KAFKA_BOOTSTRAP": kafka_bootstrap, "REDIS_URL": redis_url}
-    args = ["--mode", "batch", "--server-procs", "2", "--no-baseline", "--rates", "200", "--duration", "2"]
-    args += ["--warmup", "1", "--customers", "1500", "--history-days", "6", "--case-seconds", "0.05", "--out", str(out)]
-    _fraud_bench(tmp_path, env, *args, timeout=420)
-    (step,) = json.loads(out.read_text())["steps"]
+    env = {"KAFKA_BOOTSTRAP": kafka_bootstrap, "REDIS_URL": ""}
+    args = ["--mode", "batch", "--server-procs", "1,2", "--redis-masters", "3", "--no-baseline", "--rates", "200"]
+    args += ["--duration", "2", "--warmup", "1", "--customers", "1500", "--history-days", "6"]
+    stdout = _fraud_bench(tmp_path, env, *args, "--case-seconds", "0.05", "--out", str(out), timeout=420)
+    assert "redis+cluster://" in stdout and "scaling: sustainable rate by scorer processes" in stdout
+
+    one, two = (json.loads(out.with_name(f"result-procs{n}.json").read_text()) for n in (1, 2))
+    assert one["redis"] == two["redis"] == "cluster"
+    (step,) = two["steps"]
+    assert step["decided"] > 0.9 * step["measured"] and step["errors"] == 0 and step["mismatched"] == 0
+    assert set(step["cpu_pct"]) >= {"server-0", "server-1", "redis-0", "redis-1", "redis-2"}
     per_process = step["server_batching"]["decisions_per_process"]
-    assert len(per_process) == 2 and set(step["cpu_pct"]) >= {"server-0", "server-1"}
-    assert min(per_process) >= 0.4 * sum(per_process) > 0, per_process  # round-robin: about half each
+    assert len(per_process) == 2 and min(per_process) >= 0.4 * sum(per_process) > 0, per_process  # round-robin
+
+    curve = json.loads(out.with_name("result-scaling.json").read_text())["curve"]["batch"]
+    assert [p["server_procs"] for p in curve] == [1, 2]
+    assert curve[0]["speedup"] == 1.0 and all(p["sustainable_rate"] > 0 for p in curve)

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
-import redis
 
 from fraud.processes import ChildProcess, wait_for
+from streaming import OnlineFeatureStore, connect_redis
 
 CARD_PRESENT, ECOMMERCE = "card_present", "ecommerce"
 CATEGORIES = ("grocery", "fuel", "restaurants", "electronics", "travel", "digital_goods", "fashion", "pharmacy")
@@ -288,8 +288,7 @@ def run_bench(
         prepare_recovery(Recovery(home / "recovery" / f"stream{suffix}", config.snapshot_s), stream_config)
     metrics_port = free_port()
     ports = [metrics_port + i for i in range(config.processes)]
-    client = redis.Redis.from_url(redis_url)
-    counter_key = f"{prefix}:stream:counts"
+    store = OnlineFeatureStore(connect_redis(redis_url), prefix)
     result = BenchResult(config=config, machine=machine_info())
 
     spawn = mp.get_context("spawn")  # a clean interpreter: no inherited client threads
@@ -328,7 +327,7 @@ def run_bench(
             time.sleep(config.interval_s)
             alive()
             now = time.monotonic()
-            applied = int(client.hget(counter_key, "events") or 0)
+            applied = store.counts().get("events", 0)
             buckets = _freshness_buckets(ports)
             stats = [_proc_stats(p.proc.pid) for p in procs]
             interval = _delta(buckets, previous[2])
@@ -339,7 +338,7 @@ def run_bench(
                 applied_per_s=round((applied - previous[1]) / (now - previous[0]), 1),
                 freshness_p50_s=_round(histogram_quantile(0.5, interval)) if _timely(config) else None,
                 freshness_p99_s=_round(histogram_quantile(0.99, interval)) if _timely(config) else None,
-                redis_used_mb=round(int(client.info("memory")["used_memory"]) / 2**20, 1),
+                redis_used_mb=round(store.memory_used_bytes() / 2**20, 1),
                 worker_rss_mb=[round(rss, 1) for rss, _ in stats],
                 worker_cpu_pct=[
                     round(100 * (cpu - before) / (now - previous[0]), 1)
@@ -388,7 +387,7 @@ def run_bench(
             round(float(np.mean([s.worker_cpu_pct[i] for s in result.samples])), 1) for i in range(config.processes)
         ],
     }
-    client.close()
+    store.client.close()
     return result
 
 

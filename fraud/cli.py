@@ -1093,6 +1093,9 @@ def bench_stream(
     linger_ms: Annotated[
         float, typer.Option(help="The generator's producer linger: batches per partition (counts in freshness).")
     ] = 50.0,
+    redis_masters: Annotated[
+        int, typer.Option(help="Embedded Redis: 0 one redis-server, 3 or more a Redis Cluster of that many masters.")
+    ] = 0,
     out: Annotated[Path | None, typer.Option(help="JSON result (default HOME/bench/stream-<time>.json).")] = None,
 ) -> None:
     """Benchmark the feature stream: an open-loop generator produces payments at --rate while the
@@ -1124,6 +1127,7 @@ def bench_stream(
         redis_url=settings.redis_url,
         topics=settings.topics,
         tansu_bin=settings.tansu_bin,
+        redis_masters=redis_masters,
     ) as services:
         console.print(f"setup: {config}")
         console.print(f"broker {services.kafka_bootstrap}, redis {services.redis_url}")

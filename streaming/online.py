@@ -238,9 +238,15 @@ class OnlineFeatureStore:
         if not self.cluster:
             return frozenset({self.client.info("server")["run_id"]})
         infos = self.client.info("server", target_nodes=RedisCluster.PRIMARIES)
-        if "run_id" in infos:  # a cluster of one master answers for itself, not per node
-            return frozenset({infos["run_id"]})
-        return frozenset(info["run_id"] for info in infos.values())
+        # A cluster of one master answers for itself, not per node.
+        return frozenset(i["run_id"] for i in (infos.values() if "run_id" not in infos else [infos]))
+
+    def memory_used_bytes(self) -> int:
+        """Memory the servers holding the store use, summed over every master of a cluster."""
+        if not self.cluster:
+            return int(self.client.info("memory")["used_memory"])
+        infos = self.client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        return sum(int(i["used_memory"]) for i in (infos.values() if "used_memory" not in infos else [infos]))
 
     def read_batch(self, transactions: Sequence[Transaction], decision_ids: Sequence[str] = ()) -> BatchRead:
         """The batch's entity states, the watermark and the decisions recorded for

@@ -19,12 +19,15 @@ def test_histogram_quantile_beyond_the_last_bound_reports_the_bound():
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_preloaded_bench_times_the_drain_and_reports_no_freshness(kafka_bootstrap, redis_url):
-    config = BenchConfig(events=5000, rate=1000, cards=500, merchants=50, interval_s=1.0, warmup_s=0.0, preload=True)
-    result = run_bench(config, kafka_bootstrap, redis_url)
+def test_a_preloaded_bench_on_two_processes_and_a_redis_cluster_times_the_drain(kafka_bootstrap, redis_cluster_url):
+    config = BenchConfig(
+        events=5000, rate=1000, cards=500, merchants=50, interval_s=1.0, warmup_s=0.0, preload=True, processes=2
+    )
+    result = run_bench(config, kafka_bootstrap, redis_cluster_url)
     assert result.samples[0].produced == 5000  # all of it was on the topic before the stream started
     assert result.samples[-1].applied == 5000 and result.summary["applied_rate_steady"] > 0
     assert result.summary["freshness_s"]["p99"] is None
+    assert result.samples[-1].redis_used_mb > 0 and len(result.samples[-1].worker_rss_mb) == 2
 
 
 @pytest.mark.integration

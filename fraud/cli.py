@@ -365,7 +365,7 @@ def stream(
     metrics = StreamMetrics()
     if settings.stream_metrics_port:
         port = settings.stream_metrics_port + (cluster.process_id if cluster else 0)  # one port per process
-        start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+        start_http_server(port, addr=settings.metrics_host, registry=metrics.registry)
     snapshots = None
     if recovery if recovery is not None else settings.stream_recovery:
         snapshots = Recovery(settings.stream_recovery_dir, snapshot_s or settings.snapshot_interval_s)

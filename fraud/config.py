@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     grpc_max_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest gRPC request the scorer accepts (RESOURCE_EXHAUSTED above)."
     )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address every /metrics listener binds (scorer, stream, monitor); 0.0.0.0 in a pod."
+    )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port (0 = off).")
     stream_metrics_port: int = Field(9465, ge=0, le=65535, description="The feature stream's /metrics port (0 = off).")
     allowed_lateness_s: float = Field(

@@ -122,7 +122,7 @@ def build_service(settings: Settings):
         DecisionPublisher(producer, settings.topics.decisions, metrics, spill), engine.explain
     )
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
     config = ServerConfig(
         host=settings.grpc_host, port=settings.grpc_port, max_message_bytes=settings.grpc_max_message_bytes
     )

@@ -121,7 +121,7 @@ def serve_monitor(settings: Settings, port: int, poll_s: float = 1.0, stop: Call
 
     metrics = MonitorMetrics()
     monitor, version = build_monitor(settings, act=True, metrics=metrics)
-    start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    start_http_server(port, addr=settings.metrics_host, registry=metrics.registry)
     topics = settings.topics
     consumer = make_consumer(settings.require_kafka(), MONITOR_GROUP, [topics.decisions, topics.labels])
     log.info("monitoring model %s; metrics on :%d", version, port)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import redis
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 
 from schema import FeatureVector, Transaction
@@ -48,22 +48,31 @@ def connect_redis(
     (or ``rediss+cluster://``, TLS) for a Redis Cluster, naming one or more nodes to discover it
     from (comma-separated). The cluster client connects at once to learn the slot map."""
     timeouts = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
+    startup = cluster_startup(url)
+    if startup is None:
+        return redis.Redis.from_url(url, **timeouts)
+    first, nodes = startup
+    return RedisCluster.from_url(first, startup_nodes=[ClusterNode(h, p) for h, p in nodes], **timeouts)
+
+
+def cluster_startup(url: str) -> tuple[str, list[tuple[str, int]]] | None:
+    """For a ``redis+cluster://`` URL: a plain URL of its first node (credentials and TLS kept, for
+    redis-py) and every node named; None for any other URL."""
     scheme, sep, rest = url.partition("://")
     if not scheme.endswith(CLUSTER_SCHEME):
-        return redis.Redis.from_url(url, **timeouts)
-    base = scheme.removesuffix(CLUSTER_SCHEME)
+        return None
     auth, _, hosts = rest.rpartition("@")
-    nodes = [h.split("/", 1)[0] for h in hosts.split(",") if h]
+    nodes = [h.split("/", 1)[0] for h in hosts.split(",") if h.split("/", 1)[0]]
     if not nodes:
-        raise ValueError(f"REDIS_URL: no host in the cluster URL {url!r}")
-    first = f"{base}{sep}{auth + '@' if auth else ''}{nodes[0]}"
-    startup = [redis.cluster.ClusterNode(*_host_port(n)) for n in nodes]
-    return RedisCluster.from_url(first, startup_nodes=startup, **timeouts)
-
-
-def _host_port(node: str) -> tuple[str, int]:
-    host, _, port = node.rpartition(":")
-    return host or "127.0.0.1", int(port or 6379)
+        raise ValueError(f"REDIS_URL: no host:port in the cluster URL {url!r}")
+    parsed = []
+    for node in nodes:
+        host, _, port = node.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"REDIS_URL: {node!r} in {url!r} is not host:port")
+        parsed.append((host, int(port)))
+    first = f"{scheme.removesuffix(CLUSTER_SCHEME)}{sep}{auth + '@' if auth else ''}{nodes[0]}"
+    return first, parsed
 
 
 # Keys per script call: each call runs atomically in Redis, so it is kept short (~1 ms) for readers.

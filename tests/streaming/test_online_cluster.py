@@ -8,6 +8,7 @@ from redis.cluster import RedisCluster
 
 from streaming import OnlineFeatureStore, connect_redis
 from streaming.offline import OfflineFeatureBuilder
+from streaming.online import cluster_startup
 from tests.factories import txn
 from tests.streaming.test_online_batch_read import _history_and_batch
 
@@ -73,3 +74,17 @@ def test_cluster_decision_record_is_first_writer_wins(cluster):
 def test_run_ids_name_every_master(cluster, redis_client):
     assert len(OnlineFeatureStore(cluster).server_run_ids()) == 3
     assert len(OnlineFeatureStore(redis_client).server_run_ids()) == 1
+
+
+def test_cluster_urls_name_their_nodes_and_keep_credentials_and_tls():
+    assert cluster_startup("redis://127.0.0.1:6379/0") is None  # one server: not a cluster
+    first, nodes = cluster_startup("redis+cluster://10.0.0.1:7000,10.0.0.2:7001")
+    assert first == "redis://10.0.0.1:7000" and nodes == [("10.0.0.1", 7000), ("10.0.0.2", 7001)]
+    first, nodes = cluster_startup("rediss+cluster://user:secret@redis.internal:6380/")
+    assert first == "rediss://user:secret@redis.internal:6380" and nodes == [("redis.internal", 6380)]
+
+
+@pytest.mark.parametrize("url", ["redis+cluster://", "redis+cluster://host-without-port", "redis+cluster://:7000"])
+def test_a_cluster_url_without_host_and_port_is_refused_naming_the_setting(url):
+    with pytest.raises(ValueError, match="REDIS_URL"):
+        cluster_startup(url)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import redis
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import ClusterNode, RedisCluster, key_slot
 from redis.exceptions import RedisClusterException
 
 from schema import FeatureVector, Transaction
@@ -238,8 +238,30 @@ class OnlineFeatureStore:
 
     def _mget(self, keys: list[str]) -> list[bytes | None]:
         # One MGET, not a pipeline of GETs: redis-py's cost is per command (STACK-NOTES). A cluster
-        # takes one MGET per slot, pipelined per node.
-        return self.client.mget_nonatomic(keys) if self.cluster else self.client.mget(keys)
+        # takes one MGET per slot (``_mget_cluster``).
+        return self._mget_cluster(keys) if self.cluster else self.client.mget(keys)
+
+    def _mget_cluster(self, keys: list[str]) -> list[bytes | None]:
+        """One MGET per slot, sent as a plain pipeline per master: about half the client CPU of
+        redis-py's cluster pipeline (``mget_nonatomic``), which is the fallback when the slot map
+        is stale (a MOVED or ASK during resharding, a failover): it refreshes the map and retries."""
+        by_node: dict[str, tuple[ClusterNode, dict[int, list[str]]]] = {}
+        slot_node = self.client.nodes_manager.get_node_from_slot
+        for key in keys:
+            slot = key_slot(key.encode())
+            node = slot_node(slot)
+            by_node.setdefault(node.name, (node, {}))[1].setdefault(slot, []).append(key)
+        found: dict[str, bytes | None] = {}
+        try:
+            for node, slots in by_node.values():
+                pipe = self.client.get_redis_connection(node).pipeline(transaction=False)
+                for slot_keys in slots.values():
+                    pipe.execute_command("MGET", *slot_keys)
+                for slot_keys, values in zip(slots.values(), pipe.execute(), strict=True):
+                    found.update(zip(slot_keys, values, strict=True))
+        except redis.ResponseError:
+            return self.client.mget_nonatomic(keys)
+        return [found[k] for k in keys]
 
     def server_run_ids(self) -> frozenset[str]:
         """The run ids of the servers holding the store (every master of a cluster): a new one

@@ -4,7 +4,7 @@ On a cluster every multi-key command must stay within one slot, so this is where
 MGET or script would fail."""
 
 import pytest
-from redis.cluster import RedisCluster
+from redis.cluster import RedisCluster, key_slot
 
 from streaming import OnlineFeatureStore, connect_redis
 from streaming.offline import OfflineFeatureBuilder
@@ -88,3 +88,19 @@ def test_cluster_urls_name_their_nodes_and_keep_credentials_and_tls():
 def test_a_cluster_url_without_host_and_port_is_refused_naming_the_setting(url):
     with pytest.raises(ValueError, match="REDIS_URL"):
         cluster_startup(url)
+
+
+def test_a_stale_slot_map_falls_back_to_the_cluster_client_and_reads_right(cluster):
+    """The fast read trusts the client's slot map; when a master answers MOVED (resharding, a
+    failover) the read falls back to redis-py's cluster client, which refreshes the map."""
+    store = OnlineFeatureStore(cluster, "t")
+    keys = [store.key("card", f"c{n}") for n in range(30)]
+    for n, key in enumerate(keys):
+        cluster.set(key, f"state-{n}".encode())
+    slot = key_slot(keys[0].encode())
+    owner = cluster.nodes_manager.get_node_from_slot(slot)
+    wrong = next(n for n in cluster.get_primaries() if n.name != owner.name)
+    cluster.nodes_manager.slots_cache[slot] = [wrong]  # the map now sends this slot's key astray
+
+    assert store._mget(keys) == [f"state-{n}".encode() for n in range(30)]
+    assert cluster.nodes_manager.get_node_from_slot(slot).name == owner.name  # the map was refreshed

@@ -1038,6 +1038,7 @@ def _step_line(s: dict) -> str:
     lat = s["latency_ms"]
     cpu = s["cpu_pct"]
     servers = "+".join(f"{v:.0f}" for k, v in cpu.items() if k.startswith("server"))
+    redis_cpu = "+".join(f"{v:.0f}" for k, v in cpu.items() if k.startswith("redis")) or "0"  # per master
 
     def ms(v: float | None) -> str:
         return f"{v:7.1f}" if v is not None else "      -"
@@ -1049,7 +1050,7 @@ def _step_line(s: dict) -> str:
         f"{ms(lat['p99'])} {ms(lat['p999'])} {ms(lat['max'])} {s['errors']:>4} {s['timeouts']:>4} "
         f"{s['degraded']:>9}({s['shed']}) {s['max_behind_s']:>9.3f} "
         f"{per_decision if per_decision is not None else '-':>14}  {servers} | {s['generator_cpu_pct']:.0f} | "
-        f"{cpu.get('redis', 0):.0f} | {cpu.get('broker', 0):.0f}  {rows_per_batch if rows_per_batch else '-'}"
+        f"{redis_cpu} | {cpu.get('broker', 0):.0f}  {rows_per_batch if rows_per_batch else '-'}"
     )
 
 

@@ -200,18 +200,28 @@ class OnlineFeatureStore:
     def _write_states_cluster(
         self, states: Iterable[tuple[str, str, EntityState]], newest_ts: float | None, transactions: int, labels: int
     ) -> int:
+        writes = {
+            self.key(entity, entity_id): (pack_state(state), STATE_TTL_S[entity]) for entity, entity_id, state in states
+        }
+        try:
+            for node, slots in self._by_node(list(writes)):
+                pipe = self.client.get_redis_connection(node).pipeline(transaction=False)
+                for key in (k for slot_keys in slots.values() for k in slot_keys):
+                    pipe.execute_command("SET", key, writes[key][0], "EX", writes[key][1])
+                pipe.execute()
+        except redis.ResponseError:  # a stale slot map: the cluster client refreshes it (SETs are idempotent)
+            pipe = self.client.pipeline()
+            for key, (value, ttl) in writes.items():
+                pipe.set(key, value, ex=ttl)
+            pipe.execute()
         pipe = self.client.pipeline()
-        n = 0
-        for entity, entity_id, state in states:
-            n += 1
-            pipe.set(self.key(entity, entity_id), pack_state(state), ex=STATE_TTL_S[entity])
         self._count_progress(pipe, transactions, labels)
         pipe.execute()
         # After the states, so the watermark never runs ahead of what readers can see. redis-py's
         # cluster pipeline takes no scripts: the watermark's compare-and-set is its own call.
         if newest_ts is not None:
             self._advance(keys=[self._watermark_key], args=[repr(newest_ts)])
-        return n
+        return len(writes)
 
     def _count_progress(self, pipe: redis.client.Pipeline, transactions: int, labels: int) -> None:
         if transactions:
@@ -245,15 +255,9 @@ class OnlineFeatureStore:
         """One MGET per slot, sent as a plain pipeline per master: about half the client CPU of
         redis-py's cluster pipeline (``mget_nonatomic``), which is the fallback when the slot map
         is stale (a MOVED or ASK during resharding, a failover): it refreshes the map and retries."""
-        by_node: dict[str, tuple[ClusterNode, dict[int, list[str]]]] = {}
-        slot_node = self.client.nodes_manager.get_node_from_slot
-        for key in keys:
-            slot = key_slot(key.encode())
-            node = slot_node(slot)
-            by_node.setdefault(node.name, (node, {}))[1].setdefault(slot, []).append(key)
         found: dict[str, bytes | None] = {}
         try:
-            for node, slots in by_node.values():
+            for node, slots in self._by_node(keys):
                 pipe = self.client.get_redis_connection(node).pipeline(transaction=False)
                 for slot_keys in slots.values():
                     pipe.execute_command("MGET", *slot_keys)
@@ -262,6 +266,16 @@ class OnlineFeatureStore:
         except redis.ResponseError:
             return self.client.mget_nonatomic(keys)
         return [found[k] for k in keys]
+
+    def _by_node(self, keys: list[str]) -> Iterable[tuple[ClusterNode, dict[int, list[str]]]]:
+        """The keys grouped by the master that holds their slot (per the client's slot map), then by slot."""
+        by_node: dict[str, tuple[ClusterNode, dict[int, list[str]]]] = {}
+        slot_node = self.client.nodes_manager.get_node_from_slot
+        for key in keys:
+            slot = key_slot(key.encode())
+            node = slot_node(slot)
+            by_node.setdefault(node.name, (node, {}))[1].setdefault(slot, []).append(key)
+        return by_node.values()
 
     def server_run_ids(self) -> frozenset[str]:
         """The run ids of the servers holding the store (every master of a cluster): a new one

@@ -90,6 +90,30 @@ def test_a_cluster_url_without_host_and_port_is_refused_naming_the_setting(url):
         cluster_startup(url)
 
 
+def _send_astray(cluster, key):
+    """Make the client's slot map send ``key``'s slot to a master that does not hold it."""
+    slot = key_slot(key.encode())
+    owner = cluster.nodes_manager.get_node_from_slot(slot)
+    cluster.nodes_manager.slots_cache[slot] = [next(n for n in cluster.get_primaries() if n.name != owner.name)]
+    return slot, owner
+
+
+def test_a_stale_slot_map_falls_back_to_the_cluster_client_for_writes(cluster):
+    history, _ = _history_and_batch(6)
+    offline = OfflineFeatureBuilder()
+    for t in history:
+        offline.apply(t)
+    store = OnlineFeatureStore(cluster, "t")
+    (entity, entity_id), _ = next(iter(offline.states.items()))
+    slot, owner = _send_astray(cluster, store.key(entity, entity_id))
+
+    written = store.write_states(((e, i, s) for (e, i), s in offline.states.items()), history[-1].event_ts)
+    assert written == len(offline.states)
+    states, _ = store.read_states(sorted(offline.states))
+    assert len(states) == len(offline.states)
+    assert cluster.nodes_manager.get_node_from_slot(slot).name == owner.name
+
+
 def test_a_stale_slot_map_falls_back_to_the_cluster_client_and_reads_right(cluster):
     """The fast read trusts the client's slot map; when a master answers MOVED (resharding, a
     failover) the read falls back to redis-py's cluster client, which refreshes the map."""
@@ -97,10 +121,7 @@ def test_a_stale_slot_map_falls_back_to_the_cluster_client_and_reads_right(clust
     keys = [store.key("card", f"c{n}") for n in range(30)]
     for n, key in enumerate(keys):
         cluster.set(key, f"state-{n}".encode())
-    slot = key_slot(keys[0].encode())
-    owner = cluster.nodes_manager.get_node_from_slot(slot)
-    wrong = next(n for n in cluster.get_primaries() if n.name != owner.name)
-    cluster.nodes_manager.slots_cache[slot] = [wrong]  # the map now sends this slot's key astray
+    slot, owner = _send_astray(cluster, keys[0])
 
     assert store._mget(keys) == [f"state-{n}".encode() for n in range(30)]
     assert cluster.nodes_manager.get_node_from_slot(slot).name == owner.name  # the map was refreshed

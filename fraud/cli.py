@@ -345,11 +345,23 @@ def stream(
     """Run the bytewax feature dataflow: consume `transactions` and `labels`, keep per card,
     customer, merchant and device window aggregates in Redis, send malformed and late events to
     `dead-letter` with the reason. Runs until Ctrl-C; with recovery on (the default) a restart
-    resumes from the last snapshot without counting anything twice."""
+    resumes from the last snapshot without counting anything twice. The processes of a cluster
+    share one recovery directory (FRAUD_STREAM_RECOVERY_LAYOUT=shared, made before they start, as
+    `fraud up --scale` does) or each have their own (per-process: a volume per Kubernetes pod)."""
     from prometheus_client import start_http_server
 
-    from streaming.dataflow import Cluster, Recovery, StreamConfig, build_flow, prepare_recovery, run_flow
+    from streaming.dataflow import (
+        Cluster,
+        Recovery,
+        RecoveryStoreError,
+        StreamConfig,
+        build_flow,
+        prepare_recovery,
+        run_flow,
+    )
     from streaming.metrics import StreamMetrics
+    from streaming.online import STORE_ERRORS, connect_redis
+    from streaming.recovery_registry import RedisPartitionRegistry
 
     settings = _settings(home)
     config = StreamConfig(
@@ -368,9 +380,25 @@ def stream(
         start_http_server(port, addr=settings.metrics_host, registry=metrics.registry)
     snapshots = None
     if recovery if recovery is not None else settings.stream_recovery:
-        snapshots = Recovery(settings.stream_recovery_dir, snapshot_s or settings.snapshot_interval_s)
-        resumed = prepare_recovery(snapshots, config)
-        console.print(f"recovery {'resumed from' if resumed else 'started in'} {snapshots.directory}")
+        layout = settings.stream_recovery_layout
+        snapshots = Recovery(settings.stream_recovery_dir, snapshot_s or settings.snapshot_interval_s, layout)
+        # Per-process stores: Redis records which processes created their partition (a lost one is refused).
+        registry = None
+        if layout == "per-process":
+            client = connect_redis(config.redis_url, socket_timeout=5.0, connect_timeout=2.0)
+            registry = RedisPartitionRegistry(client, config.key_prefix)
+        try:
+            resumed = prepare_recovery(snapshots, config, cluster, registry)
+        except RecoveryStoreError as exc:
+            console.print(str(exc), style="red", markup=False)
+            raise typer.Exit(2) from exc
+        except STORE_ERRORS as exc:
+            console.print(f"recovery: Redis unreachable ({type(exc).__name__}: {exc})", style="red", markup=False)
+            raise typer.Exit(1) from exc
+        finally:
+            if registry is not None:
+                registry.client.close()
+        console.print(f"recovery {'resumed from' if resumed else 'started in'} {snapshots.directory} ({layout})")
     console.print(f"streaming features from {config.kafka_bootstrap} into {config.redis_url}")
     run_flow(build_flow(config, metrics), snapshots, cluster)
 

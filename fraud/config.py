@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     )
     stream_recovery: bool = Field(True, description="Snapshot the feature stream so a restart resumes exactly.")
     snapshot_interval_s: float = Field(10.0, gt=0.0, description="Seconds between feature-stream snapshots.")
+    stream_recovery_layout: Literal["shared", "per-process"] = Field(
+        "shared",
+        description="Where a stream cluster's processes keep snapshots: one directory they all see (made once, "
+        "before they start), or per-process, a directory of each process's own (Kubernetes: a volume per pod).",
+    )
     key_prefix: str = Field("fraud", description="Prefix of every Redis key this system writes.")
     topic_suffix: str = Field("", description="Appended to every topic name, to run isolated copies on one broker.")
     flag_threshold: float | None = Field(

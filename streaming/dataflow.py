@@ -24,15 +24,17 @@ written with SET, so the replay rewrites the same values instead of adding to th
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
@@ -50,6 +52,7 @@ from streaming.admission import DEFAULT_ALLOWED_LATENESS_S, Admission, late_reas
 from streaming.metrics import StreamMetrics
 from streaming.offline import label_entity_ids
 from streaming.online import STATE_TTL_S, STORE_ERRORS, OnlineFeatureStore, connect_redis
+from streaming.recovery_registry import PartitionRegistry
 from streaming.shards import AdmissionShard, EntityEvent, EntityShard, entity_events, shard_of
 from streaming.windows import EntityState
 
@@ -412,36 +415,169 @@ def build_flow(config: StreamConfig, metrics: StreamMetrics | None = None) -> Da
     return flow
 
 
+RecoveryLayout = Literal["shared", "per-process"]
+LAYOUT_SETTING = "FRAUD_STREAM_RECOVERY_LAYOUT"  # fraud/config.py: Settings.stream_recovery_layout
+
+
 @dataclass(frozen=True)
 class Recovery:
     """Where bytewax keeps snapshots, and how often it takes them.
 
     A snapshot stores operator state and Kafka offsets together; after a crash the flow resumes
     from the newest one and replays at most ``snapshot_interval_s`` of input.
+
+    ``layout`` says who sees ``directory``. "shared": every process of the cluster sees this one
+    directory, which holds the whole store (one partition), made once before they start. "per-process":
+    each process has a directory of its own (a volume per pod) holding its own partition of a store
+    of one partition per process; bytewax finds the partitions across the cluster on resume.
     """
 
     directory: Path
     snapshot_interval_s: float = 10.0
+    layout: RecoveryLayout = "shared"
 
 
-def prepare_recovery(recovery: Recovery, config: StreamConfig) -> bool:
+class RecoveryStoreError(RuntimeError):
+    """The recovery store cannot be resumed as configured; the message says why and what to do."""
+
+
+MARKER = "stream.json"
+_INPUTS = ("kafka_bootstrap", "transactions_topic", "labels_topic", "shards")
+
+
+def _start_over(also: str = "") -> str:
+    return (
+        "To start over instead (the stream then reads Kafka again from the oldest offsets it keeps), delete the "
+        f"recovery store of every stream process together (on Kubernetes: their recovery volumes, "
+        f"deploy/k8s/README.md){also}."
+    )
+
+
+def prepare_recovery(
+    recovery: Recovery,
+    config: StreamConfig,
+    cluster: Cluster | None = None,
+    registry: PartitionRegistry | None = None,
+) -> bool:
     """Create the recovery store, or keep the existing one if it belongs to this same stream.
 
     Recovery state holds Kafka offsets: resumed against another broker (an embedded one restarts
     empty) it would silently skip or misread the log, so a store made for other inputs is
     replaced (so is one made with another shard count: its state would sit in the wrong shards).
     Returns True when an existing store will be resumed.
+
+    With the per-process layout this process creates (or keeps) only its own partition, and
+    ``registry`` (required then) records which processes created one. What bytewax cannot resume
+    correctly is refused with ``RecoveryStoreError``: another process count than the store was
+    made for, a partition that was created and is gone (bytewax would resume without its state),
+    a store of the other layout.
     """
-    inputs = ("kafka_bootstrap", "transactions_topic", "labels_topic", "shards")
-    identity = {k: v for k, v in asdict(config).items() if k in inputs}
-    marker = recovery.directory / "stream.json"
-    if marker.exists() and json.loads(marker.read_text()) == identity:
+    identity = {k: v for k, v in asdict(config).items() if k in _INPUTS}
+    found = _read_marker(recovery.directory)
+    if recovery.layout == "per-process":
+        if registry is None:
+            raise ValueError("the per-process recovery layout needs a PartitionRegistry")
+        return _prepare_own_partition(recovery.directory, identity, cluster or Cluster(0, ("",)), registry, found)
+    if found == identity:
         return True
-    shutil.rmtree(recovery.directory, ignore_errors=True)
-    recovery.directory.mkdir(parents=True)
-    init_db_dir(recovery.directory, 1)
-    marker.write_text(json.dumps(identity))
+    if found is not None and found.get("layout") == "per-process" and _inputs_of(found) == identity:
+        raise RecoveryStoreError(
+            f"{recovery.directory} holds partition {found['process_id']} of {found['processes']} of a per-process "
+            f"recovery store, which the shared layout cannot resume: set {LAYOUT_SETTING}=per-process as when it was "
+            f"made. {_start_over()}"
+        )
+    _build_store(recovery.directory, 1, 0, identity)
     return False
+
+
+def _prepare_own_partition(
+    directory: Path, identity: dict[str, Any], cluster: Cluster, registry: PartitionRegistry, found: dict | None
+) -> bool:
+    processes, me = len(cluster.addresses), cluster.process_id
+    scope = _scope(identity, processes)
+    if found is not None and _inputs_of(found) != identity:
+        # Made for other inputs: replaced, as in the shared layout. Its creation is forgotten, so
+        # that going back to those inputs later starts a store afresh rather than refusing.
+        if found.get("layout") == "per-process":
+            registry.unmark_created(_scope(_inputs_of(found), found["processes"]), found["process_id"])
+        found = None
+    if found is not None and found.get("layout") != "per-process":
+        raise RecoveryStoreError(
+            f"{directory} holds a recovery store of the shared layout (the whole store in one partition), which "
+            f"{LAYOUT_SETTING}=per-process cannot resume: set {LAYOUT_SETTING}=shared as when it was made. "
+            f"{_start_over()}"
+        )
+    if found is not None:
+        if (found["processes"], found["process_id"]) != (processes, me):
+            raise RecoveryStoreError(
+                f"{directory} holds partition {found['process_id']} of a recovery store made for "
+                f"{found['processes']} stream processes, one partition each ({LAYOUT_SETTING}=per-process), but "
+                f"this is process {me} of {processes} (--process-id, --addresses). A store's partition count is "
+                f"fixed: run {found['processes']} processes again to resume it. {_start_over()}"
+            )
+        if not (directory / f"part-{me}.sqlite3").exists():
+            raise _lost(directory, me, registry, scope)
+        store = registry.claim_store(scope, found["store"])
+        if store != found["store"]:
+            raise RecoveryStoreError(
+                f"{directory} holds process {me}'s partition of recovery store {found['store']}, but "
+                f"{registry.where(scope)} names store {store}: another process created a new partition while this "
+                f"store exists (its volume lost while the record was gone too?). Partitions of two stores cannot "
+                f"be resumed together. {_start_over(f', and {registry.where(scope)}')}"
+            )
+        # Once every process has created its partition, this marker says so: should the record be
+        # lost (Redis flushed), this process records them all again, not only itself.
+        registry.mark_created(scope, range(processes) if found.get("complete") else [me])
+        if not found.get("complete") and registry.created(scope) >= set(range(processes)):
+            written = directory / f".{MARKER}.new"
+            written.write_text(json.dumps({**found, "complete": True}))
+            written.replace(directory / MARKER)
+        return True
+    store = registry.claim_store(scope, uuid.uuid4().hex)
+    if me in registry.created(scope):
+        raise _lost(directory, me, registry, scope)
+    marker = {**identity, "layout": "per-process", "processes": processes, "process_id": me, "store": store}
+    _build_store(directory, processes, me, marker)
+    registry.mark_created(scope, [me])  # after the partition exists: a crash before leaves it uncreated
+    return False
+
+
+def _lost(directory: Path, me: int, registry: PartitionRegistry, scope: str) -> RecoveryStoreError:
+    return RecoveryStoreError(
+        f"process {me}'s recovery partition is missing from {directory}, but {registry.where(scope)} records "
+        f"that process {me} created it: its volume was lost or emptied. The other processes' partitions cannot "
+        f"be resumed without it (bytewax would resume with its share of the state missing): restore the volume. "
+        f"{_start_over(f', and {registry.where(scope)}')}"
+    )
+
+
+def _read_marker(directory: Path) -> dict | None:
+    marker = directory / MARKER
+    return json.loads(marker.read_text()) if marker.exists() else None
+
+
+def _inputs_of(marker: dict) -> dict[str, Any]:
+    return {k: marker.get(k) for k in _INPUTS}
+
+
+def _scope(identity: dict[str, Any], processes: int) -> str:
+    key = json.dumps({**identity, "processes": processes}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _build_store(directory: Path, partitions: int, keep: int, marker: dict[str, Any]) -> None:
+    """A new store of ``partitions`` partitions in ``directory`` (replacing what is there), of which
+    only partition ``keep`` stays. Built beside it and renamed into place, marker included."""
+    building = directory.with_name(f".{directory.name}.new")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    init_db_dir(building, partitions)
+    for part in building.glob("part-*.sqlite3"):
+        if part.name != f"part-{keep}.sqlite3":
+            part.unlink()
+    (building / MARKER).write_text(json.dumps(marker))
+    shutil.rmtree(directory, ignore_errors=True)
+    building.rename(directory)
 
 
 @dataclass(frozen=True)

@@ -277,6 +277,7 @@ def run_bench(
         "FRAUD_HOME": str(home),
         "FRAUD_TOPIC_SUFFIX": suffix,
         "FRAUD_KEY_PREFIX": prefix,
+        "FRAUD_STREAM_RECOVERY_LAYOUT": "shared",  # the processes share the store made here
     }
     if config.snapshot_s:  # made once here: the processes must not race to create it
         stream_config = StreamConfig(

@@ -63,6 +63,8 @@ def child_env(settings: Settings) -> dict[str, str]:
         "FRAUD_HOME": str(settings.home),
         "FRAUD_TOPIC_SUFFIX": settings.topic_suffix,
         "FRAUD_KEY_PREFIX": settings.key_prefix,
+        # The stream processes share the one store `scaled_system` makes before they start.
+        "FRAUD_STREAM_RECOVERY_LAYOUT": "shared",
     }
 
 

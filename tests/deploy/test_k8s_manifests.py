@@ -370,6 +370,9 @@ def test_volumes_are_mounted_where_settings_look(rendered, overlay, monkeypatch)
     (template,) = sts["spec"]["volumeClaimTemplates"]
     recovery = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == template["metadata"]["name"])
     assert Path(recovery) in settings.stream_recovery_dir.parents
+    # a volume per pod: each process keeps its own partition (the shared layout would make each pod
+    # a whole one-partition store, of which bytewax uses only pod 0's)
+    assert settings.stream_recovery_layout == "per-process"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -94,8 +94,6 @@ def up(
             # A new in-memory broker: any stream snapshot holds offsets of a log that no longer exists.
             shutil.rmtree(settings.home / "recovery", ignore_errors=True)
         recorded: dict[str, object] = {"kafka_bootstrap": services.kafka_bootstrap, "redis_url": services.redis_url}
-        settings.services_file.write_text(json.dumps(recorded))
-        stack.callback(settings.services_file.unlink, missing_ok=True)
         console.print(f"Kafka bootstrap: [bold]{services.kafka_bootstrap}[/]  Redis: [bold]{services.redis_url}[/]")
         if shape:
             running = settings.model_copy(
@@ -103,16 +101,19 @@ def up(
             )
             system = stack.enter_context(scaled_system(running, shape))
             recorded["scorers"] = system.scorer_targets
-            settings.services_file.write_text(json.dumps(recorded))
             console.print(
                 f"{shape.partitions} partitions per topic; feature stream: {shape.stream_processes} bytewax "
                 f"process(es), metrics on {', '.join(map(str, system.stream_metrics_ports))}"
             )
             console.print(f"scorers: [bold]{', '.join(system.scorer_targets)}[/] (logs in {settings.home / 'logs'})")
-        console.print(f"Services recorded in {settings.services_file}. Ctrl-C stops them.")
         # Block both signals and wait for one, so Ctrl-C and `kill` alike stop the servers cleanly;
         # meanwhile a child of the scaled system that dies stops everything, with its log's end.
+        # Blocked only now (children would inherit the mask), and before the services file tells
+        # anyone we are up: a signal from then on is always waited for, never a KeyboardInterrupt.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        settings.services_file.write_text(json.dumps(recorded))
+        stack.callback(settings.services_file.unlink, missing_ok=True)
+        console.print(f"Services recorded in {settings.services_file}. Ctrl-C stops them.")
         while signal.sigtimedwait({signal.SIGINT, signal.SIGTERM}, 2.0) is None:
             if shape:
                 system.check_alive()

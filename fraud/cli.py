@@ -39,6 +39,9 @@ app.add_typer(models_app, name="models")
 console = Console()
 
 Home = Annotated[Path | None, typer.Option(help="Working directory (data, models, review store). Env FRAUD_HOME.")]
+EmbeddedRedisMasters = Annotated[
+    int, typer.Option(help="Embedded Redis: 0 one redis-server, 3 or more a Redis Cluster of that many masters.")
+]
 
 
 def _settings(home: Path | None = None, **overrides: object) -> Settings:
@@ -853,9 +856,7 @@ def bench(
             "comma-separated (1,2,3): the whole run once per count, then the scaling curve."
         ),
     ] = "1",
-    redis_masters: Annotated[
-        int, typer.Option(help="Embedded Redis: 0 one redis-server, 3 or more a Redis Cluster of that many masters.")
-    ] = 0,
+    redis_masters: EmbeddedRedisMasters = 0,
     partitions: Annotated[
         int | None, typer.Option(help="Partitions of the bench's topics (default: one per scorer process).")
     ] = None,
@@ -1123,9 +1124,7 @@ def bench_stream(
     linger_ms: Annotated[
         float, typer.Option(help="The generator's producer linger: batches per partition (counts in freshness).")
     ] = 50.0,
-    redis_masters: Annotated[
-        int, typer.Option(help="Embedded Redis: 0 one redis-server, 3 or more a Redis Cluster of that many masters.")
-    ] = 0,
+    redis_masters: EmbeddedRedisMasters = 0,
     out: Annotated[Path | None, typer.Option(help="JSON result (default HOME/bench/stream-<time>.json).")] = None,
 ) -> None:
     """Benchmark the feature stream: an open-loop generator produces payments at --rate while the

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fraud.config import MissingService, Settings
+from fraud.experiment_cli import experiment_app
 from fraud.models_cli import models_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
@@ -36,6 +37,7 @@ review_app = typer.Typer(
 )
 app.add_typer(review_app, name="review")
 app.add_typer(models_app, name="models")
+app.add_typer(experiment_app, name="experiment")
 console = Console()
 
 Home = Annotated[Path | None, typer.Option(help="Working directory (data, models, review store). Env FRAUD_HOME.")]

@@ -1,0 +1,34 @@
+"""Experiments: backtests of policies on history, A/B tests of policies on live cards with
+guardrails and sequential tests, and off-policy evaluation from a logged exploration holdout."""
+
+from experiments.config import (
+    CONTROL_ARM,
+    HOLDOUT_ARM,
+    Arm,
+    CostModel,
+    Experiment,
+    ExperimentFileError,
+    Exploration,
+    Guardrails,
+    Policy,
+    RampStep,
+    SequentialTest,
+    load_experiment,
+    load_policy,
+)
+
+__all__ = [
+    "CONTROL_ARM",
+    "HOLDOUT_ARM",
+    "Arm",
+    "CostModel",
+    "Experiment",
+    "ExperimentFileError",
+    "Exploration",
+    "Guardrails",
+    "Policy",
+    "RampStep",
+    "SequentialTest",
+    "load_experiment",
+    "load_policy",
+]

@@ -1,0 +1,206 @@
+"""What an experiment is, declared once: the policies it compares, how traffic is split and
+ramped, what halts it, and what a decision costs.
+
+A **policy** is everything that turns a payment into an outcome: a model version, its thresholds
+and a rule set. A backtest replays history through two policies; an A/B test assigns live cards
+to arms (one policy each) by a stable hash of the card id; off-policy evaluation estimates a
+policy nobody served from the exploration the live policy logged.
+
+Experiment files are YAML (docs/experiments.md); a wrong field is refused with its path named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from schema import DecisionThresholds
+
+CONTROL_ARM = "control"
+HOLDOUT_ARM = "holdout"
+
+
+class ExperimentFileError(ValueError):
+    """An experiment or policy file that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Policy(_Strict):
+    """A decision policy: model + thresholds + rules.
+
+    ``model``: a registry version (``xgb-0004``) or ``champion`` (whatever the registry serves when
+    the policy is resolved). ``flag``/``block`` unset: the model's own operating thresholds.
+    ``rules``: a rule file; unset: the rules shipped.
+    """
+
+    model: str = "champion"
+    flag: float | None = Field(None, ge=0.0, le=1.0)
+    block: float | None = Field(None, ge=0.0, le=1.0)
+    rules: Path | None = None
+
+    def thresholds(self, model_own: DecisionThresholds) -> DecisionThresholds:
+        """This policy's thresholds, the unset one taken from the model's own."""
+        return DecisionThresholds(
+            flag=model_own.flag if self.flag is None else self.flag,
+            block=model_own.block if self.block is None else self.block,
+        )
+
+
+class CostModel(_Strict):
+    """What a decision costs, in major currency units, to compare policies by expected loss.
+
+    Fraud approved costs its amount (the chargeback) plus a fee; a legitimate payment stopped costs
+    the customer friction and the margin lost (``false_positive``); every flag costs an analyst's
+    time (``review``).
+    """
+
+    chargeback_fee: float = Field(15.0, ge=0.0)
+    false_positive: float = Field(5.0, ge=0.0)
+    review: float = Field(3.0, ge=0.0)
+
+
+class Arm(_Strict):
+    """One arm of an A/B test: a name, its policy, and its share of cards at full ramp."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    policy: Policy = Policy()
+    share: float = Field(gt=0.0, le=1.0)
+
+
+class RampStep(_Strict):
+    """One step of the ramp: the treatment arms get ``fraction`` of their full share, for at least
+    ``min_days`` with every guardrail inside its bound before the next step may start."""
+
+    fraction: float = Field(gt=0.0, le=1.0)
+    min_days: float = Field(1.0, ge=0.0)
+
+
+class Guardrails(_Strict):
+    """Bounds that halt the experiment when a treatment arm crosses them (docs/experiments.md).
+
+    Rates are compared with the control arm's: a halt needs the treatment's approval rate lower
+    than control's by more than ``max_approval_drop`` (absolute), its decision p99 over
+    ``max_p99_ms``, or the review backlog over ``max_review_backlog`` cases.
+    """
+
+    max_approval_drop: float = Field(0.01, ge=0.0, le=1.0)
+    max_p99_ms: float = Field(100.0, gt=0.0)
+    max_review_backlog: int = Field(500, ge=0)
+    min_decisions: int = Field(1000, ge=0)  # per arm before a rate guardrail judges
+
+
+class SequentialTest(_Strict):
+    """The significance test for repeated looks: Lan-DeMets alpha spending (``obrien-fleming`` or
+    ``pocock``) over ``looks`` planned analyses, two-sided at ``alpha``."""
+
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    power: float = Field(0.8, gt=0.0, lt=1.0)
+    looks: int = Field(10, ge=1, le=100)
+    spending: Literal["obrien-fleming", "pocock"] = "obrien-fleming"
+
+
+class Exploration(_Strict):
+    """The random exploration holdout that makes counterfactual evaluation possible.
+
+    A payment the policy would flag or block on its score alone (no hard rule stopping it), at or
+    under ``max_amount_minor``, is let through (``action: approve``) or sent to review instead of
+    blocked (``action: review``) with probability ``rate``. The draw is a stable hash of the
+    transaction id, so a retry gets the same answer; the decision records the probability of the
+    outcome it took (``Decision.propensity``) and a rule hit ``exploration_holdout@1``.
+    """
+
+    rate: float = Field(0.0, ge=0.0, le=0.5)
+    max_amount_minor: int = Field(5_000, ge=0)
+    action: Literal["approve", "review"] = "approve"
+
+
+class Experiment(_Strict):
+    """An A/B test of policies on live cards. The first arm named ``control`` is the baseline."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    arms: tuple[Arm, ...]
+    primary_metric: Literal["fraud_loss_rate", "false_positive_rate", "fraud_recall", "approval_rate"] = (
+        "fraud_loss_rate"
+    )
+    minimum_effect: float = Field(0.2, gt=0.0, description="relative change of the primary metric worth detecting")
+    ramp: tuple[RampStep, ...] = (RampStep(fraction=0.01), RampStep(fraction=0.1), RampStep(fraction=0.5))
+    holdout: float = Field(0.0, ge=0.0, lt=0.5, description="share of cards kept on control for good")
+    label_maturity_days: float = Field(30.0, ge=0.0, description="a decision's labels count once this old")
+    guardrails: Guardrails = Guardrails()
+    sequential: SequentialTest = SequentialTest()
+    exploration: Exploration = Exploration()
+    costs: CostModel = CostModel()
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, arms: tuple[Arm, ...]) -> tuple[Arm, ...]:
+        names = [a.name for a in arms]
+        if len(arms) < 2:
+            raise ValueError("an experiment needs at least two arms")
+        if names[0] != CONTROL_ARM:
+            raise ValueError(f"the first arm must be named {CONTROL_ARM!r}, got {names[0]!r}")
+        if len(set(names)) != len(names) or HOLDOUT_ARM in names:
+            raise ValueError(f"arm names must be unique and not {HOLDOUT_ARM!r}: {names}")
+        if abs(sum(a.share for a in arms) - 1.0) > 1e-9:
+            raise ValueError(f"arm shares must add up to 1, got {sum(a.share for a in arms):g}")
+        return arms
+
+    @model_validator(mode="after")
+    def _ramp_increases(self) -> Experiment:
+        fractions = [s.fraction for s in self.ramp]
+        if fractions != sorted(fractions):
+            raise ValueError(f"ramp: fractions must not decrease, got {fractions}")
+        return self
+
+    @property
+    def control(self) -> Arm:
+        return self.arms[0]
+
+    @property
+    def treatments(self) -> tuple[Arm, ...]:
+        return self.arms[1:]
+
+    def shares_at(self, fraction: float) -> dict[str, float]:
+        """Each arm's share of all cards when the treatments run at ``fraction`` of their full
+        share: the holdout first, then the treatments, control taking the rest."""
+        live = 1.0 - self.holdout
+        shares = {a.name: a.share * fraction * live for a in self.treatments}
+        shares = {CONTROL_ARM: live - sum(shares.values()), **shares}
+        if self.holdout:
+            shares[HOLDOUT_ARM] = self.holdout
+        return shares
+
+
+def load_experiment(path: Path) -> Experiment:
+    """Read and validate an experiment file (YAML)."""
+    return _load(path, Experiment)
+
+
+def load_policy(path: Path) -> Policy:
+    """Read and validate a policy file (YAML): ``model``, ``flag``, ``block``, ``rules``. A
+    relative ``rules`` path is taken from the policy file's folder."""
+    policy = _load(path, Policy)
+    if policy.rules is not None and not policy.rules.is_absolute():
+        policy = policy.model_copy(update={"rules": (path.parent / policy.rules).resolve()})
+    return policy
+
+
+def _load(path: Path, kind: type[_Strict]):
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+        return kind.model_validate(data or {})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in exc.errors(include_url=False)
+        )
+        raise ExperimentFileError(f"{path}: {problems}") from exc
+    except yaml.YAMLError as exc:
+        raise ExperimentFileError(f"{path}: not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise ExperimentFileError(f"{path}: {exc.strerror}") from exc

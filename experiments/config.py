@@ -17,6 +17,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from retrain.evaluate import CostModel
 from schema import DecisionThresholds
 
 CONTROL_ARM = "control"
@@ -50,19 +51,6 @@ class Policy(_Strict):
             flag=model_own.flag if self.flag is None else self.flag,
             block=model_own.block if self.block is None else self.block,
         )
-
-
-class CostModel(_Strict):
-    """What a decision costs, in major currency units, to compare policies by expected loss.
-
-    Fraud approved costs its amount (the chargeback) plus a fee; a legitimate payment stopped costs
-    the customer friction and the margin lost (``false_positive``); every flag costs an analyst's
-    time (``review``).
-    """
-
-    chargeback_fee: float = Field(15.0, ge=0.0)
-    false_positive: float = Field(5.0, ge=0.0)
-    review: float = Field(3.0, ge=0.0)
 
 
 class Arm(_Strict):
@@ -135,7 +123,7 @@ class Experiment(_Strict):
     guardrails: Guardrails = Guardrails()
     sequential: SequentialTest = SequentialTest()
     exploration: Exploration = Exploration()
-    costs: CostModel = CostModel()
+    costs: CostModel = CostModel()  # retrain.evaluate's: the one model selection uses too
 
     @field_validator("arms")
     @classmethod

@@ -54,18 +54,20 @@ class Policy(_Strict):
 
 
 class Arm(_Strict):
-    """One arm of an A/B test: a name, its policy, and its share of cards at full ramp."""
+    """One arm of an A/B test: a name and its policy. ``weight`` splits the treatments' traffic
+    between several treatment arms (ignored for control, which takes what the ramp leaves)."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")
     policy: Policy = Policy()
-    share: float = Field(gt=0.0, le=1.0)
+    weight: float = Field(1.0, gt=0.0)
 
 
 class RampStep(_Strict):
-    """One step of the ramp: the treatment arms get ``fraction`` of their full share, for at least
-    ``min_days`` with every guardrail inside its bound before the next step may start."""
+    """One step of the ramp: the treatments together decide ``traffic`` of the cards outside the
+    holdout, for at least ``min_days`` with every guardrail inside its bound before the next step
+    may start. A last step of 1.0 is the launch: everyone outside the holdout on the treatment."""
 
-    fraction: float = Field(gt=0.0, le=1.0)
+    traffic: float = Field(gt=0.0, le=1.0)
     min_days: float = Field(1.0, ge=0.0)
 
 
@@ -109,7 +111,7 @@ class Exploration(_Strict):
 
 
 class Experiment(_Strict):
-    """An A/B test of policies on live cards. The first arm named ``control`` is the baseline."""
+    """An A/B test of policies on live cards. The first arm, named ``control``, is the baseline."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
     arms: tuple[Arm, ...]
@@ -117,7 +119,9 @@ class Experiment(_Strict):
         "fraud_loss_rate"
     )
     minimum_effect: float = Field(0.2, gt=0.0, description="relative change of the primary metric worth detecting")
-    ramp: tuple[RampStep, ...] = (RampStep(fraction=0.01), RampStep(fraction=0.1), RampStep(fraction=0.5))
+    ramp: tuple[RampStep, ...] = (RampStep(traffic=0.01), RampStep(traffic=0.1), RampStep(traffic=0.5))
+    # Cards kept on control's policy for the experiment's whole life, launch included: the
+    # long-term comparison once the treatment decides everyone else.
     holdout: float = Field(0.0, ge=0.0, lt=0.5, description="share of cards kept on control for good")
     label_maturity_days: float = Field(30.0, ge=0.0, description="a decision's labels count once this old")
     guardrails: Guardrails = Guardrails()
@@ -135,15 +139,13 @@ class Experiment(_Strict):
             raise ValueError(f"the first arm must be named {CONTROL_ARM!r}, got {names[0]!r}")
         if len(set(names)) != len(names) or HOLDOUT_ARM in names:
             raise ValueError(f"arm names must be unique and not {HOLDOUT_ARM!r}: {names}")
-        if abs(sum(a.share for a in arms) - 1.0) > 1e-9:
-            raise ValueError(f"arm shares must add up to 1, got {sum(a.share for a in arms):g}")
         return arms
 
     @model_validator(mode="after")
     def _ramp_increases(self) -> Experiment:
-        fractions = [s.fraction for s in self.ramp]
-        if fractions != sorted(fractions):
-            raise ValueError(f"ramp: fractions must not decrease, got {fractions}")
+        traffic = [s.traffic for s in self.ramp]
+        if not traffic or traffic != sorted(traffic):
+            raise ValueError(f"ramp: at least one step, traffic never decreasing, got {traffic}")
         return self
 
     @property
@@ -154,12 +156,17 @@ class Experiment(_Strict):
     def treatments(self) -> tuple[Arm, ...]:
         return self.arms[1:]
 
-    def shares_at(self, fraction: float) -> dict[str, float]:
-        """Each arm's share of all cards when the treatments run at ``fraction`` of their full
-        share: the holdout first, then the treatments, control taking the rest."""
+    def treatment_weights(self) -> dict[str, float]:
+        """Each treatment's part of the treatments' traffic (weights normalised to 1)."""
+        total = sum(a.weight for a in self.treatments)
+        return {a.name: a.weight / total for a in self.treatments}
+
+    def shares_at(self, traffic: float) -> dict[str, float]:
+        """Each arm's share of all cards when the treatments decide ``traffic`` of the cards outside
+        the holdout (0: everyone on control, bar the holdout)."""
         live = 1.0 - self.holdout
-        shares = {a.name: a.share * fraction * live for a in self.treatments}
-        shares = {CONTROL_ARM: live - sum(shares.values()), **shares}
+        shares = {name: live * traffic * w for name, w in self.treatment_weights().items()}
+        shares = {CONTROL_ARM: live * (1.0 - traffic), **shares}
         if self.holdout:
             shares[HOLDOUT_ARM] = self.holdout
         return shares

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from experiments.config import CONTROL_ARM, HOLDOUT_ARM, Experiment
+from experiments.store import LAUNCHED, ExperimentState
 
 
 def card_buckets(card_ids: Sequence[str], salt: str) -> np.ndarray:
@@ -50,4 +51,14 @@ def assign_arms(card_ids: Sequence[str], experiment: Experiment, traffic: float)
     arms = np.full(len(card_ids), CONTROL_ARM, dtype=object)
     for name, start, end in arm_regions(experiment, traffic):
         arms[(buckets >= start) & (buckets < end)] = name
+    return arms
+
+
+def serving_arms(card_ids: Sequence[str], state: ExperimentState | None) -> np.ndarray:
+    """The arm deciding each card as the experiment stands (no experiment: control for all)."""
+    if state is None:
+        return np.full(len(card_ids), CONTROL_ARM, dtype=object)
+    arms = assign_arms(card_ids, state.experiment, state.traffic)
+    if state.status == LAUNCHED and state.winner is not None:
+        arms[(arms != HOLDOUT_ARM)] = state.winner  # launch: every card outside the holdout
     return arms

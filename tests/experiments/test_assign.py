@@ -48,3 +48,27 @@ def test_a_card_gets_one_arm_whatever_its_batch():
     exp = _experiment()
     alone = [assign_arms([c], exp, 0.5)[0] for c in CARDS[:200]]
     assert list(assign_arms(CARDS[:200], exp, 0.5)) == alone
+
+
+def test_serving_arms_follow_the_experiment_state(tmp_path):
+    from experiments.assign import serving_arms
+    from experiments.store import ExperimentStore
+
+    store = ExperimentStore(tmp_path)
+    exp = _experiment(holdout=0.05)
+    assert set(serving_arms(CARDS, None)) == {CONTROL_ARM}
+    running = serving_arms(CARDS, store.start(exp))
+    assert np.array_equal(running, assign_arms(CARDS, exp, exp.ramp[0].traffic))
+    advanced = serving_arms(CARDS, store.advance("gate passed"))
+    assert np.mean(advanced != CONTROL_ARM) > np.mean(running != CONTROL_ARM)
+    halted = serving_arms(CARDS, store.halt("approval rate guardrail"))
+    assert set(halted) == {CONTROL_ARM, HOLDOUT_ARM}
+    assert np.array_equal(halted == HOLDOUT_ARM, running == HOLDOUT_ARM)
+    with pytest.raises(ValueError, match="halted"):
+        store.advance("no")
+    store.stop("done")
+    store.start(exp)
+    launched = serving_arms(CARDS, store.launch("low-block", "beat control at look 4"))
+    assert set(launched) == {"low-block", HOLDOUT_ARM}
+    assert np.array_equal(launched == HOLDOUT_ARM, running == HOLDOUT_ARM)  # the long-term holdout stays
+    assert [e["event"] for e in store.history()] == ["start", "advance", "halt", "stop", "start", "launch"]

@@ -96,7 +96,9 @@ class SequentialTest(_Strict):
 
 
 class Exploration(_Strict):
-    """The random exploration holdout that makes counterfactual evaluation possible.
+    """The random exploration holdout that makes counterfactual evaluation possible. One setting
+    of the whole decision path (FRAUD_EXPLORATION_*), not of an experiment: it is the logging
+    policy every arm shares.
 
     A payment the policy would flag or block on its score alone (no hard rule stopping it), at or
     under ``max_amount_minor``, is let through (``action: approve``) or sent to review instead of
@@ -126,7 +128,6 @@ class Experiment(_Strict):
     label_maturity_days: float = Field(30.0, ge=0.0, description="a decision's labels count once this old")
     guardrails: Guardrails = Guardrails()
     sequential: SequentialTest = SequentialTest()
-    exploration: Exploration = Exploration()
     costs: CostModel = CostModel()  # retrain.evaluate's: the one model selection uses too
 
     @field_validator("arms")

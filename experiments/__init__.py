@@ -15,6 +15,7 @@ from experiments.config import (
     load_experiment,
     load_policy,
 )
+from experiments.replay import ReplayedFeatures, ReplayedHistory
 
 __all__ = [
     "CONTROL_ARM",
@@ -26,6 +27,8 @@ __all__ = [
     "Guardrails",
     "Policy",
     "RampStep",
+    "ReplayedFeatures",
+    "ReplayedHistory",
     "SequentialTest",
     "load_experiment",
     "load_policy",

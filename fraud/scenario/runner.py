@@ -5,7 +5,7 @@ fits in minutes on two cores:
 
 - features: one point-in-time replay of the whole history (``streaming.feature_matrix``, the
   code the online store and the scorer share), served to the scorer's ``DecisionEngine`` by
-  ``ReplayedFeatures`` in place of Redis;
+  ``experiments.replay.ReplayedFeatures`` in place of Redis;
 - decisions: ``DecisionEngine.decide_batch`` (rules, model, thresholds, precedence) with the
   champion from a real ``ModelRegistry``;
 - review: flagged payments, highest score x amount first, up to a daily capacity; the verdict is
@@ -24,7 +24,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.replay import ReplayedFeatures
 from fraud.scenario.story import Story, load_story
 from monitoring import DriftReference, SustainedAlert, compare, realised_performance
 from retrain import ModelRegistry, NotEnoughData, RetrainPolicy, labelled_as_of, retrain_on
@@ -39,22 +40,10 @@ from rules_engine import load_rules
 from schema import Decision, GroundTruth, Label, LabelSource, Outcome, Transaction
 from scoring import DecisionEngine, ScorerMetrics
 from simulator import simulate
-from streaming import MODEL_FEATURES, WINDOWED_FEATURES, BatchFeatures, feature_matrix
+from streaming import MODEL_FEATURES, WINDOWED_FEATURES, feature_matrix
 
 DAY_S = 86400.0
 Say = Callable[[str], None]
-
-
-class ReplayedFeatures:
-    """The online store's stand-in: each payment's point-in-time features from one replay."""
-
-    def __init__(self, ordered: Sequence[Transaction], matrix: np.ndarray) -> None:
-        self.row = {t.transaction_id: i for i, t in enumerate(ordered)}
-        self.matrix = matrix
-
-    def features_for_batch(self, transactions: Sequence[Transaction]) -> BatchFeatures:
-        rows = [self.row[t.transaction_id] for t in transactions]
-        return BatchFeatures(self.matrix[rows].astype(np.float64), stream_watermark=None)
 
 
 @dataclass

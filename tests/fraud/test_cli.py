@@ -33,6 +33,7 @@ SUBCOMMANDS = [
     ["models", "promote"],
     ["models", "rollback"],
     ["models", "history"],
+    ["experiment", "plan"],
 ]
 
 

@@ -18,6 +18,7 @@ from deploy.kafka import Topics
 from schema import DecisionThresholds
 
 if TYPE_CHECKING:
+    from experiments.config import Exploration
     from monitoring import MonitorPolicy
 
 
@@ -96,6 +97,16 @@ class Settings(BaseSettings):
     release_poll_s: float = Field(1.0, gt=0.0, description="How often a scorer checks the registry for a new release.")
     retrain_every_days: float = Field(30.0, gt=0.0, description="`fraud retrain --if-due`: retrain after this long.")
     rules_file: Path | None = Field(None, description="Rule file (YAML); unset: the rules shipped.")
+    # The exploration holdout for off-policy evaluation (docs/experiments.md, "Off-policy evaluation").
+    exploration_rate: float = Field(
+        0.0, ge=0.0, le=0.5, description="Share of payments the score alone would stop that are let through (0 = off)."
+    )
+    exploration_max_amount_minor: int = Field(
+        5_000, ge=0, description="Only payments at or under this amount (minor units) are explored."
+    )
+    exploration_action: Literal["approve", "review"] = Field(
+        "approve", description="What an explored payment gets instead: approve, or review instead of block."
+    )
     # Publishing decisions while the broker is away (scoring/spill.py).
     publish_buffer_kbytes: int = Field(
         65_536, gt=0, description="Decisions held in memory for the broker (librdkafka's queue), KiB."
@@ -126,6 +137,18 @@ class Settings(BaseSettings):
         return DecisionThresholds(
             flag=model_thresholds.flag if self.flag_threshold is None else self.flag_threshold,
             block=model_thresholds.block if self.block_threshold is None else self.block_threshold,
+        )
+
+    def exploration(self) -> Exploration | None:
+        """The exploration holdout the scorer applies; None when the rate is 0."""
+        from experiments.config import Exploration
+
+        if self.exploration_rate == 0.0:
+            return None
+        return Exploration(
+            rate=self.exploration_rate,
+            max_amount_minor=self.exploration_max_amount_minor,
+            action=self.exploration_action,
         )
 
     def monitor_policy(self) -> MonitorPolicy:

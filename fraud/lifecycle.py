@@ -80,9 +80,11 @@ def build_service(settings: Settings):
     from prometheus_client import start_http_server
 
     from deploy.kafka import make_producer
+    from experiments.store import ExperimentStore
     from retrain import ModelRegistry
     from rules_engine import load_rules
     from scoring import DecisionEngine, DecisionPublisher, FraudScorerService, ScorerMetrics, ServerConfig
+    from scoring.experiment import ExperimentRouter, arm_engine_factory
     from scoring.publisher import ExplainingPublisher
     from scoring.release import RegistryRelease
     from scoring.spill import Spill
@@ -116,17 +118,24 @@ def build_service(settings: Settings):
         metrics=metrics,
         on_shadow=shadow.publish,
         explain_inline=False,  # the reply goes out first; reason codes join the published decision
+        exploration=settings.exploration(),
     )
+    # A/B experiments: each card's arm decides its payments (scoring/experiment.py); no experiment
+    # running, the engine decides everything as before.
+    router = ExperimentRouter(
+        engine, arm_engine_factory(release.registry, engine), ExperimentStore(settings.registry_dir)
+    )
+    router.watch(settings.release_poll_s)
     spill = Spill(settings.spill_dir / settings.topics.decisions, settings.spill_max_bytes)
     publisher = ExplainingPublisher(
-        DecisionPublisher(producer, settings.topics.decisions, metrics, spill), engine.explain
+        DecisionPublisher(producer, settings.topics.decisions, metrics, spill), router.explain
     )
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
     config = ServerConfig(
         host=settings.grpc_host, port=settings.grpc_port, max_message_bytes=settings.grpc_max_message_bytes
     )
-    return FraudScorerService(engine, publisher, config)
+    return FraudScorerService(router, publisher, config)
 
 
 def open_review_store(settings: Settings) -> ReviewStore:

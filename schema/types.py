@@ -146,7 +146,11 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     features: FeatureVector
     decided_at: AwareTime
     policy_arm: str = "default"
-    propensity: Probability = 1.0  # P(this arm's policy | transaction); 1.0 without an experiment
+    # P(this outcome | transaction) under the policy that decided (its arm). The arm is fixed by a
+    # hash of the card, so the only randomness is the exploration holdout (experiments.exploration):
+    # 1.0 where exploration could not have changed the outcome, its rate where it did, 1 - rate
+    # where it could have and did not. Off-policy evaluation weights by it (experiments.ope).
+    propensity: Probability = 1.0
     degraded_reason: str | None = None  # set when a dependency was unavailable
     feature_staleness_s: float | None = None  # event time minus the newest event in the stored aggregates
     reasons: list[ReasonCode] = []  # top feature contributions, strongest first (flag and block only)

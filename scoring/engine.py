@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 import msgspec
 import numpy as np
 
+from experiments.config import Exploration
+from experiments.exploration import EXPLORATION_RULE, exploration_draws, exploration_reason, explore
 from retrain.registry import RegisteredModel
 from rules_engine import RuleSet
 from schema import (
@@ -61,6 +63,10 @@ class DecisionEngine:
     ``model`` is either one model (served alone at ``thresholds``, or its own thresholds when
     None) or a ``ModelRelease`` that may carry a shadow or canary challenger and can change
     between batches. Each batch is decided by one snapshot of the release.
+
+    ``exploration``: the random holdout for off-policy evaluation (``experiments.exploration``);
+    None or rate 0: off, and free. ``exploration_salt`` seeds its per-payment draws: every scorer
+    must use the same one, so a retry decided by another scorer gets the same answer.
     """
 
     def __init__(
@@ -74,6 +80,9 @@ class DecisionEngine:
         on_shadow: Callable[[list[Decision]], None] | None = None,
         explain_inline: bool = True,
         decision_ttl_s: int = DECISION_TTL_S,
+        exploration: Exploration | None = None,
+        exploration_salt: str = EXPLORATION_RULE,
+        arm: str | None = None,
     ) -> None:
         self.rules = rules
         self.release = model if isinstance(model, ModelRelease) else ModelRelease(model, thresholds)
@@ -88,6 +97,11 @@ class DecisionEngine:
         # (``ExplainingPublisher``), so payments batched with a flagged one do not wait for TreeSHAP.
         self.explain_inline = explain_inline
         self.decision_ttl_s = decision_ttl_s  # how long a retry of a payment gets the same decision
+        # The A/B arm this engine decides for (``scoring.experiment``): recorded in every decision,
+        # fallbacks included, before the idempotency record, so a retry's reply names it too.
+        self.arm = arm
+        self.exploration = exploration if exploration is not None and exploration.rate > 0.0 else None
+        self.exploration_salt = exploration_salt
         metrics.model_loaded(self.model.version)
 
     @property
@@ -258,6 +272,7 @@ class DecisionEngine:
             max([_thresholds(release, canary).outcome(score), *(h.action for h in hits)], key=_severity)
             for score, hits, canary in zip(score_list, all_hits, canary_rows, strict=True)
         ]
+        explored = self._explore(transactions, outcomes, all_hits)  # before reasons: explored rows are approvals
         rules_done = time.perf_counter()
         reasons = self._explain(release, matrix, outcomes, canary_rows) if self.explain_inline else {}
         reasons_done = time.perf_counter()
@@ -268,7 +283,9 @@ class DecisionEngine:
             staleness = None if batch.stream_watermark is None else txn.event_ts - batch.stream_watermark
             if staleness is not None:
                 self.metrics.feature_staleness.observe(max(staleness, 0.0))
-            arm, model, propensity = _arm(release, canary_rows[i])
+            arm, model, propensity = _arm(release, canary_rows[i], self.arm)
+            if explored is not None:
+                propensity *= float(explored[i])
             decisions.append(
                 Decision(
                     transaction=txn,
@@ -294,6 +311,36 @@ class DecisionEngine:
         if release.shadow:
             self._shadow(release, matrix, decisions)
         return decisions
+
+    def _explore(
+        self, transactions: Sequence[Transaction], outcomes: list[Outcome], all_hits: list[list[RuleHit]]
+    ) -> np.ndarray | None:
+        """Apply the exploration holdout in place (outcomes and rule hits of the explored rows);
+        returns each row's propensity, or None when exploration is off or nothing was stopped
+        (then every propensity is 1). Only stopped rows are hashed: most batches cost nothing."""
+        exploration = self.exploration
+        if exploration is None:
+            return None
+        stopped = [i for i, o in enumerate(outcomes) if o is not Outcome.APPROVE]
+        if not stopped:
+            return None
+        # a rule's own stop is a floor exploration never lowers (a blocked country stays blocked)
+        hard_stop = np.array([any(h.action is not Outcome.APPROVE for h in all_hits[i]) for i in stopped], dtype=bool)
+        amounts = np.array([transactions[i].amount_minor for i in stopped], dtype=np.int64)
+        draws = exploration_draws([transactions[i].transaction_id for i in stopped], self.exploration_salt)
+        result = explore([outcomes[i] for i in stopped], hard_stop, amounts, draws, exploration)
+        propensity = np.ones(len(outcomes))
+        propensity[stopped] = result.propensity
+        for j in np.flatnonzero(result.explored).tolist():
+            i = stopped[j]
+            hit = RuleHit(
+                rule_id=EXPLORATION_RULE, action=result.outcomes[j], reason=exploration_reason(outcomes[i], exploration)
+            )
+            all_hits[i] = [*all_hits[i], hit]
+            outcomes[i] = result.outcomes[j]
+        if n := int(result.explored.sum()):
+            self.metrics.exploration_decisions.labels(action=exploration.action).inc(n)
+        return propensity
 
     def _score(self, release: ServingRelease, transactions: Sequence[Transaction], matrix: np.ndarray) -> _Scored:
         n = len(transactions)
@@ -373,7 +420,11 @@ class DecisionEngine:
         shadow = [
             msgspec.structs.replace(
                 d,
-                outcome=max([t.outcome(score), *(h.action for h in d.rule_hits)], key=_severity),
+                # the live decision's exploration hit is not a rule the shadow policy has
+                outcome=max(
+                    [t.outcome(score), *(h.action for h in d.rule_hits if h.rule_id != EXPLORATION_RULE)],
+                    key=_severity,
+                ),
                 score=score,
                 model_version=release.challenger.version,
                 policy_arm=SHADOW_ARM,
@@ -412,6 +463,7 @@ class DecisionEngine:
                     rule_hits=hits,
                     features=vector,
                     decided_at=now,
+                    policy_arm=self.arm or "default",
                     degraded_reason=reason,
                 )
             )
@@ -454,11 +506,14 @@ def _thresholds(release: ServingRelease, canary: bool) -> DecisionThresholds:
     return release.champion_thresholds
 
 
-def _arm(release: ServingRelease, canary: bool) -> tuple[str, RegisteredModel, float]:
-    """(policy arm, model, propensity): the probability this arm's policy decides a random card."""
+def _arm(
+    release: ServingRelease, canary: bool, experiment_arm: str | None = None
+) -> tuple[str, RegisteredModel, float]:
+    """(policy arm, model, propensity before exploration). The card's hash fixes its arm, so given
+    the payment the arm is certain: the propensity is 1 (exploration alone lowers it)."""
     if canary and release.challenger is not None:
-        return CANARY_ARM, release.challenger, release.share
-    return CHAMPION_ARM, release.champion, 1.0 - release.share if release.canary else 1.0
+        return CANARY_ARM, release.challenger, 1.0
+    return experiment_arm or CHAMPION_ARM, release.champion, 1.0
 
 
 def _missing(reason: str) -> str:

@@ -37,6 +37,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from deploy.lag import ConsumerLag, record_positions
 from schema import Decision, InvalidEvent, Transaction, dead_letter, decode_transaction, encode
 from scoring.engine import DecisionEngine
+from scoring.experiment import ExperimentRouter
 from scoring.publisher import DecisionPublisher
 
 
@@ -54,7 +55,7 @@ class KafkaDoorConfig:
 class KafkaDecisionDoor:
     def __init__(
         self,
-        engine: DecisionEngine,
+        engine: DecisionEngine | ExperimentRouter,
         publisher: DecisionPublisher,
         consumer: Consumer,
         dead_letters: Producer,

@@ -35,12 +35,27 @@ class ScorerMetrics:
             registry=r,
         )
         self.invalid = Counter("fraud_invalid_requests", "Transactions refused as malformed", registry=r)
+        self.exploration_decisions = Counter(
+            "fraud_exploration_decisions",
+            "Decisions the exploration holdout changed (action: approve = let through instead of stopped, "
+            "review = flagged instead of blocked), for off-policy evaluation",
+            ["action"],
+            registry=r,
+        )
         self.latency = Histogram(
             "fraud_decision_latency_seconds",
             "Server-side time per request (stage=total) and per batch stage "
             "(features, model, rules: rules and thresholds, reasons, record: recording decisions for retries, "
             "publish: handing decisions to Kafka)",
             ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.arm_latency = Histogram(
+            "fraud_experiment_arm_seconds",
+            "Per A/B arm: time to decide its part of a batch (features, model, rules, record), for the "
+            "experiment's latency guardrail (docs/experiments.md)",
+            ["arm"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

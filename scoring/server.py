@@ -25,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from schema import Decision, InvalidEvent, Transaction
 from scoring.batcher import BatchingConfig, DecisionBatcher
 from scoring.engine import DecisionEngine
+from scoring.experiment import ExperimentRouter
 from scoring.proto import fraud_pb2 as pb
 from scoring.proto import fraud_pb2_grpc
 from scoring.publisher import DecisionPublisher
@@ -51,7 +52,9 @@ class ServerConfig:
 
 
 class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
-    def __init__(self, engine: DecisionEngine, publisher: DecisionPublisher, config: ServerConfig) -> None:
+    def __init__(
+        self, engine: DecisionEngine | ExperimentRouter, publisher: DecisionPublisher, config: ServerConfig
+    ) -> None:
         self.engine = engine
         self.publisher = publisher
         self.config = config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -62,3 +63,11 @@ def register_tiny_model(root: Path, fraud_if: Callable[[np.ndarray], np.ndarray]
     )
     registry.promote(version, {"reason": "test"})
     return version
+
+
+def set_model_thresholds(root: Path, version: str, flag: float, block: float) -> None:
+    """Rewrite a registered model's operating thresholds (its metadata), as a test fixture."""
+    path = root / "models" / version / "metadata.json"
+    meta = json.loads(path.read_text())
+    meta["operating_point"] = {"flag": flag, "block": block}
+    path.write_text(json.dumps(meta))

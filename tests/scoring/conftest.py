@@ -1,4 +1,4 @@
-"""A small registered ONNX model shared by the scoring tests that need a real engine."""
+"""Small registered ONNX models shared by the scoring tests that need a real engine."""
 
 import numpy as np
 import pytest
@@ -6,6 +6,7 @@ import pytest
 from retrain import ModelRegistry
 from retrain.train import TrainingConfig, fit, to_onnx
 from streaming.features import MODEL_FEATURES
+from tests.factories import register_tiny_model, set_model_thresholds
 
 
 @pytest.fixture(scope="module")
@@ -20,3 +21,16 @@ def model(tmp_path_factory):
     )
     registry.promote(version, {"reason": "test"})
     return registry.load()
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """Two models with opposite tastes, so the one that decided shows in the outcome: the quiet
+    champion never flags, the eager one flags every payment (thresholds in their metadata)."""
+    quiet = register_tiny_model(tmp_path, lambda x: x[:, 0] > 1.0)
+    eager = register_tiny_model(tmp_path, lambda x: x[:, 1] > 1.0)
+    set_model_thresholds(tmp_path, quiet, 1.0, 1.0)  # never flags on score
+    set_model_thresholds(tmp_path, eager, 0.0, 1.0)  # flags every payment
+    registry = ModelRegistry(tmp_path)
+    registry.rollback("the quiet model is the champion")
+    return registry, quiet, eager

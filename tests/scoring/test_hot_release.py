@@ -1,5 +1,6 @@
 """Releases are hot: a running `fraud serve` under steady calls follows `fraud models promote`,
-`canary`, `stop` and `rollback` without a restart and without one failed request."""
+`canary`, `stop` and `rollback`, and `fraud experiment start` and `stop`, without a restart and
+without one failed request."""
 
 import subprocess
 import sys
@@ -70,6 +71,18 @@ def test_promote_canary_stop_and_rollback_apply_under_load_with_no_failed_reques
         wait_for(only(second), 10, "the canary stopped", alive=scorer.check_alive)
         registry.rollback("test")
         wait_for(only(first), 10, "the rollback applied", alive=scorer.check_alive)
+        # an A/B test of the second model on half the cards, started and stopped from the CLI
+        experiment = tmp_path / "experiment.yaml"
+        experiment.write_text(
+            "name: second-model\narms:\n  - name: control\n  - name: second\n"
+            f"    policy: {{model: {second}}}\nramp: [{{traffic: 0.5}}]\nholdout: 0.1\n"
+        )
+        _fraud(tmp_path, env, "experiment", "start", str(experiment))
+        wait_for(seen(second, "second"), 10, "the treatment arm deciding", alive=scorer.check_alive)
+        wait_for(seen(first, "control"), 10, "the control arm deciding", alive=scorer.check_alive)
+        wait_for(seen(first, "holdout"), 10, "the holdout deciding", alive=scorer.check_alive)
+        _fraud(tmp_path, env, "experiment", "stop", "--reason", "test")
+        wait_for(only(first), 10, "the experiment stopped", alive=scorer.check_alive)
     finally:
         for c in callers:
             c.halt.set()

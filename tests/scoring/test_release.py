@@ -1,40 +1,19 @@
 """Shadow and canary releases in the decision engine, with a real Redis behind the features.
 
 Two models with opposite tastes make the arm that decided a payment visible in its outcome: the
-champion never flags, the challenger flags everything (thresholds in their metadata).
+champion never flags, the challenger flags everything (the ``registry`` fixture, conftest.py).
 """
-
-import json
 
 import pytest
 
-from retrain import ModelRegistry
 from rules_engine import load_rules
 from schema import Outcome
 from scoring import DecisionEngine, ScorerMetrics
 from scoring.release import CANARY_ARM, CHAMPION_ARM, SHADOW_ARM, RegistryRelease, canary_mask
 from streaming import OnlineFeatureStore
-from tests.factories import register_tiny_model, txn
+from tests.factories import register_tiny_model, set_model_thresholds, txn
 
 pytestmark = pytest.mark.integration
-
-
-def _set_thresholds(root, version, flag, block):
-    path = root / "models" / version / "metadata.json"
-    meta = json.loads(path.read_text())
-    meta["operating_point"] = {"flag": flag, "block": block}
-    path.write_text(json.dumps(meta))
-
-
-@pytest.fixture
-def registry(tmp_path):
-    quiet = register_tiny_model(tmp_path, lambda x: x[:, 0] > 1.0)
-    eager = register_tiny_model(tmp_path, lambda x: x[:, 1] > 1.0)
-    _set_thresholds(tmp_path, quiet, 1.0, 1.0)  # never flags on score
-    _set_thresholds(tmp_path, eager, 0.0, 1.0)  # flags every payment
-    registry = ModelRegistry(tmp_path)
-    registry.rollback("the quiet model is the champion")
-    return registry, quiet, eager
 
 
 def _engine(registry, redis_client, shadow_sink=None):
@@ -57,10 +36,10 @@ def test_canary_decides_a_stable_share_of_cards_and_records_arm_and_propensity(r
     by_card = {}
     for d in decisions:
         by_card.setdefault(d.transaction.card_id, set()).add(d.policy_arm)
-        expected_model, expected_outcome, propensity = (
-            (eager, Outcome.FLAG, 0.25) if d.policy_arm == CANARY_ARM else (quiet, Outcome.APPROVE, 0.75)
-        )
-        assert (d.model_version, d.outcome, d.propensity) == (expected_model, expected_outcome, propensity)
+        canary = d.policy_arm == CANARY_ARM
+        expected_model, expected_outcome = (eager, Outcome.FLAG) if canary else (quiet, Outcome.APPROVE)
+        # the card's hash fixes its arm: given the payment, its outcome was certain (no exploration)
+        assert (d.model_version, d.outcome, d.propensity) == (expected_model, expected_outcome, 1.0)
     assert all(len(arms) == 1 for arms in by_card.values())  # one card, one model
     share = sum(arms == {CANARY_ARM} for arms in by_card.values()) / len(by_card)
     assert 0.18 < share < 0.32
@@ -104,7 +83,7 @@ def test_the_guard_rolls_back_a_canary_that_flags_far_more_than_the_champion(reg
 def test_a_canary_inside_its_band_keeps_running(registry, redis_client):
     reg, quiet, _ = registry
     twin = register_tiny_model(reg.root, lambda x: x[:, 0] > 1.0)  # same taste as the champion
-    _set_thresholds(reg.root, twin, 1.0, 1.0)
+    set_model_thresholds(reg.root, twin, 1.0, 1.0)
     reg.rollback("quiet again")
     reg.start_challenger(twin, "canary", share=0.5, guard={"min_decisions": 200})
     engine, _, _ = _engine(reg, redis_client)

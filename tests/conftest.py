@@ -14,6 +14,9 @@ import redis
 from deploy import EmbeddedKafka, EmbeddedRedis, EmbeddedRedisCluster, Topics, ensure_topics
 
 FAULT_TESTS = "reliability"
+# As `fraud` sets it (fraud/cli.py main): XGBoost's OpenMP threads sleep instead of spinning while
+# they wait, or in-process fits crawl whenever the servers keep the other core busy. Children inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -477,3 +477,51 @@ def _write_experiment_report(experiment, folder, out, state, decisions=None, lab
         return write_report(experiment, log, list(read_jsonl(labels, Label)), out, days, state)
     except ValueError as exc:
         raise _refuse(exc) from exc
+
+
+@experiment_app.command()
+def evaluate(
+    decisions: Annotated[Path, typer.Option(help="Logged decisions: JSON lines of schema.Decision.")],
+    labels: Annotated[Path, typer.Option(help="Labels: JSON lines of schema.Label (chargebacks, review verdicts).")],
+    candidate: Annotated[Path, typer.Option(help="The candidate policy (YAML: model, flag, block, rules).")],
+    labels_as_of: Annotated[
+        str | None, typer.Option(help="Only labels known by then (RFC 3339); default: all of them.")
+    ] = None,
+    level: Annotated[float, typer.Option(min=0.5, max=0.999, help="Confidence level of the intervals.")] = 0.95,
+    home: Home = None,
+) -> None:
+    """Off-policy evaluation: what the candidate policy would have lost and stopped on the logged
+    decisions, estimated with IPS and SNIPS from the exploration holdout's propensities
+    (docs/experiments.md, "Off-policy evaluation").
+
+    The candidate's model (from the registry in HOME) and rules are re-run on each decision's
+    recorded features. The naive estimate (approved rows only, unweighted) is shown for contrast.
+
+    Example: fraud experiment evaluate --decisions var/decisions.jsonl --labels var/data/labels.jsonl
+    --candidate looser.yaml   (looser.yaml: "flag: 0.01")
+    """
+    from datetime import datetime
+
+    from experiments import ExperimentFileError, load_policy
+    from experiments.ope import evaluate_policy, format_report
+    from fraud.config import Settings
+    from retrain import ModelRegistry
+    from schema import Decision, Label, read_jsonl
+
+    settings = Settings(**({"home": home} if home is not None else {}))
+    try:
+        policy = load_policy(candidate)
+        as_of = None if labels_as_of is None else datetime.fromisoformat(labels_as_of)
+        logged = list(read_jsonl(decisions, Decision))
+        known = list(read_jsonl(labels, Label))
+        registry = ModelRegistry(settings.registry_dir)
+        console.print(
+            f"setup: {len(logged):,} decisions from {decisions}, {len(known):,} labels from {labels}"
+            f"{'' if as_of is None else f' known by {as_of.isoformat()}'}; candidate {candidate}: model "
+            f"{policy.model}, flag {policy.flag}, block {policy.block}, rules {policy.rules or 'shipped'} "
+            f"(registry {settings.registry_dir})"
+        )
+        result = evaluate_policy(logged, known, policy, registry, labels_as_of=as_of, level=level)
+    except (ExperimentFileError, ValueError, OSError) as exc:
+        raise _refuse(exc) from exc
+    console.print(format_report(result), soft_wrap=True, highlight=False)

@@ -65,6 +65,15 @@ class BaseRates:
     cards: int | None
     days: float | None
     source: str  # where the value came from, in words
+    # Days from the data's start to each card's first payment, sorted: how many cards a test of a
+    # given length meets (a card's payments keep coming, so cards grow slower than payments).
+    first_seen_days: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def cards_within(self, days: float) -> int | None:
+        """Distinct cards paying in the first ``days`` of the data (all of them past its end)."""
+        if self.first_seen_days is None:
+            return None
+        return int(np.searchsorted(self.first_seen_days, days, side="right"))
 
     @property
     def design_effect(self) -> float:
@@ -98,7 +107,7 @@ class Plan:
     share_control: float
     fixed_payments: tuple[int, int]  # (control, treatment)
     sequential_payments: tuple[int, int]  # maximum, if no look crosses
-    cards: tuple[int, int] | None  # (control, treatment) for the sequential sample
+    cards: tuple[int, int] | None  # (control, treatment) paying within the sequential sample's days
     daily_payments: float
     fixed_days: float
     sequential_days: float
@@ -127,7 +136,7 @@ def observed_rates(
     fraud = np.array([d.transaction_id in fraud_ids for d in decisions])
     amount = np.array([d.transaction.amount_minor / 100.0 for d in decisions])
     num, den = _per_payment(metric, stopped, fraud, amount)
-    times = [d.transaction.event_ts for d in decisions]
+    times = np.array([d.transaction.event_ts for d in decisions])
     return _rates(metric, num, den, cards, times, _source(truth, "decisions"))
 
 
@@ -143,11 +152,13 @@ def labelled_rates(
         raise PlanError("--decisions", "fraud_loss_rate is money per payment: its variance needs the decision log")
     if metric in PROPORTIONS and not 0.0 < base_rate < 1.0:
         raise PlanError("--base-rate", f"a rate in (0, 1), got {base_rate:g}")
-    payments = cards = days = None
+    payments = cards = days = first_seen = None
     share = 1.0
     if transactions:
-        payments, cards = len(transactions), len({t.card_id for t in transactions})
-        days = _span_days([t.event_ts for t in transactions])
+        times = np.array([t.event_ts for t in transactions])
+        ids = np.unique([t.card_id for t in transactions], return_inverse=True)[1]
+        payments, cards, days = len(transactions), int(ids.max()) + 1, _span_days(times)
+        first_seen = _first_seen(ids, times)
         fraud_ids = _fraud_ids(labels, None)
         fraud = sum(t.transaction_id in fraud_ids for t in transactions) / payments
         share = {"false_positive_rate": 1.0 - fraud, "fraud_recall": fraud}.get(metric, 1.0)
@@ -156,7 +167,9 @@ def labelled_rates(
     elif metric == "fraud_recall":
         raise PlanError("--data", "fraud_recall needs the data's fraud share of payments")
     variance = base_rate * (1.0 - base_rate)
-    return BaseRates(metric, base_rate, variance, variance, share, payments, cards, days, "--base-rate, given")
+    return BaseRates(
+        metric, base_rate, variance, variance, share, payments, cards, days, "--base-rate, given", first_seen
+    )
 
 
 def plan_experiment(
@@ -191,7 +204,8 @@ def plan_experiment(
     inflation = stats.sequential_inflation(looks, alpha, power, spending)
     fixed_pay = _payments(fixed, base.units_per_payment)
     seq_pay = _payments((fixed[0] * inflation, fixed[1] * inflation), base.units_per_payment)
-    ppc = base.payments_per_card
+    seq_days = _days_needed(exp, schedule, treatment, seq_pay, daily)
+    seen = base.cards_within(seq_days)
     if base.design_effect == 1.0 and base.metric in PROPORTIONS:
         notes.append("payments taken as independent (no decision log: per-card variance unknown)")
     return Plan(
@@ -210,10 +224,10 @@ def plan_experiment(
         share_control=holding[CONTROL_ARM],
         fixed_payments=fixed_pay,
         sequential_payments=seq_pay,
-        cards=None if ppc is None else (math.ceil(seq_pay[0] / ppc), math.ceil(seq_pay[1] / ppc)),
+        cards=None if seen is None else (round(seen * holding[CONTROL_ARM]), round(seen * holding[treatment])),
         daily_payments=daily,
         fixed_days=_days_needed(exp, schedule, treatment, fixed_pay, daily),
-        sequential_days=_days_needed(exp, schedule, treatment, seq_pay, daily),
+        sequential_days=seq_days,
         schedule=schedule,
         base=base,
         notes=notes,
@@ -256,7 +270,7 @@ def _per_payment(
 
 
 def _rates(
-    metric: str, num: np.ndarray, den: np.ndarray, cards: np.ndarray, times: Sequence[float], source: str
+    metric: str, num: np.ndarray, den: np.ndarray, cards: np.ndarray, times: np.ndarray, source: str
 ) -> BaseRates:
     if den.sum() == 0:
         raise PlanError("--data", f"no {UNITS[metric]} in the data: {metric} is undefined")
@@ -273,7 +287,15 @@ def _rates(
     if variance <= 0:
         raise PlanError("--data", f"{metric} does not vary between cards in the data: no variance to plan with")
     naive = value * (1.0 - value) if metric in PROPORTIONS else float(num[den > 0].var(ddof=1))
-    return BaseRates(metric, value, variance, naive, float(den.mean()), len(num), len(y), _span_days(times), source)
+    first_seen = _first_seen(cards, times)
+    units = float(den.mean())
+    return BaseRates(metric, value, variance, naive, units, len(num), len(y), _span_days(times), source, first_seen)
+
+
+def _first_seen(cards: np.ndarray, times: np.ndarray) -> np.ndarray:
+    first = np.full(int(cards.max()) + 1, np.inf)
+    np.minimum.at(first, cards, times)
+    return np.sort((first - times.min()) / DAY_S)
 
 
 def _span_days(times: Sequence[float]) -> float:

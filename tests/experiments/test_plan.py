@@ -86,7 +86,7 @@ def test_plan_arithmetic_and_ramp_days():
     assert plan.fixed_payments == (math.ceil(2 * n_c), math.ceil(2 * n_t))  # design effect 2
     inflation = stats.sequential_inflation(5, 0.05, 0.8, "pocock")
     assert plan.sequential_payments[1] == math.ceil(2 * n_t * inflation)
-    assert plan.cards == tuple(math.ceil(n / 5) for n in plan.sequential_payments)  # 5 payments a card
+    assert plan.cards is None  # no data: no card arrivals to count
     assert plan.schedule == [(0.02, 2.0), (0.2, None)]  # the launch step (1.0) is no part of the test
     # Treatment: 2% of 1,000 a day for 2 days, then 20% a day; control is never the slower arm here.
     n = plan.sequential_payments[1]

@@ -29,6 +29,7 @@ look (``SequentialPlan``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -147,6 +148,7 @@ class ArmMetrics:
     expected_loss_per_1000: float | None  # per 1,000 mature decisions
     primary: float | None  # the primary metric over mature decisions (approval_rate: over all)
     primary_denominator: float  # its denominator's total (see UNIT)
+    approval_var: float | None  # card-clustered per-payment variance of the approval rate
     p99_ms: float | None  # None: no latencies given
     latency_samples: int = 0
 
@@ -181,6 +183,7 @@ class SequentialPlan:
 
     planned: float  # sample per arm in UNIT[metric], as an equal split (the effective sample)
     looks: tuple[tuple[float, float], ...] = ()  # (information fraction, z) of every look taken
+    estimated: bool = False  # True: the blinded estimate, re-estimated until the first look
 
     @classmethod
     def from_plan(cls, plan: Plan) -> SequentialPlan:
@@ -208,7 +211,7 @@ class Snapshot:
             "comparisons": {k: asdict(v) for k, v in self.comparisons.items()},
             "holdout": None if self.holdout is None else asdict(self.holdout),
             "review_backlog": self.review_backlog,
-            "plans": {k: {"planned": p.planned, "looks": [list(x) for x in p.looks]} for k, p in self.plans.items()},
+            "plans": {k: asdict(p) for k, p in self.plans.items()},
         }
 
 
@@ -253,9 +256,20 @@ def arm_metrics(
         expected_loss_per_1000=None if m == 0 else 1000.0 * expected / m,
         primary=value,
         primary_denominator=denominator,
+        approval_var=_approval_var(log, mine),
         p99_ms=None if lat is None else float(np.percentile(lat, 99)),
         latency_samples=0 if lat is None else len(lat),
     )
+
+
+def _approval_var(log: DecisionLog, mine: np.ndarray) -> float | None:
+    """Per-payment variance of the approval rate with cards as the unit (stats.ratio_metric_variance):
+    one card's payments are approved or stopped together more often than independent draws."""
+    cards, index = np.unique(log.card[mine], return_inverse=True)
+    if len(cards) < 2:
+        return None
+    approved = np.bincount(index, (log.outcome[mine] == APPROVE).astype(float), len(cards))
+    return stats.ratio_metric_variance(approved, np.bincount(index, minlength=len(cards)).astype(float))
 
 
 def _expected_loss(o: np.ndarray, amount: np.ndarray, fraud: np.ndarray, experiment: Experiment) -> float:
@@ -339,7 +353,12 @@ def planned_sample(base: _Estimate, experiment: Experiment, alphas: float) -> fl
     if base.value <= 0 or base.var <= 0:
         return math.inf
     n, _ = stats.sample_size_means(base.value, math.sqrt(base.var), experiment.minimum_effect, alphas, seq.power)
-    return n * stats.sequential_inflation(seq.looks, alphas, seq.power, seq.spending)
+    return n * _inflation(seq.looks, alphas, seq.power, seq.spending)
+
+
+@functools.lru_cache(maxsize=64)
+def _inflation(looks: int, alpha: float, power: float, kind: str) -> float:
+    return stats.sequential_inflation(looks, alpha, power, kind)  # a root search: once per design
 
 
 def compare(
@@ -383,9 +402,8 @@ def compare(
     diff, z = stats.mean_difference_z(b.value, b.var, b.total, t.value, t.var, t.total)
     se = math.sqrt(b.var / b.total + t.var / t.total)
     half = float(sps.norm.isf(0.025)) * se
-    if plan is None or not plan.looks:
-        pooled = _pooled(b, t)
-        plan = SequentialPlan(planned_sample(pooled, experiment, alpha), plan.looks if plan else ())
+    if plan is None or (plan.estimated and not plan.looks):
+        plan = SequentialPlan(planned_sample(_pooled(b, t), experiment, alpha), estimated=True)
     effective = 2.0 / (1.0 / b.total + 1.0 / t.total)
     info = effective / plan.planned if math.isfinite(plan.planned) and plan.planned > 0 else 0.0
     seq = experiment.sequential

@@ -363,10 +363,10 @@ def format_report(result: OffPolicyReport) -> str:
         f"{result.approved_logged:,} approved by the log, {result.explored:,} with propensity < 1",
         f"candidate approves {result.candidate_approval_rate:.2%} (exact: re-decided on every row); "
         f"effective sample size {result.effective_sample_size:,.0f}",
-        f"{'metric':<22}{'IPS':>30}{'SNIPS':>30}{'naive (approved rows)':>30}   ({level:.0%} intervals)",
+        f"{'metric':<22}{'IPS':>36}{'SNIPS':>36}{'naive (approved rows)':>36}   ({level:.0%} intervals)",
     ]
     for name, m in result.metrics.items():
-        cells = "".join(f"{_cell(e):>30}" for e in (m.ips, m.snips, m.naive))
+        cells = "".join(f" {_cell(e):>35}" for e in (m.ips, m.snips, m.naive))
         lines.append(f"{name:<22}{cells}")
     lines += [f"  {name}: {METRIC_WORDS[name]}" for name in result.metrics]
     warning = result.support.warning

@@ -137,6 +137,14 @@ class ExperimentStore:
         self._save(state, "launch", by)
         return state
 
+    def record_looks(self, plans: dict[str, Any], by: str = "controller") -> ExperimentState:
+        """Keep the sequential test's plans and the looks taken so far (``extra["plans"]``): alpha
+        already spent stays spent across restarts of the controller."""
+        state = self._require(RUNNING, LAUNCHED, CONCLUDED, HALTED)
+        state = replace(state, extra={**state.extra, "plans": plans})
+        self._save(state, "looks", by)
+        return state
+
     def stop(self, reason: str, by: str = "operator") -> ExperimentState | None:
         """End the experiment: the file goes, every scorer serves control's policy alone."""
         state = self.current()

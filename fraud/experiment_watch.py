@@ -19,7 +19,7 @@ import logging
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -158,7 +158,7 @@ def watch(
     topics = settings.topics
     consumer = open_reader(settings.require_kafka(), [topics.decisions, topics.labels])
     controller = ExperimentController()
-    plans = None  # each treatment's planned sample and the looks taken so far
+    plans = _plans(state.extra.get("plans"))  # each treatment's planned sample and looks taken so far
     try:
         while True:
             read_available(consumer, feed, topics.decisions)
@@ -177,7 +177,9 @@ def watch(
                 review_backlog=review_backlog(settings),
                 launched=state.winner,
             )
-            plans = snap.plans
+            if snap.plans != plans:
+                plans = snap.plans
+                state = store.record_looks({arm: asdict(p) for arm, p in plans.items()})
             action = controller.review(state, snap, now)
             after = apply(store, action, now)
             status = "gone" if after is None else f"{after.status}, step {after.step + 1}, traffic {after.traffic:g}"
@@ -190,3 +192,13 @@ def watch(
             time.sleep(interval_s)
     finally:
         consumer.close()
+
+
+def _plans(saved: dict | None) -> dict:
+    """The sequential plans the controller recorded in the experiment file (empty: none yet)."""
+    from experiments.analysis import SequentialPlan
+
+    return {
+        arm: SequentialPlan(p["planned"], tuple(tuple(look) for look in p["looks"]), p.get("estimated", False))
+        for arm, p in (saved or {}).items()
+    }

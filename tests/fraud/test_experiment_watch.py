@@ -63,9 +63,13 @@ def test_a_treatment_approving_far_less_than_control_is_halted(
     state = store.current()
     assert state.status == status, said
     assert "1,200 decisions" in said[-1]
+    if status == RUNNING:  # the sequential plan is kept in the file: a restarted watcher spends no alpha twice
+        plans = state.extra["plans"]["strict"]
+        watch(settings, metrics_urls=[], interval_s=0.0, once=True, say=said.append)
+        assert store.current().extra["plans"]["strict"] == plans
     if status == HALTED:
         assert "strict approves" in state.reason and "control" in state.reason
-        assert [e["event"] for e in store.history()] == ["start", "halt"]
+        assert [e["event"] for e in store.history()] == ["start", "looks", "halt"]
 
 
 def test_arm_latencies_come_from_the_scorers_histograms_at_bucket_resolution():

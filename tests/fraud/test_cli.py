@@ -3,38 +3,26 @@
 import json
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from fraud.cli import app
 from retrain import ModelRegistry
 
 runner = CliRunner()
-SUBCOMMANDS = [
-    ["up"],
-    ["simulate"],
-    ["import"],
-    ["scenario"],
-    ["stream"],
-    ["train"],
-    ["serve"],
-    ["retrain"],
-    ["monitor"],
-    ["demo"],
-    ["bench"],
-    ["bench-stream"],
-    ["review"],
-    ["review", "list"],
-    ["review", "label"],
-    ["review", "intake"],
-    ["models"],
-    ["models", "list"],
-    ["models", "shadow"],
-    ["models", "canary"],
-    ["models", "promote"],
-    ["models", "rollback"],
-    ["models", "history"],
-    ["experiment", "plan"],
-]
+
+
+def _command_paths(group, prefix: tuple[str, ...] = ()) -> list[list[str]]:
+    """Every subcommand of the CLI, nested groups included: a new command is checked without being listed."""
+    paths = []
+    for name, command in group.commands.items():
+        paths.append([*prefix, name])
+        if hasattr(command, "commands"):  # a group (typer's own click)
+            paths += _command_paths(command, (*prefix, name))
+    return paths
+
+
+SUBCOMMANDS = _command_paths(typer.main.get_command(app))
 
 
 @pytest.mark.parametrize("args", SUBCOMMANDS, ids=" ".join)

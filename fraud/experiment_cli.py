@@ -266,7 +266,8 @@ def watch(
         ),
     ] = None,
 ) -> None:
-    """The experiment's controller: reads `decisions` and `labels`, and every --interval moves
+    """The experiment's controller (a service: between experiments it waits for the next one):
+    reads `decisions` and `labels`, and every --interval moves
     the ramp when a step has lasted its days with every guardrail inside, halts at once when a
     guardrail is breached (approval rate, p99 latency, review backlog), and concludes when the
     sequential test crosses its boundary. Every change goes to the experiment file the scorers

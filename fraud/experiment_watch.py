@@ -142,19 +142,32 @@ def watch(
     say: Callable[[str], None],
     stop: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Review the running experiment every ``interval_s`` (``once``: read what is there, review
-    once, return)."""
-    from experiments.analysis import DecisionLog, snapshot
-    from experiments.controller import ExperimentController, apply
+    """Review the running experiment every ``interval_s``; between experiments, wait for the next
+    one (a controller that runs as a service). ``once``: review what is there once and return."""
     from experiments.store import ExperimentStore
 
     store = ExperimentStore(settings.registry_dir)
-    state = store.current()
-    if state is None:
-        say("no experiment running: start one with `fraud experiment start FILE`")
-        return
-    names = frozenset([a.name for a in state.experiment.arms] + ["holdout"])
-    feed = LiveFeed(names, state.started_at)
+    waiting_said = False
+    while not stop():
+        state = store.current()
+        if state is not None:
+            _watch_one(settings, store, state, metrics_urls, interval_s, once, say, stop)
+            waiting_said = False
+        elif not waiting_said:
+            say("no experiment running: waiting for `fraud experiment start FILE`")
+            waiting_said = True
+        if once:
+            return
+        time.sleep(interval_s)
+
+
+def _watch_one(settings, store, state, metrics_urls, interval_s, once, say, stop) -> None:
+    """Review one experiment until it is stopped (or replaced): its own feed, from the beginning."""
+    from experiments.analysis import DecisionLog, snapshot
+    from experiments.controller import ExperimentController, apply
+
+    name, started = state.experiment.name, state.started_at
+    feed = LiveFeed(frozenset([a.name for a in state.experiment.arms] + ["holdout"]), started)
     topics = settings.topics
     consumer = open_reader(settings.require_kafka(), [topics.decisions, topics.labels])
     controller = ExperimentController()
@@ -163,8 +176,8 @@ def watch(
         while True:
             read_available(consumer, feed, topics.decisions)
             state = store.current()
-            if state is None:
-                say("the experiment was stopped")
+            if state is None or (state.experiment.name, state.started_at) != (name, started):
+                say(f"experiment {name} was stopped")
                 return
             now = datetime.now(UTC)
             snap = snapshot(

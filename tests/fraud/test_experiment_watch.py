@@ -54,11 +54,13 @@ def test_a_treatment_approving_far_less_than_control_is_halted(
 ):
     settings = _settings(kafka_bootstrap, topics, tmp_path)
     store = ExperimentStore(settings.registry_dir)
+    said = []
+    watch(settings, metrics_urls=[], interval_s=0.0, once=True, say=said.append)
+    assert said == ["no experiment running: waiting for `fraud experiment start FILE`"]
     store.start(_experiment(), now=datetime.now(UTC) - timedelta(minutes=5))
     decisions = _decisions("control", 600, 0.99, 0) + _decisions("strict", 600, strict_approves, 10_000)
     decisions += _decisions("some-earlier-experiment", 300, 0.10, 20_000)  # not this experiment's arms
     produce_all(make_producer(kafka_bootstrap), topics.decisions, ((None, encode(d)) for d in decisions))
-    said = []
     watch(settings, metrics_urls=[], interval_s=0.0, once=True, say=said.append)
     state = store.current()
     assert state.status == status, said

@@ -36,7 +36,7 @@ from retrain import ModelRegistry
 from retrain.evaluate import CostModel
 from retrain.registry import model_thresholds
 from rules_engine import load_rules
-from schema import Outcome, resolve_labels
+from schema import Decision, Outcome, resolve_labels
 from scoring import DecisionEngine, ScorerMetrics
 
 APPROVE, FLAG, BLOCK = 0, 1, 2
@@ -161,12 +161,15 @@ def backtest(
     seed: int = 0,
     level: float = 0.95,
     progress: DecideProgress | None = None,
+    on_decisions: Callable[[str, list[Decision]], None] | None = None,
 ) -> BacktestResult:
     """Decide the payments of days [``from_day``, ``to_day``) under every policy and compare.
 
     The first policy is the baseline; each other one is reported as its difference from it, with
     a paired cluster bootstrap interval (``bootstrap``: ``days`` or ``cards``) at ``level``.
-    ``review_capacity_per_day`` None: unlimited review.
+    ``review_capacity_per_day`` None: unlimited review. ``on_decisions(policy, chunk)`` receives
+    every decision as made (a decision log: what ``fraud experiment plan --decisions`` and
+    ``fraud experiment evaluate`` read).
     """
     if not policies:
         raise BacktestError("no policies to backtest")
@@ -190,7 +193,7 @@ def backtest(
     features = ReplayedFeatures(history.ordered, history.matrix)
     for name, policy in policies.items():
         engine, resolved[name] = _engine(name, policy, registry, features)
-        outcome, score = _decide(engine, txns, name, progress)
+        outcome, score = _decide(engine, txns, name, progress, on_decisions)
         reviewed = review_mask(outcome, score * amount, day, review_capacity_per_day)
         per_row[name] = payment_metrics(outcome, reviewed, fraud, amount, cost_minor)
 
@@ -317,12 +320,19 @@ def _engine(
 
 
 def _decide(
-    engine: DecisionEngine, txns: list, name: str, progress: DecideProgress | None
+    engine: DecisionEngine,
+    txns: list,
+    name: str,
+    progress: DecideProgress | None,
+    on_decisions: Callable[[str, list[Decision]], None] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     outcome = np.empty(len(txns), dtype=np.int8)
     score = np.empty(len(txns), dtype=np.float64)
     for start in range(0, len(txns), _CHUNK):
-        for i, d in enumerate(engine.decide_batch(txns[start : start + _CHUNK]), start):
+        decided = engine.decide_batch(txns[start : start + _CHUNK])
+        if on_decisions is not None:
+            on_decisions(name, decided)
+        for i, d in enumerate(decided, start):
             if d.degraded_reason:  # the engine degrades rather than fail a payment; a backtest must not
                 raise BacktestError(f"policy {name}: payment {d.transaction_id} decided degraded: {d.degraded_reason}")
             outcome[i], score[i] = _CODE[d.outcome], d.score

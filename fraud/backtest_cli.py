@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -82,6 +84,14 @@ def backtest(
     resamples: Annotated[int, typer.Option(min=1, help="Bootstrap resamples.")] = 2000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed: same seed, same intervals.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Output directory (default HOME/backtest).")] = None,
+    decision_log: Annotated[
+        bool,
+        typer.Option(
+            "--decision-log",
+            help="Also write every decision of each policy to OUT/decisions-<policy>.jsonl (about 2 KB each): "
+            "the log `fraud experiment plan --decisions` and `fraud experiment evaluate` read.",
+        ),
+    ] = False,
     review_cost: Annotated[float | None, typer.Option(min=0.0, help="Cost of one review [default: 4].")] = None,
     false_block_cost: Annotated[
         float | None, typer.Option(min=0.0, help="Cost of blocking a legitimate payment [default: 15].")
@@ -127,10 +137,12 @@ def backtest(
     costs = {"review_cost": review_cost, "false_block_cost": false_block_cost, "chargeback_fee": chargeback_fee}
     run = {"from_day": from_day, "to_day": to_day, "truth": truth, "bootstrap": bootstrap}
     run |= {"resamples": resamples, "seed": seed, "review_capacity": review_capacity}
-    result, decide_s = _run(settings, history, baseline, candidate, costs, run)
+    out = out or settings.home / "backtest"
+    with _decision_logs(out if decision_log else None) as on_decisions:
+        result, decide_s = _run(settings, history, baseline, candidate, costs, run | {"on_decisions": on_decisions})
     _print_setup(result, seconds, decide_s, baseline == candidate)
     _print_comparison(result)
-    _write(result, out or settings.home / "backtest")
+    _write(result, out)
 
 
 def _policy(path: Path | None, settings: Settings, fallback: Policy | None = None) -> Policy:
@@ -207,6 +219,31 @@ def _run(
         console.print(f"[red]backtest: {exc}[/]")
         raise typer.Exit(2) from exc
     return result, time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def _decision_logs(out: Path | None) -> Iterator[Callable | None]:
+    """A sink writing each policy's decisions to OUT/decisions-<policy>.jsonl (None: no log)."""
+    if out is None:
+        yield None
+        return
+    from schema import encode
+
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, IO[bytes]] = {}
+
+    def write(policy: str, decisions: list) -> None:
+        if policy not in files:
+            files[policy] = (out / f"decisions-{policy}.jsonl").open("wb")
+        files[policy].writelines(encode(d) + b"\n" for d in decisions)
+
+    try:
+        yield write
+    finally:
+        for fh in files.values():
+            fh.close()
+        for policy in files:
+            console.print(f"decision log: {out / f'decisions-{policy}.jsonl'}")
 
 
 def _or(value: float | None, default: float) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -27,6 +28,7 @@ from experiments.bootstrap import paired_bootstrap
 from fraud.cli import app
 from retrain import ModelRegistry
 from retrain.evaluate import CostModel, money_outcome
+from schema import Decision, Outcome
 
 FROM_DAY = 14  # the champion was trained on days 0-13
 CURRENT = Policy(flag=0.3, block=0.9)
@@ -223,12 +225,13 @@ def test_bootstrap_ratios_and_shape_errors():
 def test_the_command_runs_end_to_end_on_the_files_and_matches_the_api(simulated_history, history, registry, tmp_path):
     home = simulated_history.data_dir.parent  # data/ and registry/ side by side
     args = ["backtest", "--home", str(home), "--from-day", "3", "--to-day", "5", "--proposed-block", "0.5"]
-    args += ["--truth", "--resamples", "200", "--out", str(tmp_path), "--review-capacity", "150"]
+    args += ["--truth", "--resamples", "200", "--out", str(tmp_path), "--review-capacity", "150", "--decision-log"]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
     for text in ("machine:", "current: model", "proposed: model", "expected loss", "95% interval"):
         assert text in result.output
-    assert {p.name for p in tmp_path.iterdir()} == {"backtest.json", "backtest_days.csv", "backtest.png"}
+    logs = {"decisions-current.jsonl", "decisions-proposed.jsonl"}
+    assert {p.name for p in tmp_path.iterdir()} == {"backtest.json", "backtest_days.csv", "backtest.png"} | logs
     written = json.loads((tmp_path / "backtest.json").read_text())
     assert written["setup"]["days"] == [3, 5] and written["policies"]["proposed"]["block"] == 0.5
     assert len((tmp_path / "backtest_days.csv").read_text().splitlines()) == 1 + 2 * 2
@@ -245,6 +248,13 @@ def test_the_command_runs_end_to_end_on_the_files_and_matches_the_api(simulated_
         resamples=200,
     )
     expected = json.loads(same.to_json())
+    for policy, block in (("current", None), ("proposed", 0.5)):  # the decision logs are the decisions made
+        logged = [
+            msgspec.json.decode(line, type=Decision) for line in (tmp_path / f"decisions-{policy}.jsonl").open("rb")
+        ]
+        assert len(logged) == same.totals(policy)["payments"]
+        assert sum(d.outcome is Outcome.BLOCK for d in logged) == same.totals(policy)["blocked"]
+        assert block is None or all(d.outcome is Outcome.BLOCK for d in logged if d.score >= block)
     assert written["setup"].pop("history_payments") < expected["setup"].pop("history_payments")
     assert written == expected
 

@@ -23,14 +23,20 @@ from experiments.config import CONTROL_ARM, HOLDOUT_ARM, Experiment
 from experiments.store import LAUNCHED, ExperimentState
 
 
-def card_buckets(card_ids: Sequence[str], salt: str) -> np.ndarray:
-    """Each card's bucket in [0, 1): uniform, stable across processes and restarts."""
+def stable_uniform(ids: Sequence[str], salt: str) -> np.ndarray:
+    """A number in [0, 1) per id from a salted BLAKE2 hash: uniform, and the same for the same id
+    and salt in any process, on any day (a card's arm, a payment's exploration draw)."""
     prefix = salt.encode() + b"\x00"
     return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(prefix + c.encode(), digest_size=8).digest(), "big") for c in card_ids),
+        (int.from_bytes(hashlib.blake2b(prefix + i.encode(), digest_size=8).digest(), "big") for i in ids),
         dtype=np.uint64,
-        count=len(card_ids),
+        count=len(ids),
     ) / np.float64(2**64)
+
+
+def card_buckets(card_ids: Sequence[str], salt: str) -> np.ndarray:
+    """Each card's bucket in [0, 1): uniform, stable across processes and restarts."""
+    return stable_uniform(card_ids, salt)
 
 
 def arm_regions(experiment: Experiment, traffic: float) -> list[tuple[str, float, float]]:

@@ -13,12 +13,12 @@ one that was explored ``rate``, an eligible one that was not ``1 - rate``.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from experiments.assign import stable_uniform
 from experiments.config import Exploration
 from schema import Outcome
 
@@ -36,12 +36,7 @@ class Explored:
 def exploration_draws(transaction_ids: Sequence[str], salt: str) -> np.ndarray:
     """Each payment's draw in [0, 1): uniform, and the same for a retry of the payment (same id),
     in any process, so a retried payment gets the same decision."""
-    prefix = salt.encode() + b"\x00"
-    return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(prefix + t.encode(), digest_size=8).digest(), "big") for t in transaction_ids),
-        dtype=np.uint64,
-        count=len(transaction_ids),
-    ) / np.float64(2**64)
+    return stable_uniform(transaction_ids, salt)
 
 
 def eligible(

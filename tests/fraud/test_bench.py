@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,16 +77,25 @@ def _fraud_bench(tmp_path, env_extra: dict[str, str], *args: str, timeout: float
     return proc.stdout
 
 
+@pytest.fixture(scope="module")
+def bench_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One HOME for the full bench runs: the first trains the world's model, the next reuse its
+    champion (`prepare_world` trains only without one), so the model is fitted once."""
+    return tmp_path_factory.mktemp("bench-home")
+
+
 @pytest.mark.integration
 @pytest.mark.slow
-def test_fraud_bench_runs_every_mode_and_the_baseline_and_writes_json_and_a_plot(kafka_bootstrap, redis_url, tmp_path):
+def test_fraud_bench_runs_every_mode_and_the_baseline_and_writes_json_and_a_plot(
+    kafka_bootstrap, redis_url, bench_home, tmp_path
+):
     out = tmp_path / "result.json"
     env = {"KAFKA_BOOTSTRAP": kafka_bootstrap, "REDIS_URL": redis_url}
     # One light step per mode (every assertion below is per step) and short model-call and
     # feature-read cases: this checks that each part runs and reports, not how fast.
     args = ["--rates", "25", "--duration", "2", "--warmup", "1", "--customers", "1500", "--history-days", "6"]
     args += ["--case-seconds", "0.2"]
-    stdout = _fraud_bench(tmp_path, env, *args, "--out", str(out), timeout=420)
+    stdout = _fraud_bench(bench_home, env, *args, "--out", str(out), timeout=420)
     assert "machine:" in stdout and "model xgb-" in stdout
 
     result = json.loads(out.read_text())
@@ -127,14 +137,14 @@ def test_fraud_bench_broker_only_measures_the_broker_hop_per_window(kafka_bootst
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_scaling_curve_over_one_and_two_scorers_on_a_redis_cluster(kafka_bootstrap, tmp_path):
+def test_scaling_curve_over_one_and_two_scorers_on_a_redis_cluster(kafka_bootstrap, bench_home, tmp_path):
     """`--server-procs 1,2 --redis-masters 3`: the bench embeds a Redis Cluster, runs once per scorer
     count, spreads calls evenly over the scorers, and writes the scaling curve."""
     out = tmp_path / "result.json"
     env = {"KAFKA_BOOTSTRAP": kafka_bootstrap, "REDIS_URL": ""}
     args = ["--mode", "batch", "--server-procs", "1,2", "--redis-masters", "3", "--no-baseline", "--rates", "200"]
     args += ["--duration", "2", "--warmup", "1", "--customers", "1500", "--history-days", "6"]
-    stdout = _fraud_bench(tmp_path, env, *args, "--case-seconds", "0.05", "--out", str(out), timeout=420)
+    stdout = _fraud_bench(bench_home, env, *args, "--case-seconds", "0.05", "--out", str(out), timeout=420)
     assert "redis+cluster://" in stdout and "scaling: sustainable rate by scorer processes" in stdout
 
     one, two = (json.loads(out.with_name(f"result-procs{n}.json").read_text()) for n in (1, 2))

@@ -94,7 +94,7 @@ def test_late_duplicate_and_label_events(kafka_bootstrap, redis_url, redis_clien
 def test_sigkill_mid_stream_then_restart_leaves_redis_as_an_uninterrupted_run(
     kafka_bootstrap, redis_url, redis_client, topics, tmp_path
 ):
-    n = 60_000
+    n = 30_000  # a third in, the kill lands seconds into the run, after several 1 s snapshots
     arrivals = [
         txn(i, minutes=i / 20, card=f"card-{i % 1500}", merchant=f"m{i % 97}", amount_minor=100 + i % 5000)
         for i in range(n)

@@ -33,7 +33,7 @@ from rules_engine import RuleFileError, load_rules
 from schema import Decision, FeatureVector, Transaction
 from scoring.engine import DecisionEngine
 from scoring.idempotency import OnceDecided
-from scoring.release import ModelRelease
+from scoring.release import ModelRelease, poll_in_background
 
 log = logging.getLogger(__name__)
 
@@ -194,16 +194,7 @@ class ExperimentRouter:
             return None
 
     def watch(self, interval_s: float = 1.0) -> threading.Thread:
-        def loop() -> None:
-            while not self._stop.wait(interval_s):
-                try:
-                    self.poll()
-                except Exception:  # noqa: BLE001 - a bad read must not kill the watcher
-                    log.exception("experiment poll failed; retrying")
-
-        thread = threading.Thread(target=loop, name="experiment-watch", daemon=True)
-        thread.start()
-        return thread
+        return poll_in_background(self.poll, interval_s, self._stop, "experiment")
 
     def stop(self) -> None:
         self._stop.set()

@@ -250,19 +250,28 @@ class RegistryRelease(ModelRelease):
             self.on_rollback(release.challenger.version, reason)
 
     def watch(self, interval_s: float = 1.0) -> threading.Thread:
-        def loop() -> None:
-            while not self._stop.wait(interval_s):
-                try:
-                    self.poll()
-                except Exception:  # noqa: BLE001 - a bad read must not kill the watcher
-                    log.exception("release poll failed; retrying")
-
-        thread = threading.Thread(target=loop, name="release-watch", daemon=True)
-        thread.start()
-        return thread
+        return poll_in_background(self.poll, interval_s, self._stop, "release")
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def poll_in_background(
+    poll: Callable[[], object], interval_s: float, stop: threading.Event, what: str
+) -> threading.Thread:
+    """Call ``poll`` every ``interval_s`` on a daemon thread until ``stop`` is set; a failing poll
+    is logged and retried at the next tick (a bad read must not end the watching)."""
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            try:
+                poll()
+            except Exception:  # noqa: BLE001 - see the docstring
+                log.exception("%s poll failed; retrying", what)
+
+    thread = threading.Thread(target=loop, name=f"{what}-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def _same(a: ServingRelease, b: ServingRelease) -> bool:

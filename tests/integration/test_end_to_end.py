@@ -281,8 +281,11 @@ def test_monitor_serve_tails_the_log_and_exports_drift_labels_and_its_lag(run):
     env = {**run["env"], "FRAUD_MONITOR_WINDOW_S": "21600", "FRAUD_MONITOR_METRICS_PORT": str(port)}
     monitor = subprocess.Popen([sys.executable, "-m", "fraud", "monitor", "--serve"], env=env, stderr=subprocess.PIPE)
     try:
-        wanted = ('fraud_feature_drift_kl{feature="score"}', 'fraud_labels_total{source="chargeback"}',
-                  'fraud_kafka_consumer_lag{consumer="monitor",partition="0",topic="decisions')
+        wanted = (
+            'fraud_feature_drift_kl{feature="score"}',
+            'fraud_labels_total{source="chargeback"}',
+            'fraud_kafka_consumer_lag{consumer="monitor",partition="0",topic="decisions',
+        )
         deadline, text = time.monotonic() + 60, ""
         while time.monotonic() < deadline and not all(w in text for w in wanted):
             assert monitor.poll() is None, monitor.stderr.read().decode()

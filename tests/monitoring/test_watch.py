@@ -69,19 +69,34 @@ class Traffic:
             }
             self.decisions.append(
                 Decision(
-                    transaction=t, outcome=outcome, score=min(score, 1.0), model_version="m1", rule_hits=[],
-                    features=features, decided_at=t.event_time,
+                    transaction=t,
+                    outcome=outcome,
+                    score=min(score, 1.0),
+                    model_version="m1",
+                    rule_hits=[],
+                    features=features,
+                    decided_at=t.event_time,
                 )
             )
             if fraud_given_score is not None and outcome is Outcome.FLAG:
                 self.labels.append(
-                    Label(transaction_id=t.transaction_id, is_fraud=bool(fraud), source=LabelSource.REVIEW,
-                          known_at=t.event_time + timedelta(hours=2), author="analyst")
+                    Label(
+                        transaction_id=t.transaction_id,
+                        is_fraud=bool(fraud),
+                        source=LabelSource.REVIEW,
+                        known_at=t.event_time + timedelta(hours=2),
+                        author="analyst",
+                    )
                 )
             if fraud:
                 self.labels.append(
-                    Label(transaction_id=t.transaction_id, is_fraud=True, source=LabelSource.CHARGEBACK,
-                          known_at=t.event_time + timedelta(days=1), author="issuer")
+                    Label(
+                        transaction_id=t.transaction_id,
+                        is_fraud=True,
+                        source=LabelSource.CHARGEBACK,
+                        known_at=t.event_time + timedelta(days=1),
+                        author="issuer",
+                    )
                 )
 
 
@@ -165,8 +180,9 @@ def test_a_redelivered_decision_counts_once_and_a_late_one_is_counted_as_late():
     watched.observe(traffic.decisions)
     watched.observe(traffic.decisions[:10])  # redelivery
     late = Traffic(seed=4).hours(0, 1).decisions[0]
-    watched.observe([Decision(**{**{f: getattr(late, f) for f in late.__struct_fields__},
-                                 "transaction": txn(999_999, at=START)})])
+    watched.observe(
+        [Decision(**{**{f: getattr(late, f) for f in late.__struct_fields__}, "transaction": txn(999_999, at=START)})]
+    )
     watched.flush()
     assert [w["n"] for w in watched.windows] == [PER_HOUR] * 3 and watched.late_for_drift == 1
 

@@ -32,6 +32,7 @@ test: $(STAMP)
 			$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; }; \
 	fi
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
 # Fault injection and hostile input against real processes (tests/reliability): Redis killed and

@@ -283,9 +283,7 @@ class DecisionEngine:
             staleness = None if batch.stream_watermark is None else txn.event_ts - batch.stream_watermark
             if staleness is not None:
                 self.metrics.feature_staleness.observe(max(staleness, 0.0))
-            arm, model, propensity = _arm(release, canary_rows[i], self.arm)
-            if explored is not None:
-                propensity *= float(explored[i])
+            arm, model = _arm(release, canary_rows[i], self.arm)
             decisions.append(
                 Decision(
                     transaction=txn,
@@ -296,7 +294,8 @@ class DecisionEngine:
                     features=vector,
                     decided_at=now,
                     policy_arm=arm,
-                    propensity=propensity,
+                    # the card's hash fixes its arm: only exploration makes an outcome uncertain
+                    propensity=1.0 if explored is None else float(explored[i]),
                     feature_staleness_s=staleness,
                     reasons=reasons.get(i, []),
                 )
@@ -506,14 +505,12 @@ def _thresholds(release: ServingRelease, canary: bool) -> DecisionThresholds:
     return release.champion_thresholds
 
 
-def _arm(
-    release: ServingRelease, canary: bool, experiment_arm: str | None = None
-) -> tuple[str, RegisteredModel, float]:
-    """(policy arm, model, propensity before exploration). The card's hash fixes its arm, so given
-    the payment the arm is certain: the propensity is 1 (exploration alone lowers it)."""
+def _arm(release: ServingRelease, canary: bool, experiment_arm: str | None = None) -> tuple[str, RegisteredModel]:
+    """(policy arm, model) of a row: the canary challenger's, or the champion's (named by the A/B arm
+    this engine decides for, if any)."""
     if canary and release.challenger is not None:
-        return CANARY_ARM, release.challenger, 1.0
-    return experiment_arm or CHAMPION_ARM, release.champion, 1.0
+        return CANARY_ARM, release.challenger
+    return experiment_arm or CHAMPION_ARM, release.champion
 
 
 def _missing(reason: str) -> str:

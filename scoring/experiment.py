@@ -79,13 +79,21 @@ class ExperimentRouter:
     def explain_inline(self) -> bool:
         return self.control.explain_inline
 
+    # Without an experiment each call goes straight to the control engine: the decision path pays
+    # nothing for the router (no split, no copies of the batch).
     def decide_batch(self, transactions: Sequence[Transaction]) -> list[Decision]:
+        if self._alone():
+            return self.control.decide_batch(transactions)
         return self._routed(transactions, lambda engine, part: engine.decide_batch(part))
 
     def decide_batch_once(self, transactions: Sequence[Transaction]) -> OnceDecided:
+        if self._alone():
+            return self.control.decide_batch_once(transactions)
         return self._routed_once(transactions, lambda engine, part: engine.decide_batch_once(part))
 
     def shed_once(self, transactions: Sequence[Transaction], reason: str) -> OnceDecided:
+        if self._alone():
+            return self.control.shed_once(transactions, reason)
         return self._routed_once(transactions, lambda engine, part: engine.shed_once(part, reason))
 
     def without_features(
@@ -95,6 +103,9 @@ class ExperimentRouter:
         vectors: Sequence[FeatureVector] | None = None,
         count_decisions: bool = True,
     ) -> list[Decision]:
+        if self._alone():
+            return self.control.without_features(transactions, reason, vectors, count_decisions)
+
         def decide(engine: DecisionEngine, part: list[int]) -> list[Decision]:
             part_vectors = None if vectors is None else [vectors[i] for i in part]
             return engine.without_features([transactions[i] for i in part], reason, part_vectors, count_decisions)
@@ -103,21 +114,25 @@ class ExperimentRouter:
 
     def explain(self, decisions: Sequence[Decision]) -> list[Decision]:
         """Reason codes by the engine of the arm that decided each (it knows that arm's model)."""
+        if self._alone():
+            return self.control.explain(decisions)
         engines = self.current.engines
         out = list(decisions)
         by_arm: dict[str, list[int]] = {}
         for i, d in enumerate(out):
             by_arm.setdefault(d.policy_arm if d.policy_arm in engines else CONTROL_ARM, []).append(i)
         for arm, rows in by_arm.items():
-            for i, d in zip(rows, engines.get(arm, self.control).explain([out[i] for i in rows]), strict=True):
+            for i, d in zip(rows, engines[arm].explain([out[i] for i in rows]), strict=True):
                 out[i] = d
         return out
 
     # -- routing -----------------------------------------------------------------------------
+    def _alone(self) -> bool:
+        """True when the control engine decides everything (no experiment being served)."""
+        return self.current.state is None
+
     def _split(self, transactions: Sequence[Transaction], decide: Callable) -> list:
         serving = self.current
-        if len(serving.engines) == 1:
-            return decide(self.control, list(range(len(transactions)))) if transactions else []
         arms = serving_arms([t.card_id for t in transactions], serving.state)
         out: list = [None] * len(transactions)
         for arm in dict.fromkeys(arms.tolist()):

@@ -306,17 +306,23 @@ def with_ratios(sums: np.ndarray) -> np.ndarray:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _engine(
-    name: str, policy: Policy, registry: ModelRegistry, features: ReplayedFeatures
-) -> tuple[DecisionEngine, ResolvedPolicy]:
+def policy_engine(policy: Policy, registry: ModelRegistry, features: ReplayedFeatures) -> DecisionEngine:
+    """The production decision engine of ``policy`` over offline features: what a backtest and an
+    off-policy candidate decide with."""
     version = registry.champion() if policy.model == "champion" else policy.model
     model = registry.load(version)  # ModelLoadError names the version and the registry
     thresholds = policy.thresholds(model_thresholds(model.metadata))
-    rules = load_rules(policy.rules)
     # Reasons (TreeSHAP) change no outcome: leave them out, they would only cost time.
-    engine = DecisionEngine(rules, model, features, thresholds, ScorerMetrics(), explain_inline=False)
+    return DecisionEngine(load_rules(policy.rules), model, features, thresholds, ScorerMetrics(), explain_inline=False)
+
+
+def _engine(
+    name: str, policy: Policy, registry: ModelRegistry, features: ReplayedFeatures
+) -> tuple[DecisionEngine, ResolvedPolicy]:
+    engine = policy_engine(policy, registry, features)
+    t = engine.thresholds
     rules_name = str(policy.rules) if policy.rules else "default_rules.yaml (shipped)"
-    return engine, ResolvedPolicy(name, model.version, thresholds.flag, thresholds.block, rules_name)
+    return engine, ResolvedPolicy(name, engine.model.version, t.flag, t.block, rules_name)
 
 
 def _decide(

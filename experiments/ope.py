@@ -36,12 +36,12 @@ from typing import Literal
 import numpy as np
 from scipy.stats import norm
 
+from experiments.backtest import policy_engine
 from experiments.config import Policy
 from experiments.exploration import EXPLORATION_RULE
-from retrain.registry import ModelRegistry, model_thresholds
-from rules_engine import load_rules
+from experiments.replay import ReplayedFeatures
+from retrain.registry import ModelRegistry
 from schema import Decision, Label, Outcome, resolve_labels
-from streaming import BatchFeatures
 from streaming.features import MODEL_FEATURES
 
 METRICS = ("fraud_loss", "fraud_approved_rate", "legit_stopped_rate")
@@ -336,23 +336,14 @@ def _exploration_action(decisions: Sequence[Decision]) -> Literal["approve", "re
 
 
 def candidate_outcomes(decisions: Sequence[Decision], candidate: Policy, registry: ModelRegistry) -> list[Outcome]:
-    """What ``candidate`` decides for each logged decision, from its recorded features: the most
-    severe of its rules' actions and its model's threshold outcome (the engine's precedence)."""
+    """What ``candidate`` decides for each logged decision, from its recorded features, through the
+    production decision engine (its rules, model, thresholds and their precedence)."""
     if not decisions:
         return []
-    model = registry.load(None if candidate.model == "champion" else candidate.model)
-    thresholds = candidate.thresholds(model_thresholds(model.metadata))
-    rules = load_rules(candidate.rules)
-    batch = BatchFeatures(
-        np.array([[d.features[n] for n in MODEL_FEATURES] for d in decisions], dtype=np.float64),
-        stream_watermark=None,
-    )
-    scores = model.predict_proba(batch.matrix.astype(np.float32)).tolist()
-    hits = rules.evaluate_batch([d.transaction for d in decisions], batch.vectors, batch.column)
-    return [
-        max([thresholds.outcome(s), *(h.action for h in hs)], key=lambda o: o.severity)
-        for s, hs in zip(scores, hits, strict=True)
-    ]
+    transactions = [d.transaction for d in decisions]
+    matrix = np.array([[d.features[n] for n in MODEL_FEATURES] for d in decisions], dtype=np.float64)
+    engine = policy_engine(candidate, registry, ReplayedFeatures(transactions, matrix))
+    return [d.outcome for d in engine.decide_batch(transactions)]
 
 
 def format_report(result: OffPolicyReport) -> str:

@@ -1,0 +1,198 @@
+"""CPU per payment of the feature stream's own steps, without bytewax or Kafka.
+
+``fraud bench-stream`` measures the whole dataflow on a shared machine, where the broker, Redis
+and the bytewax engine all take their share and wall-clock rates vary from run to run. This
+times only the Python steps the dataflow runs per batch (``streaming.dataflow``): validation,
+admission, routing to entity shards, the state update, and the sink's packing and Redis write
+(against a real redis-server; its own CPU is not counted), plus the recovery snapshot. It uses
+process CPU time and keeps the best of a few repeats, so it is repeatable under other load.
+
+The payments are those ``fraud bench-stream`` generates (the same card, merchant and amount
+distributions), with event time advancing at ``--rate`` payments per simulated second (times
+``--time-scale``: > 1 fills the long windows, as a long run would).
+
+    python -m fraud.bench_stream_cpu --events 150000 --cards 50000 --merchants 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import numpy as np
+from bytewax.connectors.kafka import KafkaSourceMessage
+
+from fraud.bench_stream import CARD_PRESENT, CATEGORIES, ECOMMERCE
+from streaming.dataflow import RedisStateSink, StoreResync, StreamConfig, _AdmissionLogic, _EntityLogic, _Steps
+from streaming.metrics import StreamMetrics
+
+STAGES = ("validate", "admission", "route", "apply", "sink")
+KAFKA_BATCH = 1000  # StreamConfig.kafka_batch_size: what one poll of a partition hands the flow
+PARTITIONS = 4
+
+
+def payloads(events: int, cards: int, merchants: int, rate: float, time_scale: float, seed: int = 1) -> list[bytes]:
+    """JSON payments as ``fraud bench-stream``'s generator produces them (fraud.bench_stream._generate)."""
+    rng = np.random.default_rng(seed)
+    n_customers = max(1, int(cards / 1.3))
+    card_weights = rng.pareto(1.5, cards) + 1
+    card_weights /= card_weights.sum()
+    merchant_weights = 1 / np.arange(1, merchants + 1) ** 0.9
+    merchant_weights /= merchant_weights.sum()
+    card_of = rng.choice(cards, events, p=card_weights)
+    merchant_of = rng.choice(merchants, events, p=merchant_weights)
+    amounts = np.maximum(1, rng.lognormal(8.0, 1.1, events)).astype(int)
+    encoder = msgspec.json.Encoder()
+    clock0 = time.time() - events / rate * time_scale  # ends now: never ahead of the wall clock
+    out = []
+    for n in range(events):
+        card, merchant = int(card_of[n]), int(merchant_of[n])
+        out.append(
+            encoder.encode(
+                {
+                    "transaction_id": f"bench-{seed}-{n}",
+                    "event_time": datetime.fromtimestamp(clock0 + n / rate * time_scale, UTC).isoformat(),
+                    "card_id": f"card-{card}",
+                    "customer_id": f"cust-{card % n_customers}",
+                    "merchant_id": f"merch-{merchant}",
+                    "merchant_category": CATEGORIES[merchant % len(CATEGORIES)],
+                    "amount_minor": int(amounts[n]),
+                    "currency": "EUR",
+                    "country": "DE" if card % 17 else "FR",
+                    "card_country": "DE",
+                    "device_id": f"dev-{card}-{n % 2 if card % 5 == 0 else 0}",
+                    "channel": ECOMMERCE if card % 3 == 0 else CARD_PRESENT,
+                }
+            )
+        )
+    return out
+
+
+def kafka_batches(raws: list[bytes], topic: str) -> Iterator[list[KafkaSourceMessage]]:
+    """The payments as the Kafka source hands them over: a batch at a time from one partition."""
+    for first in range(0, len(raws), KAFKA_BATCH):
+        partition = first // KAFKA_BATCH % PARTITIONS
+        yield [
+            KafkaSourceMessage(key=None, value=raw, topic=topic, partition=partition, offset=first + i)
+            for i, raw in enumerate(raws[first : first + KAFKA_BATCH])
+        ]
+
+
+class _NoLag:
+    def processed(self, topic: str, partition: int, offset: int) -> None:
+        pass
+
+
+@dataclass
+class Run:
+    seconds: dict[str, float]  # CPU seconds per stage
+    snapshot_s: float
+    events: int
+
+    def us_per_event(self, stage: str) -> float:
+        return 1e6 * self.seconds[stage] / self.events
+
+    @property
+    def total_us(self) -> float:
+        return sum(self.us_per_event(s) for s in STAGES)
+
+
+def run_once(raws: list[bytes], redis_url: str, snapshot_every: int, gc_like_the_stream: bool = True) -> Run:
+    """Every step of the dataflow over the payments, one Kafka batch at a time, timed per stage."""
+    config = StreamConfig(kafka_bootstrap="unused:9092", redis_url=redis_url, key_prefix=f"cpu{time.time_ns()}")
+    metrics = StreamMetrics()
+    steps = _Steps(config, metrics)
+    steps.lag = _NoLag()  # no broker here to ask for high watermarks
+    resync = StoreResync()
+    sink = RedisStateSink(redis_url, config.key_prefix, metrics, resync).build("online_store", 0, 1)
+    admission: dict[str, _AdmissionLogic] = {}
+    entities: dict[str, _EntityLogic] = {}
+    seconds = dict.fromkeys(STAGES, 0.0)
+    snapshot_s = 0.0
+    since_snapshot = 0
+    clock = time.process_time
+    if gc_like_the_stream:  # as streaming.dataflow.run_flow sets it
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(100_000, 1_000_000, 1_000_000)
+    for batch in kafka_batches(raws, config.transactions_topic):
+        t0 = clock()
+        checked = steps.transactions_by_card_shard(batch)
+        t1 = clock()
+        judged = [
+            admission.setdefault(shard, _AdmissionLogic(steps, None)).on_batch([group])[0][0]
+            for shard, group in checked  # bench payments are all valid: no dead letters here
+        ]
+        t2 = clock()
+        routed: dict[str, list] = {}
+        for verdicts in judged:
+            for shard, events in steps.admitted_by_entity_shard(("", verdicts)):
+                routed.setdefault(shard, []).append(events)
+        t3 = clock()
+        updates = [
+            (shard, entities.setdefault(shard, _EntityLogic(None, resync)).on_batch(groups)[0][0])
+            for shard, groups in routed.items()
+        ]
+        t4 = clock()
+        sink.write_batch(updates)
+        t5 = clock()
+        for stage, start, end in zip(STAGES, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5), strict=True):
+            seconds[stage] += end - start
+        since_snapshot += len(batch)
+        if snapshot_every and since_snapshot >= snapshot_every:
+            since_snapshot = 0
+            t6 = clock()
+            for logic in (*admission.values(), *entities.values()):
+                logic.snapshot()
+            snapshot_s += clock() - t6
+    sink.store.client.flushdb()
+    sink.close()
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    return Run(seconds, snapshot_s, len(raws))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=150_000)
+    parser.add_argument("--cards", type=int, default=50_000)
+    parser.add_argument("--merchants", type=int, default=5_000)
+    parser.add_argument("--rate", type=float, default=10_000.0, help="payments per simulated second")
+    parser.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per second of --rate")
+    parser.add_argument("--repeats", type=int, default=3, help="runs; the best of each stage is kept")
+    parser.add_argument(
+        "--snapshot-every", type=int, default=40_000, help="payments between snapshots (~10 s at 4k/s); 0: none"
+    )
+    parser.add_argument("--redis-url", default=None, help="default: start a redis-server of its own")
+    args = parser.parse_args()
+
+    raws = payloads(args.events, args.cards, args.merchants, args.rate, args.time_scale)
+    with tempfile.TemporaryDirectory(prefix="bench-stream-cpu-") as work:
+        if args.redis_url:
+            runs = [run_once(raws, args.redis_url, args.snapshot_every) for _ in range(args.repeats)]
+        else:
+            from deploy.embedded import EmbeddedRedis
+
+            with EmbeddedRedis(Path(work)) as redis_server:
+                runs = [run_once(raws, redis_server.url, args.snapshot_every) for _ in range(args.repeats)]
+    print(f"{args.events:,} payments, {args.cards:,} cards, {args.merchants:,} merchants; CPU µs per payment:")
+    for stage in STAGES:
+        _report(stage, [r.us_per_event(stage) for r in runs])
+    _report("total", [r.total_us for r in runs])
+    _report("snapshots", [1e6 * r.snapshot_s / r.events for r in runs])
+    print(f"(snapshots: every {args.snapshot_every:,} payments, every shard; not in the total)")
+
+
+def _report(what: str, runs: list[float]) -> None:
+    print(f"  {what:<10} {min(runs):7.1f}   (runs: {', '.join(f'{us:.1f}' for us in runs)})")
+
+
+if __name__ == "__main__":
+    main()

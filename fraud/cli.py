@@ -896,6 +896,18 @@ def bench(
         ),
     ] = False,
     batch_size: Annotated[int, typer.Option(help="--reasons-only: payments per decide_batch call.")] = 100,
+    path_only: Annotated[
+        bool,
+        typer.Option(
+            "--path-only",
+            help="Measure the scorer's own work instead: the service `fraud serve` runs, called in this "
+            "process without gRPC's transport, at each --batch-sizes for --case-seconds each; prints CPU µs "
+            "per decision, the split by stage, and the fitted fixed cost per batch and cost per decision.",
+        ),
+    ] = False,
+    batch_sizes: Annotated[str, typer.Option(help="--path-only: payments per request, comma-separated.")] = (
+        "1,5,25,100,400"
+    ),
 ) -> None:
     """Benchmark the decision path: an open-loop generator offers each rate for --duration seconds
     and measures every payment from its scheduled arrival to its decision (rules, Redis features
@@ -956,6 +968,10 @@ def bench(
             return
         if reasons_only:
             _bench_reasons(home, services, config, batch_size, path.with_name(f"reasons-{run_id}.json"), run_id)
+            return
+        if path_only:
+            sizes = [int(x) for x in _floats(batch_sizes, "--batch-sizes")]
+            _bench_path(home, services, config, sizes, path.with_name(f"path-{run_id}.json"), run_id)
             return
         bench_services = Services(
             services.kafka_bootstrap, services.redis_url, services.broker_pid, redis_pids_of(services.redis_url)
@@ -1026,6 +1042,48 @@ def _bench_broker(services, config, path: Path, run_id: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine, "broker": broker, "windows": [asdict(w) for w in windows]}
     path.write_text(json.dumps(result, indent=1))
+    console.print(f"result: {path}")
+
+
+def _bench_path(home, services, config, sizes: list[int], path: Path, run_id: str) -> None:
+    from dataclasses import asdict
+
+    import redis
+
+    from deploy.kafka import ensure_topics
+    from fraud.bench.loadgen import load_payments
+    from fraud.bench.path_speed import format_path_speed, measure_decision_path
+    from fraud.bench.reasons_speed import restamp
+    from fraud.bench.world import prepare_world
+    from fraud.bench_stream import machine_info
+    from fraud.lifecycle import build_service
+
+    if len(set(sizes)) < 2 or min(sizes) < 1:
+        raise typer.BadParameter(f"--batch-sizes: at least two distinct sizes of 1 or more, got {sizes}")
+    settings = _settings(
+        home,
+        kafka_bootstrap=services.kafka_bootstrap,
+        redis_url=services.redis_url,
+        key_prefix=f"bench-path-{run_id}",
+        topic_suffix=f"-bench-path-{run_id}",
+        metrics_port=0,
+    )
+    settings = settings.model_copy(update={"home": settings.home / "bench" / "world"})
+    machine = machine_info()
+    console.print(f"machine: {machine}")
+    world = prepare_world(settings, redis.Redis.from_url(services.redis_url), config.world, say=console.print)
+    ensure_topics(services.kafka_bootstrap, settings.topics.all())
+    service = build_service(settings)
+    payments = restamp(load_payments(world.payments))
+    console.print(
+        f"setup: one process, model {world.model_version}, batch sizes {sizes}, {config.case_seconds:.1f} s each, "
+        f"{len(payments):,} payments"
+    )
+    result = measure_decision_path(service, payments, sizes, seconds_per_case=config.case_seconds)
+    console.print(format_path_speed(result), soft_wrap=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    decided = {"model_version": world.model_version, "decisions_topic": settings.topics.decisions}
+    path.write_text(json.dumps({"machine": machine, **decided, **asdict(result)}, indent=1))
     console.print(f"result: {path}")
 
 

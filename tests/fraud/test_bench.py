@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deploy.kafka import read_topic
 from fraud.bench.loadgen import arrival_offsets, latency_summary
+from fraud.bench.path_speed import PathCase, fit_batch_cost
 from fraud.bench.run import DecisionBenchConfig, best_sustainable_rate, sustainable
 
 
@@ -158,3 +160,35 @@ def test_scaling_curve_over_one_and_two_scorers_on_a_redis_cluster(kafka_bootstr
     curve = json.loads(out.with_name("result-scaling.json").read_text())["curve"]["batch"]
     assert [p["server_procs"] for p in curve] == [1, 2]
     assert curve[0]["speedup"] == 1.0 and all(p["sustainable_rate"] > 0 for p in curve)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_fraud_bench_path_only_decides_and_publishes_every_payment_and_fits_the_batch_cost(
+    kafka_bootstrap, redis_url, bench_home
+):
+    """`--path-only`: the service `fraud serve` builds, called in-process per request; every
+    payment of every case is decided and published, each stage is timed, and the fit is reported."""
+    env = {"KAFKA_BOOTSTRAP": kafka_bootstrap, "REDIS_URL": redis_url}
+    args = ["--path-only", "--batch-sizes", "1,20", "--case-seconds", "0.3", "--customers", "1500"]
+    stdout = _fraud_bench(bench_home, env, *args, "--history-days", "6", timeout=300)
+    assert "machine:" in stdout and "µs fixed per batch" in stdout
+    (path,) = sorted((bench_home / "bench").glob("path-*.json"))[-1:]
+    result = json.loads(path.read_text())
+    assert [c["batch_size"] for c in result["cases"]] == [1, 20]
+    for case in result["cases"]:
+        assert case["batches"] > 0 and case["cpu_us_per_decision"] > 0
+        assert all(case["stage_us_per_decision"][s] > 0 for s in ("features", "model", "rules", "record", "publish"))
+    decided = sum(c["batches"] * c["batch_size"] for c in result["cases"])
+    published = read_topic(kafka_bootstrap, result["decisions_topic"], idle_s=1.0)
+    assert len(published) >= decided  # the warm-up's decisions are published too
+    assert result["us_per_decision"] > 0
+
+
+def test_the_batch_cost_fit_separates_the_fixed_cost_from_the_cost_per_decision():
+    # 800 µs per batch + 60 µs per decision, seen as CPU per decision at three batch sizes
+    cases = [PathCase(n, 10, 800 / n + 60, {}) for n in (1, 10, 100)]
+    fixed, per_decision = fit_batch_cost(cases)
+    assert fixed == pytest.approx(800) and per_decision == pytest.approx(60)
+    with pytest.raises(ValueError, match="two batch sizes"):
+        fit_batch_cost(cases[:1])

@@ -37,7 +37,7 @@ from schema import (
 )
 from scoring.fallback import CircuitBreaker, FailOpenBudget, FallbackPolicy
 from scoring.idempotency import DECISION_TTL_S, OnceDecided, encode_record, replayed
-from scoring.metrics import ScorerMetrics
+from scoring.metrics import ScorerMetrics, observe_many
 from scoring.reasons import ReasonExplainer, needs_reasons
 from scoring.release import CANARY_ARM, CHAMPION_ARM, SHADOW_ARM, ModelRelease, ServingRelease, canary_mask
 from streaming import STORE_ERRORS, BatchFeatures, OnlineFeatureStore
@@ -277,12 +277,11 @@ class DecisionEngine:
         reasons = self._explain(release, matrix, outcomes, canary_rows) if self.explain_inline else {}
         reasons_done = time.perf_counter()
         decisions = []
+        watermark = batch.stream_watermark
         for i, (txn, vector, score, hits, outcome) in enumerate(
             zip(transactions, vectors, score_list, all_hits, outcomes, strict=True)
         ):
-            staleness = None if batch.stream_watermark is None else txn.event_ts - batch.stream_watermark
-            if staleness is not None:
-                self.metrics.feature_staleness.observe(max(staleness, 0.0))
+            staleness = None if watermark is None else txn.event_ts - watermark
             arm, model = _arm(release, canary_rows[i], self.arm)
             decisions.append(
                 Decision(
@@ -300,6 +299,9 @@ class DecisionEngine:
                     reasons=reasons.get(i, []),
                 )
             )
+        if watermark is not None:
+            lag = np.array([d.feature_staleness_s for d in decisions], dtype=np.float64)
+            observe_many(self.metrics.feature_staleness, np.maximum(lag, 0.0))
         if reasons:
             self.metrics.observe_stage("reasons", reasons_done - rules_done)
         # Rule evaluation, thresholds and assembling the decisions; the reasons stage is not in it.

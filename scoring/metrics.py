@@ -6,6 +6,7 @@ from collections import Counter as _Tally
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from deploy.lag import consumer_lag_gauge
@@ -145,3 +146,17 @@ class ScorerMetrics:
 
     def count_degraded(self, reason: str, n: int) -> None:
         self.degraded.labels(reason=reason).inc(n)
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every v of ``values``, with one bucket count per batch: per-value
+    observes (a lock and a bucket scan each) were ~3% of the decision path's CPU per payment.
+    Uses the histogram's bucket and sum values as prometheus_client 0.x keeps them; a test holds the
+    exported samples equal to per-value observes."""
+    if not len(values):
+        return
+    bounds = histogram._upper_bounds  # ends with +Inf: every value falls in some bucket
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(values.sum()))
+    for i in np.flatnonzero(counts).tolist():
+        histogram._buckets[i].inc(int(counts[i]))

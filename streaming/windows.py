@@ -8,19 +8,23 @@ functions. Parity between online and offline is therefore a property of the code
 parity tests check end to end.
 
 Why buckets rather than bytewax's sliding windows: those fall to ~3k events/s at 10k keys
-(STACK-NOTES), while bucket totals cost a few dict operations per event at any cardinality.
+(STACK-NOTES), while a bucket update costs a few list operations per event at any cardinality.
 
 The state is order-independent: applying the same set of events in any order gives the same
-state (bucket totals and maxima commute, a label keeps its earliest known time, and expiry only
+state (bucket totals and maxima commute, rows stay sorted by bucket start, distinct values are a
+set, a label keeps its earliest known time, and expiry only
 ever drops what no window can reach from the newest event seen). That is what makes a replay
 after a restart converge to the same values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import hashlib
+import struct
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC
+from functools import lru_cache
 
 import msgspec
 
@@ -40,29 +44,50 @@ from streaming.features import (
     WindowedFeature,
 )
 
+# The transaction fields some feature counts distinct values of, and their codes in the state (and
+# in the packed layout, ``streaming.packed``).
+DISTINCT_FIELDS: tuple[str, ...] = tuple(
+    sorted({f.field for f in WINDOWED_FEATURES if f.aggregation is Aggregation.DISTINCT and f.field})
+)
+FIELD_CODE: dict[str, int] = {field: code for code, field in enumerate(DISTINCT_FIELDS)}
 
-class Bucket(msgspec.Struct, array_like=True, gc=False):
-    count: int = 0
-    amount_minor: int = 0
-    max_minor: int = 0
-    distinct: dict[str, list[str]] = msgspec.field(default_factory=dict)
+
+@lru_cache(maxsize=1 << 17)
+def value_hash(value: str) -> int:
+    """A stable 64-bit hash of a distinct value (Python's ``hash`` differs per process)."""
+    return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+# One bucket, as a row of the packed layout: (resolution_s, start, count, amount_minor, max_minor),
+# little-endian int64 words.
+ROW = struct.Struct("<5q")
+_START = struct.Struct("<8xq")  # the start of the row at an offset
+# One distinct value seen in a bucket: (resolution_s, field code, bucket start, value hash).
+DistinctRow = tuple[int, int, int, int]
 
 
 class EntityState(msgspec.Struct, array_like=True, gc=False):
-    """One entity's recent history.
+    """One entity's recent history, kept as the rows it is stored as (``streaming.packed``).
 
-    ``buckets``: resolution (s) -> bucket start (Unix s) -> totals of the transactions in it.
+    ``buckets``: one byte string of ``ROW``s per resolution of the entity's layout
+    (``EntityLayout.resolutions``, in that order), sorted by bucket start, so the newest bucket is
+    the last row. Updated in place: no Python object per bucket, and packing a state for Redis is a
+    copy, not a rebuild (``bucket_rows`` reads them as tuples).
+    ``distinct``: the distinct values (hashed) each bucket has seen, for the DISTINCT features.
     ``fraud_known``: transaction id -> when it first became known as fraud (label-rate features).
     """
 
-    buckets: dict[int, dict[int, Bucket]] = msgspec.field(default_factory=dict)
-    # resolution -> the sum of its buckets (count, amount, max): the window read at the newest
-    # bucket, the common case, without a pass over the buckets. A function of ``buckets`` alone.
-    totals: dict[int, Bucket] = msgspec.field(default_factory=dict)
+    buckets: list[bytearray] = msgspec.field(default_factory=list)
+    distinct: set[DistinctRow] = msgspec.field(default_factory=set)
     newest_ts: float = 0.0  # newest transaction event time applied
     events: int = 0
     fraud_known: dict[str, float] = msgspec.field(default_factory=dict)
     labels_newest_ts: float = 0.0  # newest label known_at applied
+
+
+def bucket_rows(rows: bytearray) -> Iterator[tuple[int, int, int, int, int]]:
+    """The rows of one resolution: (resolution_s, start, count, amount_minor, max_minor)."""
+    return ROW.iter_unpack(rows)
 
 
 @dataclass(frozen=True)
@@ -74,7 +99,6 @@ class WindowPlan:
     distinct_fields: tuple[str, ...]
     features: tuple[tuple[str, Aggregation, str | None], ...]  # (name, aggregation, field)
     label_rates: tuple[str, ...]  # label-rate features whose denominator is this window's count
-    uses_totals: bool  # the window is the longest at its resolution and counts nothing distinct
 
 
 @dataclass(frozen=True)
@@ -88,6 +112,8 @@ class EntityLayout:
     # (resolution, retention = longest window at it, fields kept distinct) for each bucket size
     resolutions: tuple[tuple[int, int, tuple[str, ...]], ...]
     label_retention_s: int  # longest label window; 0 when the entity has no label features
+    # ``resolutions`` as ``apply_transaction`` walks them: each distinct field with its code
+    updates: tuple[tuple[int, int, tuple[tuple[str, int], ...]], ...]
 
     def key_of(self, txn: Transaction) -> str:
         return getattr(txn, self.key_field)
@@ -97,9 +123,7 @@ class EntityLayout:
         return {r: keep for r, keep, _ in self.resolutions}
 
 
-def _plan(
-    window: Window, features: list[WindowedFeature], label_features: list[LabelRateFeature], retention: int
-) -> WindowPlan:
+def _plan(window: Window, features: list[WindowedFeature], label_features: list[LabelRateFeature]) -> WindowPlan:
     distinct = tuple(sorted({f.field or "" for f in features if f.aggregation is Aggregation.DISTINCT}))
     return WindowPlan(
         resolution_s=window.resolution_s,
@@ -107,7 +131,6 @@ def _plan(
         distinct_fields=distinct,
         features=tuple((f.name, f.aggregation, f.field) for f in features),
         label_rates=tuple(f.name for f in label_features),
-        uses_totals=window.length_s == retention and not distinct,
     )
 
 
@@ -119,24 +142,20 @@ def _layout(entity: str) -> EntityLayout:
     for w in windows:
         retention[w.resolution_s] = max(retention.get(w.resolution_s, 0), w.length_s)
     plans = tuple(
-        _plan(
-            w,
-            [f for f in features if f.window == w],
-            [f for f in label_features if f.window == w],
-            retention[w.resolution_s],
-        )
-        for w in windows
+        _plan(w, [f for f in features if f.window == w], [f for f in label_features if f.window == w]) for w in windows
     )
     distinct: dict[int, set[str]] = {}
     for plan in plans:
         distinct.setdefault(plan.resolution_s, set()).update(plan.distinct_fields)
+    resolutions = tuple((r, keep, tuple(sorted(distinct[r]))) for r, keep in sorted(retention.items()))
     return EntityLayout(
         entity=entity,
         key_field=ENTITY_KEY_FIELD[entity],
         plans=plans,
         recency_features=tuple(f for f in RECENCY_FEATURES if f.entity == entity),
-        resolutions=tuple((r, keep, tuple(sorted(distinct[r]))) for r, keep in sorted(retention.items())),
+        resolutions=resolutions,
         label_retention_s=max((f.window.length_s for f in label_features), default=0),
+        updates=tuple((r, keep, tuple((f, FIELD_CODE[f]) for f in fields)) for r, keep, fields in resolutions),
     )
 
 
@@ -151,56 +170,53 @@ def entity_keys(transactions: Iterable[Transaction]) -> set[tuple[str, str]]:
 def apply_transaction(state: EntityState, layout: EntityLayout, txn: Transaction) -> None:
     """Add one transaction to an entity's buckets and drop buckets no window can reach any more."""
     ts = txn.event_ts
-    previous_newest = state.newest_ts
-    state.newest_ts = max(state.newest_ts, ts)
-    state.events += 1
     amount = txn.amount_minor
-    for resolution, retention, distinct_fields in layout.resolutions:
-        by_start = state.buckets.get(resolution)
-        if by_start is None:
-            by_start = state.buckets[resolution] = {}
-            state.totals[resolution] = Bucket()
-        total = state.totals[resolution]
-        newest_start = int(state.newest_ts // resolution) * resolution
-        horizon = newest_start - retention
-        # Expire relative to the newest event, never to wall-clock time: the state must depend on
-        # the events alone so that a replay reproduces it exactly. Only a crossed bucket boundary
-        # can expire anything, so most events skip the scan.
-        if newest_start != int(previous_newest // resolution) * resolution:
-            _expire(by_start, total, horizon)
-        start = int(ts // resolution) * resolution
-        if start <= horizon:
+    # Bucket starts are whole seconds: int() floors a positive time, as floor division would.
+    second, previous = int(ts), int(state.newest_ts)
+    if ts > state.newest_ts:
+        state.newest_ts = ts
+    state.events += 1
+    if not state.buckets:
+        state.buckets = [bytearray() for _ in layout.resolutions]
+    for rows, (resolution, retention, distinct_fields) in zip(state.buckets, layout.updates, strict=True):
+        start = second // resolution * resolution
+        newest = previous // resolution * resolution  # the last row's start (0: no rows yet)
+        if start == newest:  # the newest bucket: the common case
+            at = len(rows) - ROW.size
+            _, _, count, amount_sum, largest = ROW.unpack_from(rows, at)
+            ROW.pack_into(rows, at, resolution, start, count + 1, amount_sum + amount, max(amount, largest))
+        elif start > newest:
+            # A new newest bucket. Expire relative to the newest event, never to wall-clock time:
+            # the state must depend on the events alone so that a replay reproduces it exactly.
+            rows += ROW.pack(resolution, start, 1, amount, amount)
+            if _START.unpack_from(rows)[0] <= start - retention:
+                _expire(state, rows, resolution, start - retention, bool(distinct_fields))
+        elif start > newest - retention:  # behind the newest, within the allowed lateness
+            _add_to_older_bucket(rows, resolution, start, amount)
+        else:
             continue  # older than any window can reach from the newest event
-        bucket = by_start.get(start)
-        if bucket is None:
-            bucket = by_start[start] = Bucket()
-        bucket.count += 1
-        bucket.amount_minor += amount
-        total.count += 1
-        total.amount_minor += amount
-        if amount > bucket.max_minor:
-            bucket.max_minor = amount
-            if amount > total.max_minor:
-                total.max_minor = amount
-        for field in distinct_fields:
-            values = bucket.distinct.setdefault(field, [])
-            value = getattr(txn, field)
-            if value not in values:
-                values.append(value)
+        for field, code in distinct_fields:
+            state.distinct.add((resolution, code, start, value_hash(getattr(txn, field))))
 
 
-def _expire(by_start: dict[int, Bucket], total: Bucket, horizon: int) -> None:
-    expired = [s for s in by_start if s <= horizon]
-    if not expired:
-        return
-    lost_max = False
-    for start in expired:
-        old = by_start.pop(start)
-        total.count -= old.count
-        total.amount_minor -= old.amount_minor
-        lost_max = lost_max or old.max_minor >= total.max_minor
-    if lost_max:  # only then can the maximum have changed
-        total.max_minor = max((b.max_minor for b in by_start.values()), default=0)
+def _add_to_older_bucket(rows: bytearray, resolution: int, start: int, amount: int) -> None:
+    at = 0
+    for _, bucket_start, count, amount_sum, largest in bucket_rows(rows):
+        if bucket_start == start:
+            ROW.pack_into(rows, at, resolution, start, count + 1, amount_sum + amount, max(amount, largest))
+            return
+        if bucket_start > start:
+            break
+        at += ROW.size
+    rows[at:at] = ROW.pack(resolution, start, 1, amount, amount)
+
+
+def _expire(state: EntityState, rows: bytearray, resolution: int, horizon: int, has_distinct: bool) -> None:
+    """Drop the buckets starting at or before ``horizon``, and the distinct values they saw."""
+    expired = sum(1 for _, start, _, _, _ in bucket_rows(rows) if start <= horizon)  # rows are sorted
+    del rows[: expired * ROW.size]
+    if has_distinct:
+        state.distinct = {d for d in state.distinct if d[0] != resolution or d[2] > horizon}
 
 
 def apply_label(state: EntityState, layout: EntityLayout, label: Label) -> None:
@@ -220,8 +236,8 @@ def apply_label(state: EntityState, layout: EntityLayout, label: Label) -> None:
 def entity_features(state: EntityState | None, layout: EntityLayout, txn: Transaction) -> FeatureVector:
     """One entity's features at ``txn``'s event time, from its state before ``txn``, counting ``txn``.
 
-    This runs for every entity of every decision: one pass over each window's buckets, no
-    intermediate objects.
+    The readable specification of the read: the decision path and the offline builder compute the
+    same values from packed states (``streaming.batch_features``), and the tests hold them to it.
     """
     ts = txn.event_ts
     values: FeatureVector = {}
@@ -230,23 +246,16 @@ def entity_features(state: EntityState | None, layout: EntityLayout, txn: Transa
         newest_start = int(ts // resolution) * resolution
         oldest_excluded = newest_start - plan.length_s
         count, amount, largest = 1, txn.amount_minor, txn.amount_minor
-        distinct = {f: {getattr(txn, f)} for f in plan.distinct_fields}
-        buckets = state.buckets.get(resolution) if state is not None else None
-        if buckets and plan.uses_totals and newest_start == int(state.newest_ts // resolution) * resolution:
-            # Read at the newest bucket: the window is every bucket kept, already summed.
-            total = state.totals[resolution]
-            count += total.count
-            amount += total.amount_minor
-            largest = max(largest, total.max_minor)
-        elif buckets:
-            for start, b in buckets.items():
-                if oldest_excluded < start <= newest_start:
-                    count += b.count
-                    amount += b.amount_minor
-                    if b.max_minor > largest:
-                        largest = b.max_minor
-                    for f in plan.distinct_fields:
-                        distinct[f].update(b.distinct.get(f, ()))
+        distinct = {f: {value_hash(getattr(txn, f))} for f in plan.distinct_fields}
+        for _, start, n, amount_sum, bucket_max in bucket_rows(_rows_at(state, layout, resolution)):
+            if oldest_excluded < start <= newest_start:
+                count += n
+                amount += amount_sum
+                largest = max(largest, bucket_max)
+        if plan.distinct_fields and state is not None:
+            for r, code, start, value in state.distinct:
+                if r == resolution and oldest_excluded < start <= newest_start:
+                    distinct[DISTINCT_FIELDS[code]].add(value)
         for name, aggregation, field in plan.features:
             if aggregation is Aggregation.COUNT:
                 values[name] = float(count)
@@ -267,6 +276,12 @@ def entity_features(state: EntityState | None, layout: EntityLayout, txn: Transa
         has_history = state is not None and state.events > 0
         values[f.name] = min(max(ts - state.newest_ts, 0.0), f.cap_s) if has_history else f.cap_s
     return values
+
+
+def _rows_at(state: EntityState | None, layout: EntityLayout, resolution: int) -> bytearray:
+    if state is None or not state.buckets:
+        return bytearray()
+    return next(rows for rows, (r, _, _) in zip(state.buckets, layout.resolutions, strict=True) if r == resolution)
 
 
 _CATEGORY_CODE = {name: float(i) for i, name in enumerate(MERCHANT_CATEGORIES)}

@@ -3,7 +3,7 @@
 import random
 
 from streaming import OfflineFeatureBuilder
-from streaming.windows import LAYOUTS, EntityState, apply_transaction, feature_vector
+from streaming.windows import LAYOUTS, EntityState, apply_transaction, bucket_rows, feature_vector
 from tests.factories import T0, txn
 
 CARD = LAYOUTS["card"]
@@ -42,13 +42,35 @@ def test_24h_window_expires_old_days_and_sums_amounts():
     assert f_next_day["card_txn_count_24h"] == 2.0 and f_next_day["card_amount_sum_24h"] == 25.0
 
 
+def bucket_starts(state, resolution):
+    return [start for rows in state.buckets for r, start, *_ in bucket_rows(rows) if r == resolution]
+
+
 def test_expired_buckets_are_dropped_from_state():
     state = EntityState()
-    apply_transaction(state, CARD, txn(1, minutes=0))
+    apply_transaction(state, CARD, txn(1, minutes=0, merchant="m-day-0"))
     apply_transaction(state, CARD, txn(2, minutes=60 * 24 * 3))
-    assert min(state.buckets[3600]) > T0.timestamp()  # the 24h window's day-0 buckets are gone
-    assert min(state.buckets[86400]) <= T0.timestamp()  # the 30-day window still reaches day 0
+    assert min(bucket_starts(state, 3600)) > T0.timestamp()  # the 24h window's day-0 buckets are gone
+    assert min(bucket_starts(state, 86400)) <= T0.timestamp()  # the 30-day window still reaches day 0
+    assert all(start > T0.timestamp() for _, _, start, _ in state.distinct)  # and the merchants they saw
     assert state.events == 2
+
+
+def test_rows_stay_sorted_by_bucket_start_whatever_the_arrival_order():
+    state = EntityState()
+    for minutes in (30, 10, 20, 10.5, 31, 0):
+        apply_transaction(state, CARD, txn(int(minutes * 10), minutes=minutes, amount_minor=100 + int(minutes)))
+    for rows in map(list, map(bucket_rows, state.buckets)):
+        assert [row[:2] for row in rows] == sorted(row[:2] for row in rows)
+        assert len({row[1] for row in rows}) == len(rows)  # one row per bucket
+    five_minutes = {start: (n, amount, largest) for r, start, n, amount, largest in bucket_rows(state.buckets[2])}
+    t0 = int(T0.timestamp())
+    assert five_minutes == {
+        t0: (1, 100, 100),
+        t0 + 600: (2, 220, 110),
+        t0 + 1200: (1, 120, 120),
+        t0 + 1800: (2, 261, 131),
+    }
 
 
 def test_distinct_counts_merchants_countries_devices():
@@ -73,14 +95,7 @@ def test_state_is_independent_of_arrival_order():
     for t in mixed:
         apply_transaction(shuffled, CARD, t)
 
-    # Distinct lists may be in another order; compare as sets per bucket.
-    def canon(state):
-        return {
-            r: {s: (b.count, b.amount_minor, {k: set(v) for k, v in b.distinct.items()}) for s, b in bs.items()}
-            for r, bs in state.buckets.items()
-        }
-
-    assert canon(in_order) == canon(shuffled)
+    assert in_order == shuffled
 
 
 def test_offline_replay_never_sees_the_future():

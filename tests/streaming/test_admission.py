@@ -38,3 +38,26 @@ def test_offline_replay_applies_the_streams_admission():
     assert f[after.transaction_id]["card_txn_count_1h"] == 3.0  # minutes 0, 30 and itself; not the late one
     assert f[late.transaction_id]["card_txn_count_1h"] == 2.0  # it was still decided: minute 0 and itself
     assert builder.states[("card", "card-000001")].events == 3
+
+
+def test_ids_expire_as_a_scan_on_every_payment_would_expire_them():
+    import random
+
+    def reference(recent: dict, newest: list, t, lateness):  # the rule, scanning every time
+        if t.transaction_id in recent:
+            return Admission.DUPLICATE
+        if newest and t.event_ts < newest[0] - lateness:
+            return Admission.LATE
+        recent[t.transaction_id] = t.event_ts
+        if not newest or t.event_ts > newest[0]:
+            newest[:] = [t.event_ts]
+            for old in [i for i, at in recent.items() if at < t.event_ts - lateness]:
+                del recent[old]
+        return Admission.ADMITTED
+
+    rng = random.Random(7)
+    events = [txn(rng.randint(0, 300), minutes=i * 0.5 + rng.uniform(-8, 2)) for i in range(2000)]
+    state, recent, newest = CardAdmission(), {}, []
+    for t in events:
+        assert admit(state, t, 300) is reference(recent, newest, t, 300)
+        assert state.recent_ids == recent

@@ -53,7 +53,7 @@ from streaming.metrics import StreamMetrics
 from streaming.offline import label_entity_ids
 from streaming.online import STATE_TTL_S, STORE_ERRORS, OnlineFeatureStore, connect_redis
 from streaming.recovery_registry import PartitionRegistry
-from streaming.shards import AdmissionShard, EntityEvent, EntityShard, entity_events, shard_of
+from streaming.shards import AdmissionShard, EntityEvent, EntityShard, entity_events, shard_of, state_key
 from streaming.windows import EntityState
 
 log = logging.getLogger(__name__)
@@ -173,8 +173,8 @@ class _Steps:
             entities = label_entity_ids(label, None)
             self.metrics.labels.labels("applied" if entities else "unattributed").inc()
             for entity, entity_id in entities.items():
-                shard = shard_of(f"{entity}:{entity_id}", self.config.shards)
-                groups.setdefault(shard, []).append((entity, entity_id, label))
+                key = state_key(entity, entity_id)
+                groups.setdefault(shard_of(key, self.config.shards), []).append((key, entity, label))
         out.extend(groups.items())
         return out
 
@@ -185,7 +185,7 @@ class _Steps:
         groups: dict[str, list[EntityEvent]] = {}
         for txn in admitted:
             for event in entity_events(txn):
-                groups.setdefault(shard_of(f"{event[0]}:{event[1]}", self.config.shards), []).append(event)
+                groups.setdefault(shard_of(event[0], self.config.shards), []).append(event)
         return [*letters, *groups.items()]
 
 
@@ -276,7 +276,7 @@ class _EntityLogic(_ShardLogic):
             changed = dict(self.shard.states)
         # The states themselves go downstream, not copies: the sink encodes each key's newest state
         # once per batch, which is all Redis needs.
-        event_times = [e[2].event_ts for e in events if e[0] == "card" and isinstance(e[2], Transaction)]
+        event_times = [e[2].event_ts for e in events if e[1] == "card" and isinstance(e[2], Transaction)]
         labels = sum(1 for e in events if isinstance(e[2], Label))
         return [ShardUpdate(changed, event_times, labels)], StatefulBatchLogic.RETAIN
 

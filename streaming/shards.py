@@ -24,7 +24,7 @@ from schema import Label, Transaction
 from streaming.admission import Admission, CardAdmission, admit
 from streaming.windows import LAYOUTS, EntityState, apply_label, apply_transaction
 
-EntityEvent = tuple[str, str, Transaction | Label]  # (entity, entity id, event)
+EntityEvent = tuple[str, str, Transaction | Label]  # (state key "entity:id", entity, event)
 S = TypeVar("S")
 
 
@@ -33,8 +33,17 @@ def shard_of(key: str, shards: int) -> str:
     return f"s{zlib.crc32(key.encode()) % shards}"
 
 
+def state_key(entity: str, entity_id: str) -> str:
+    """The key of an entity's state in its shard, and what its shard is chosen by."""
+    return f"{entity}:{entity_id}"
+
+
+_KEY_FIELDS = tuple((entity, layout.key_field) for entity, layout in LAYOUTS.items())
+
+
 def entity_events(txn: Transaction) -> list[EntityEvent]:
-    return [(entity, layout.key_of(txn), txn) for entity, layout in LAYOUTS.items()]
+    """The transaction as an event of each entity it touches, keyed once for routing and state."""
+    return [(state_key(entity, getattr(txn, field)), entity, txn) for entity, field in _KEY_FIELDS]
 
 
 class _Shard(Generic[S]):
@@ -92,8 +101,7 @@ class EntityShard(_Shard[EntityState]):
     def apply(self, events: Iterable[EntityEvent], now: float) -> dict[str, EntityState]:
         """Apply events in the given order; returns the states they changed, by key."""
         changed: dict[str, EntityState] = {}
-        for entity, entity_id, event in events:
-            key = f"{entity}:{entity_id}"
+        for key, entity, event in events:
             state = self.entries.get(key)
             if state is None:
                 state = self.entries[key] = EntityState()

@@ -62,6 +62,9 @@ def value_hash(value: str) -> int:
 # little-endian int64 words.
 ROW = struct.Struct("<5q")
 _START = struct.Struct("<8xq")  # the start of the row at an offset
+# The count, amount and max of the newest row, read and rewritten in place by the common update.
+_TOTALS = struct.Struct("<3q")
+_read_totals, _write_totals = _TOTALS.unpack_from, _TOTALS.pack_into
 # One distinct value seen in a bucket: (resolution_s, field code, bucket start, value hash).
 DistinctRow = tuple[int, int, int, int]
 
@@ -182,9 +185,9 @@ def apply_transaction(state: EntityState, layout: EntityLayout, txn: Transaction
         start = second // resolution * resolution
         newest = previous // resolution * resolution  # the last row's start (0: no rows yet)
         if start == newest:  # the newest bucket: the common case
-            at = len(rows) - ROW.size
-            _, _, count, amount_sum, largest = ROW.unpack_from(rows, at)
-            ROW.pack_into(rows, at, resolution, start, count + 1, amount_sum + amount, max(amount, largest))
+            at = len(rows) - _TOTALS.size
+            count, amount_sum, largest = _read_totals(rows, at)
+            _write_totals(rows, at, count + 1, amount_sum + amount, amount if amount > largest else largest)
         elif start > newest:
             # A new newest bucket. Expire relative to the newest event, never to wall-clock time:
             # the state must depend on the events alone so that a replay reproduces it exactly.
@@ -195,8 +198,9 @@ def apply_transaction(state: EntityState, layout: EntityLayout, txn: Transaction
             _add_to_older_bucket(rows, resolution, start, amount)
         else:
             continue  # older than any window can reach from the newest event
-        for field, code in distinct_fields:
-            state.distinct.add((resolution, code, start, value_hash(getattr(txn, field))))
+        if distinct_fields:
+            for field, code in distinct_fields:
+                state.distinct.add((resolution, code, start, value_hash(getattr(txn, field))))
 
 
 def _add_to_older_bucket(rows: bytearray, resolution: int, start: int, amount: int) -> None:

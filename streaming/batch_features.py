@@ -1,4 +1,4 @@
-"""Point-in-time features for a batch of payments, as array operations over packed entity states.
+"""Point-in-time features for a batch of payments, computed by a compiled loop over packed entity states.
 
 This is the feature computation the system serves and trains on: the decision path calls it once
 per batch, and the offline builder once per run of history between two labels, so online and
@@ -10,131 +10,106 @@ Semantics: the payments are taken in the order given. Payment j sees each of its
 stored state plus every earlier payment of the batch on that entity whose ``fold`` flag is set,
 exactly as if ``apply_transaction`` had applied those before j was read. So two payments on one
 card in one batch see each other as they would in a replay of the log, and a bucket the folded
-payments have pushed past retention is gone for j as it would be in the state.
+payments have pushed past retention is gone for j as it would be in the state: a bucket counts in
+a window when its start lies in the window and after the retention horizon of the entity's newest
+event, the folded payments' included. Label rates count the stored fraud labels known in
+``(t - window, t]`` over the window's count; recency is measured from that same newest event.
 
-How: each payment has one *reader* per entity kind (card, customer, merchant, device). Every
-reader gets a copy of its entity's bucket rows: the stored rows, plus one row per bucket size for
-each earlier folded payment of the batch. A row counts in its window when its start lies in the
-window and after the retention horizon of the entity's newest event; counts, sums and maxima are
-then reduced per (payment, window) with ``bincount`` and ``maximum.at``, for all four kinds at once,
-so the number of array operations per batch is fixed (~80) whatever its size. A reader's rows are
-bounded by the bucket count of its windows (~120 for a card), not by the entity's history; the
-fold adds rows for pairs of payments on one entity, which grows with the square of a busy
-merchant's payments per batch (batches are cut to ~20 ms of work, see ``scoring.batcher``).
+How: Python only turns the payments into a few arrays (event times, amounts, fold flags, one number
+per (entity kind, payment) naming its entity, the value hashes of the distinct-counted fields) and
+joins the entities' packed states into one int64 buffer; one numba kernel (``_features``) then
+walks the payments in order. Per payment and entity it sums each window from one pass over the
+entity's bucket rows (sorted by bucket size and start, as the layout stores them; an entity holds
+only what its longest windows reach), adds the earlier folded payments of the batch on that entity
+(a chain through the batch, so the work is the pairs of payments on one entity, which batches keep
+small: ``scoring.batcher`` cuts them to ~20 ms of work), counts distinct values by binary search in
+the sorted distinct rows and a sort of the few in the window, and writes the row. Nothing runs per
+feature or per batch in Python, so the fixed cost of a batch is a few microseconds plus one call.
+Integer totals are exact; every float is computed by the same operations, in the same order, as
+the specification, so the two agree bit for bit.
+
+The kernel is compiled on first use and cached on disk (``cache=True``); a server calls
+``warm_up`` before it takes traffic. The feature declaration and the packed layout reach the
+kernel as array arguments, never as globals: numba freezes globals into the compiled code, and its
+disk cache is keyed on this file alone, so a changed declaration elsewhere would be served stale.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
+from datetime import UTC, datetime
+from itertools import repeat
+from operator import attrgetter
 
 import numpy as np
+from numba import njit
 
 from schema import Channel, Transaction
 from streaming.features import MERCHANT_CATEGORIES, MODEL_FEATURES, RATIO_FEATURES, Aggregation
-from streaming.packed import FIELD_CODE, PackedStates, parse_packed, value_hash
+from streaming.packed import BUCKET_WORDS, DISTINCT_WORDS, FIELD_CODE, HEADER_WORDS, MAGIC, value_hash
 from streaming.windows import LAYOUTS
 
 COLUMN: dict[str, int] = {name: i for i, name in enumerate(MODEL_FEATURES)}
 _CATEGORY_CODE = {name: float(i) for i, name in enumerate(MERCHANT_CATEGORIES)}
 _KINDS: tuple[tuple[str, str], ...] = tuple((entity, layout.key_field) for entity, layout in LAYOUTS.items())
 K = len(_KINDS)
+_ENTITY_KEYS = tuple((entity, attrgetter(field)) for entity, field in _KINDS)
+_DISTINCT_FIELDS = tuple(attrgetter(field) for field in sorted(FIELD_CODE, key=FIELD_CODE.__getitem__))
+_EVENT_TS, _AMOUNT, _CATEGORY = attrgetter("event_ts"), attrgetter("amount_minor"), attrgetter("merchant_category")
+_AGGREGATION_CODE = {Aggregation.COUNT: 0, Aggregation.SUM: 1, Aggregation.MEAN: 2, Aggregation.MAX: 3}
+_WORD = np.dtype("<i8")
 
 
-class _Plans:
-    """The feature declaration as index tables: every window of every entity kind is one *plan*
-    with a global number, and each feature column knows its plan."""
+class _Tables:
+    """The feature declaration as int64 tables the kernel walks: every window of every entity kind
+    is one *plan*, and every feature names its plan and its output column."""
 
     def __init__(self) -> None:
-        self.resolutions = np.array(sorted({r for lay in LAYOUTS.values() for r, _, _ in lay.resolutions}))
-        plan_of = np.full((K, len(self.resolutions)), -1, dtype=np.int64)
-        length, retention = [], []
-        columns: dict[Aggregation, tuple[list[int], list[int]]] = {a: ([], []) for a in Aggregation}
-        distinct: list[tuple[int, int, int]] = []  # (plan, field code, column)
-        self.label_rates: list[tuple[int, int, int, int]] = []  # (kind, plan, length, column)
-        self.recency: list[tuple[int, float, int]] = []  # (kind, cap, column)
+        plans: list[tuple[int, int, int, int]] = []  # (kind, bucket size, length, retention)
+        aggregates: list[tuple[int, int, int]] = []  # (plan, aggregation code, column)
+        distincts: list[tuple[int, int, int]] = []  # (plan, field code, column)
+        label_rates: list[tuple[int, int]] = []  # (plan, column)
+        recency: list[tuple[int, int]] = []  # (kind, column)
+        caps: list[float] = []
         for kind, layout in enumerate(LAYOUTS.values()):
             for plan in layout.plans:
-                number = len(length)
-                at = int(np.searchsorted(self.resolutions, plan.resolution_s))
-                if plan_of[kind, at] >= 0:  # the row -> window map below relies on this
-                    raise ValueError(f"{layout.entity}: two windows with {plan.resolution_s}s buckets")
-                plan_of[kind, at] = number
-                length.append(plan.length_s)
-                retention.append(layout.retention_s[plan.resolution_s])
+                number = len(plans)
+                plans.append((kind, plan.resolution_s, plan.length_s, layout.retention_s[plan.resolution_s]))
                 for name, aggregation, field in plan.features:
                     if aggregation is Aggregation.DISTINCT:
-                        distinct.append((number, FIELD_CODE[field or ""], COLUMN[name]))
+                        distincts.append((number, FIELD_CODE[field or ""], COLUMN[name]))
                     else:
-                        columns[aggregation][0].append(number)
-                        columns[aggregation][1].append(COLUMN[name])
-                self.label_rates += [(kind, number, plan.length_s, COLUMN[name]) for name in plan.label_rates]
-            self.recency += [(kind, f.cap_s, COLUMN[f.name]) for f in layout.recency_features]
-        self.plan_of = plan_of
-        self.count = len(length)
-        self.kind = np.zeros(self.count, dtype=np.int64)
-        for k in range(K):
-            self.kind[plan_of[k][plan_of[k] >= 0]] = k
-        per_kind_plans = [sorted(int(x) for x in plan_of[k] if x >= 0) for k in range(K)]
-        most = max(len(p) for p in per_kind_plans)
-        self.kind_plans = np.array([p + [0] * (most - len(p)) for p in per_kind_plans], dtype=np.int64)
-        self.kind_plan_count = np.array([len(p) for p in per_kind_plans], dtype=np.int64)
-        self.length = np.array(length, dtype=np.int64)
-        self.retention = np.array(retention, dtype=np.int64)
-        self.resolution = np.array([0] * self.count, dtype=np.int64)
-        for kind in range(K):
-            for at, number in enumerate(plan_of[kind]):
-                if number >= 0:
-                    self.resolution[number] = self.resolutions[at]
-        self.columns = {a: (np.array(p, dtype=np.int64), np.array(c, dtype=np.int64)) for a, (p, c) in columns.items()}
-        # Bucket sizes per kind, for the rows a folded payment adds (padded table + counts).
-        sizes = [[r for r, _, _ in layout.resolutions] for layout in LAYOUTS.values()]
-        self.kind_resolutions = np.array([s + [1] * (len(self.resolutions) - len(s)) for s in sizes], dtype=np.int64)
-        self.kind_resolution_count = np.array([len(s) for s in sizes], dtype=np.int64)
-        # Distinct-count features: a stored (kind, bucket size, field) row -> feature number.
-        self.distinct_plan = np.array([p for p, _, _ in distinct], dtype=np.int64)
-        self.distinct_code = np.array([c for _, c, _ in distinct], dtype=np.int64)
-        self.distinct_column = np.array([col for _, _, col in distinct], dtype=np.int64)
-        self.distinct_of = np.full((K, len(self.resolutions), max(len(FIELD_CODE), 1)), -1, dtype=np.int64)
-        per_kind: list[list[int]] = [[] for _ in range(K)]
-        for number, (plan, code, _) in enumerate(distinct):
-            kind = next(k for k in range(K) if plan in plan_of[k])
-            self.distinct_of[kind, int(np.searchsorted(self.resolutions, self.resolution[plan])), code] = number
-            per_kind[kind].append(number)
-        width = max(1, *(len(p) for p in per_kind))
-        self.kind_distinct = np.array([p + [0] * (width - len(p)) for p in per_kind], dtype=np.int64)
-        self.kind_distinct_count = np.array([len(p) for p in per_kind], dtype=np.int64)
+                        aggregates.append((number, _AGGREGATION_CODE[aggregation], COLUMN[name]))
+                label_rates += [(number, COLUMN[name]) for name in plan.label_rates]
+            recency += [(kind, COLUMN[f.name]) for f in layout.recency_features]
+            caps += [float(f.cap_s) for f in layout.recency_features]
+        self.plans = _table(plans, 4)
+        # Each kind's plans by bucket size, padded (the kernel merges them with sorted bucket rows).
+        mine = [
+            sorted((n for n, plan in enumerate(plans) if plan[0] == k), key=lambda n: plans[n][1]) for k in range(K)
+        ]
+        most = max(map(len, mine))
+        self.kind_plans = _table([m + [0] * (most - len(m)) for m in mine], most)
+        self.kind_plan_count = np.array([len(m) for m in mine], dtype=np.int64)
+        self.aggregates = _table(aggregates, 3)
+        self.distincts = _table(distincts, 3)
+        self.label_rates = _table(label_rates, 2)
+        self.recency = _table(recency, 2)
+        self.recency_caps = np.array(caps, dtype=np.float64)
+        self.ratios = _table([(COLUMN[r.denominator], COLUMN[r.name]) for r in RATIO_FEATURES], 2)
+        # amount, hour of day, then the columns of the context flags Python reads per payment
+        context = ("amount", "hour_of_day", "is_cross_border", "is_ecommerce", "merchant_category_code")
+        self.context = np.array([COLUMN[name] for name in context], dtype=np.int64)
+        self.layout = np.array([MAGIC, HEADER_WORDS, BUCKET_WORDS, DISTINCT_WORDS], dtype=np.int64)
+        for table in vars(self).values():
+            table.flags.writeable = False
 
 
-PLANS = _Plans()
+def _table(rows: Sequence[tuple[int, ...]], width: int) -> np.ndarray:
+    return np.array(rows, dtype=np.int64).reshape(len(rows), width)
 
 
-@lru_cache(maxsize=256)
-def _layout_of(n: int) -> tuple[np.ndarray, ...]:
-    """Index arrays that depend only on the batch size (read-only, cached: batches repeat sizes).
-
-    Returns: each reader's payment and kind; each (payment, plan) cell's payment, plan, reader,
-    bucket size and window length and retention.
-    """
-    readers = np.arange(n * K)
-    cell_payment = np.repeat(np.arange(n), PLANS.count)
-    cell_plan = np.tile(np.arange(PLANS.count), n)
-    arrays = (
-        readers // K,
-        readers % K,
-        cell_payment,
-        cell_plan,
-        cell_payment * K + PLANS.kind[cell_plan],
-        PLANS.resolution[cell_plan],
-        PLANS.length[cell_plan],
-        PLANS.retention[cell_plan],
-    )
-    for a in arrays:
-        a.flags.writeable = False
-    return arrays
-
-
-_FIELDS_BY_CODE = sorted(FIELD_CODE, key=FIELD_CODE.__getitem__)
+TABLES = _Tables()
 
 
 def batch_feature_matrix(
@@ -156,215 +131,386 @@ def batch_feature_matrix(
     out = np.empty((n, len(MODEL_FEATURES)), dtype=np.float64)
     if n == 0:
         return out
-    ts = np.fromiter((t.event_ts for t in transactions), dtype=np.float64, count=n)
-    amount = np.fromiter((t.amount_minor for t in transactions), dtype=np.int64, count=n)
-    folds = np.ones(n, dtype=bool) if fold is None else np.asarray(fold, dtype=bool)
-    _context_columns(transactions, ts, amount, out)
-    # One reader per (payment, entity kind), payment-major; each distinct entity parsed once.
-    number: dict[tuple[str, str], int] = {}
-    entity = np.fromiter(
-        (number.setdefault((kind, getattr(t, field)), len(number)) for t in transactions for kind, field in _KINDS),
-        dtype=np.int64,
-        count=n * K,
+    entity, words, state_bytes = _entities(transactions, states)
+    # A fresh writable array whatever was passed: numba compiles once per argument type.
+    folds = np.ones(n, dtype=np.bool_) if fold is None else np.array(fold, dtype=np.bool_)
+    tables = TABLES
+    _features(
+        words,
+        words.view(np.float64),
+        state_bytes,
+        entity,
+        np.array(list(map(_EVENT_TS, transactions)), dtype=np.float64),
+        np.array(list(map(_AMOUNT, transactions)), dtype=np.int64),
+        folds,
+        _value_hashes(transactions),
+        _context_flags(transactions),
+        tables.plans,
+        tables.kind_plans,
+        tables.kind_plan_count,
+        tables.aggregates,
+        tables.distincts,
+        tables.label_rates,
+        tables.recency,
+        tables.recency_caps,
+        tables.ratios,
+        tables.context,
+        tables.layout,
+        out,
     )
-    packed = parse_packed([states.get(key) for key in number])
-    own = np.array([[value_hash(getattr(t, f)) for f in _FIELDS_BY_CODE] for t in transactions], dtype=np.int64)
-    _WindowRead(packed, entity, ts, amount, folds, own.reshape(n, len(_FIELDS_BY_CODE))).into(out)
-    for ratio in RATIO_FEATURES:
-        mean = out[:, COLUMN[ratio.denominator]]
-        column = out[:, COLUMN[ratio.name]]
-        column[:] = 1.0
-        np.divide(out[:, COLUMN["amount"]], mean, out=column, where=mean > 0)
     return out
 
 
-def _context_columns(transactions: Sequence[Transaction], ts: np.ndarray, amount: np.ndarray, out: np.ndarray) -> None:
-    out[:, COLUMN["amount"]] = amount / 100.0
-    out[:, COLUMN["hour_of_day"]] = (ts // 3600.0) % 24.0  # Unix time has no leap seconds: UTC hour
-    out[:, COLUMN["is_cross_border"]] = [t.country != t.card_country for t in transactions]
-    out[:, COLUMN["is_ecommerce"]] = [t.channel is Channel.ECOMMERCE for t in transactions]
-    out[:, COLUMN["merchant_category_code"]] = [_CATEGORY_CODE.get(t.merchant_category, -1.0) for t in transactions]
+def _entities(
+    transactions: Sequence[Transaction], states: Mapping[tuple[str, str], bytes]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kinds, payments) entity numbers; the entities' packed states joined, as int64 words; and
+    each state's length in bytes (0: no history). Each entity's state is joined once."""
+    numbers: list[int] = []
+    raws: list[bytes] = []
+    for kind, key_of in _ENTITY_KEYS:
+        number: dict[str, int] = {}
+        first = len(raws)
+        numbers += [first + number.setdefault(key, len(number)) for key in map(key_of, transactions)]
+        raws += map(states.get, zip(repeat(kind), number), repeat(b""))
+    words = np.frombuffer(b"".join(raws), dtype=_WORD).astype(np.int64, copy=False)  # no copy on little-endian
+    entity = np.array(numbers, dtype=np.int64).reshape(K, len(transactions))
+    return entity, words, np.array(list(map(len, raws)), dtype=np.int64)
 
 
-class _WindowRead:
-    """Every windowed, label-rate and recency feature of a batch (see the module docstring)."""
+def _value_hashes(transactions: Sequence[Transaction]) -> np.ndarray:
+    """(distinct fields, payments): each payment's value hashes, as the state keeps its values."""
+    hashes = [list(map(value_hash, map(field, transactions))) for field in _DISTINCT_FIELDS]
+    return np.array(hashes, dtype=np.int64).reshape(len(_DISTINCT_FIELDS), len(transactions))
 
-    def __init__(
-        self,
-        packed: PackedStates,
-        entity: np.ndarray,
-        ts: np.ndarray,
-        amount: np.ndarray,
-        folds: np.ndarray,
-        own: np.ndarray,
-    ) -> None:
-        self.packed = packed
-        self.entity = entity  # per reader
-        self.n = len(ts)
-        self.ts = ts
-        self.amount = amount
-        self.own = own  # (payments, distinct fields): value hashes
-        self.layout = _layout_of(self.n)
-        self.payment, self.kind = self.layout[0], self.layout[1]
-        newest = packed.newest_ts[entity]
-        self.has_history = packed.events[entity] > 0
-        if packed.size < len(entity):  # some entity has several readers: earlier payments fold
-            self.later, self.earlier = _earlier_folded_pairs(entity, folds[self.payment])
-            np.maximum.at(newest, self.later, ts[self.payment[self.earlier]])
-            self.has_history |= np.bincount(self.later, minlength=len(entity)) > 0
+
+def _context_flags(transactions: Sequence[Transaction]) -> np.ndarray:
+    """(3, payments): the context features read from the transaction's strings and channel."""
+    return np.array(
+        [
+            [t.country != t.card_country for t in transactions],
+            [t.channel is Channel.ECOMMERCE for t in transactions],
+            list(map(_CATEGORY_CODE.get, map(_CATEGORY, transactions), repeat(-1.0))),
+        ],
+        dtype=np.float64,
+    )
+
+
+def warm_up() -> None:
+    """Compile (or load from the disk cache) the kernel now, so a server's first batch does not."""
+    payment = Transaction(
+        transaction_id="warm-up",
+        event_time=datetime.fromtimestamp(0, UTC),
+        card_id="c",
+        customer_id="u",
+        merchant_id="m",
+        merchant_category=MERCHANT_CATEGORIES[0],
+        amount_minor=1,
+        currency="EUR",
+        country="DE",
+        card_country="DE",
+        device_id="d",
+    )
+    batch_feature_matrix([payment], {})
+
+
+# --- the kernel -------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _features(
+    words,  # every state's int64 words, joined
+    floats,  # the same words as float64 (newest_ts, known_at)
+    state_bytes,  # per entity: its state's length in bytes (0: no history)
+    entity,  # (kinds, payments): entity number
+    ts,
+    amount,
+    folds,
+    own,  # (distinct fields, payments): the payment's value hashes
+    flags,  # (3, payments): context flags from Python
+    plans,  # (kind, bucket size, length, retention) per window
+    kind_plans,  # (kinds, most plans): each kind's plans by bucket size
+    kind_plan_count,
+    aggregates,
+    distincts,
+    label_rates,
+    recency,
+    recency_caps,
+    ratios,
+    context,
+    layout,
+    out,
+):
+    kinds, n = entity.shape
+    at, widest = _state_offsets(words, state_bytes, layout)
+    earlier = _earlier_folded(entity, folds, len(state_bytes))
+    starts = _bucket_starts(ts, plans)
+    newest = np.zeros(kinds, dtype=np.float64)
+    history = np.zeros(kinds, dtype=np.bool_)
+    n_plans = len(plans)
+    lower = np.zeros(n_plans, dtype=np.int64)  # payment j's windows: lower < bucket start <= upper
+    upper = np.zeros(n_plans, dtype=np.int64)
+    count = np.zeros(n_plans, dtype=np.int64)
+    total = np.zeros(n_plans, dtype=np.int64)
+    largest = np.zeros(n_plans, dtype=np.int64)
+    scratch = np.empty(widest + n, dtype=np.int64)  # one distinct feature's values
+    for j in range(n):
+        for k in range(kinds):
+            state = at[entity[k, j]]
+            newest[k], history[k] = _newest(words, floats, state, ts, earlier, j, k)
+            for q in range(kind_plan_count[k]):
+                p = kind_plans[k, q]
+                lower[p], upper[p] = _window(starts[j, p], newest[k], plans[p, 1], plans[p, 2], plans[p, 3])
+                count[p], total[p], largest[p] = 1, amount[j], amount[j]
+            _add_stored_rows(
+                words, state, plans, kind_plans, kind_plan_count, k, lower, upper, count, total, largest, layout
+            )
+            _add_folded(amount, earlier, starts, j, k, kind_plans, kind_plan_count, lower, upper, count, total, largest)
+        _write_aggregates(out, j, aggregates, count, total, largest)
+        for d in range(len(distincts)):
+            p, code = distincts[d, 0], distincts[d, 1]
+            k = plans[p, 0]
+            out[j, distincts[d, 2]] = _distinct_count(
+                words,
+                at[entity[k, j]],
+                plans[p, 1],
+                code,
+                lower[p],
+                upper[p],
+                starts,
+                own,
+                earlier,
+                j,
+                k,
+                p,
+                layout,
+                scratch,
+            )
+        for q in range(len(label_rates)):
+            p = label_rates[q, 0]
+            frauds = _frauds_known(words, floats, at[entity[plans[p, 0], j]], ts[j] - plans[p, 2], ts[j], layout)
+            out[j, label_rates[q, 1]] = frauds / count[p]
+        for q in range(len(recency)):
+            k, cap = recency[q, 0], recency_caps[q]
+            out[j, recency[q, 1]] = min(max(ts[j] - newest[k], 0.0), cap) if history[k] else cap
+        _write_context(out, j, ts[j], amount[j], flags, context, ratios)
+
+
+@njit(cache=True)
+def _state_offsets(words, state_bytes, layout):
+    """Each entity's first word (-1: no history), checking every state is whole and in the layout;
+    and the most distinct rows one state holds (the scratch a distinct count needs)."""
+    magic, header, bucket_words, distinct_words = layout[0], layout[1], layout[2], layout[3]
+    at = np.full(len(state_bytes), -1, dtype=np.int64)
+    widest, word = 0, 0
+    for e in range(len(state_bytes)):
+        size = state_bytes[e] // 8
+        if state_bytes[e] == 0:
+            continue
+        if state_bytes[e] % 8 or size < header or words[word] != magic:
+            raise ValueError("online feature state in an unknown format (expected packed layout PCK1)")
+        n_buckets, n_distinct, n_fraud = words[word + 3], words[word + 4], words[word + 5]
+        if min(n_buckets, n_distinct, n_fraud) < 0:
+            raise ValueError("online feature state with negative row counts")
+        if header + bucket_words * n_buckets + distinct_words * n_distinct + n_fraud > size:
+            raise ValueError("online feature state shorter than its row counts")
+        at[e] = word
+        widest = max(widest, n_distinct)
+        word += size
+    return at, widest
+
+
+@njit(cache=True)
+def _earlier_folded(entity, folds, n_entities):
+    """(payments, kinds): the latest earlier payment on the same entity whose fold flag is set
+    (-1: none). Following the links from a payment visits all its earlier folded payments."""
+    kinds, n = entity.shape
+    latest = np.full(n_entities, -1, dtype=np.int64)
+    earlier = np.empty((n, kinds), dtype=np.int64)
+    for j in range(n):
+        for k in range(kinds):
+            e = entity[k, j]
+            earlier[j, k] = latest[e]
+            if folds[j]:
+                latest[e] = j
+    return earlier
+
+
+@njit(cache=True)
+def _bucket_starts(ts, plans):
+    """(payments, plans): the start of the bucket each payment falls in, per window's bucket size."""
+    starts = np.empty((len(ts), len(plans)), dtype=np.float64)
+    for j in range(len(ts)):
+        for p in range(len(plans)):
+            starts[j, p] = _floor_to(ts[j], plans[p, 1])
+    return starts
+
+
+@njit(cache=True, inline="always")
+def _floor_to(t, size):
+    """``(t // size) * size``, the specification's bucket start, without the fmod that numba's float
+    floor division calls (it was the kernel's largest cost). ``//`` gives the exact floor of t / size
+    while q * size is exact (|t| < 2**53), and so does one correction of the rounded quotient."""
+    start = np.floor(t / size) * size
+    if start > t:
+        start -= size
+    elif start + size <= t:
+        start += size
+    return start
+
+
+@njit(cache=True, inline="always")
+def _newest(words, floats, state, ts, earlier, j, k):
+    """The entity's newest event time as payment j sees it, and whether it has any event."""
+    newest, history = 0.0, False  # an entity without state: as the empty state packs
+    if state >= 0:
+        newest, history = floats[state + 1], words[state + 2] > 0
+    i = earlier[j, k]
+    while i >= 0:
+        newest = max(newest, ts[i])
+        history = True
+        i = earlier[i, k]
+    return newest, history
+
+
+@njit(cache=True, inline="always")
+def _window(upper, newest, resolution, length, retention):
+    """The bucket starts a window counts, ``lower < start <= upper`` (upper: the payment's own
+    bucket); the lower bound is also the entity's retention horizon, which the batch's earlier
+    payments may have moved on."""
+    horizon = _floor_to(newest, resolution) - retention
+    return np.int64(max(upper - length, horizon)), np.int64(upper)
+
+
+@njit(cache=True, inline="always")
+def _add_stored_rows(words, state, plans, kind_plans, kind_plan_count, k, lower, upper, count, total, largest, layout):
+    """Add the entity's stored bucket rows to the windows of its kind (``mine``, by bucket size).
+
+    One pass over the rows, merged with the windows: both are sorted by bucket size, and an entity
+    holds only what its longest windows reach (~20 rows on average, ~120 at most for a card), so
+    this beats a binary search per window."""
+    if state < 0:
+        return
+    first, width = state + layout[1], layout[2]
+    q, mine = 0, kind_plan_count[k]
+    for word in range(first, first + width * words[state + 3], width):
+        resolution, start = words[word], words[word + 1]
+        while q < mine and plans[kind_plans[k, q], 1] < resolution:
+            q += 1
+        for same in range(q, mine):
+            p = kind_plans[k, same]
+            if plans[p, 1] != resolution:
+                break
+            if lower[p] < start <= upper[p]:
+                count[p] += words[word + 2]
+                total[p] += words[word + 3]
+                largest[p] = max(largest[p], words[word + 4])
+
+
+@njit(cache=True, inline="always")
+def _add_folded(amount, earlier, starts, j, k, kind_plans, kind_plan_count, lower, upper, count, total, largest):
+    """Add the batch's earlier folded payments on payment j's entity of kind k to its windows."""
+    i = earlier[j, k]
+    while i >= 0:
+        for q in range(kind_plan_count[k]):
+            p = kind_plans[k, q]
+            if lower[p] < starts[i, p] <= upper[p]:
+                count[p] += 1
+                total[p] += amount[i]
+                largest[p] = max(largest[p], amount[i])
+        i = earlier[i, k]
+
+
+@njit(cache=True, inline="always")
+def _distinct_count(words, state, resolution, code, lower, upper, starts, own, earlier, j, k, p, layout, scratch):
+    """Distinct values of one field in the window: the stored ones, the earlier folded payments'
+    and payment j's own."""
+    scratch[0] = own[code, j]
+    m = 1
+    if state >= 0:
+        first = state + layout[1] + layout[2] * words[state + 3]
+        rows, width = words[state + 4], layout[3]
+        low = _distinct_rows_after(words, first, rows, width, resolution, code, lower)
+        high = _distinct_rows_after(words, first, rows, width, resolution, code, upper)
+        for row in range(low, high):
+            scratch[m] = words[first + row * width + 3]
+            m += 1
+    i = earlier[j, k]
+    while i >= 0:
+        if lower < starts[i, p] <= upper:
+            scratch[m] = own[code, i]
+            m += 1
+        i = earlier[i, k]
+    return float(_count_unique(scratch, m))
+
+
+@njit(cache=True, inline="always")
+def _distinct_rows_after(words, first, rows, width, resolution, code, start):
+    """The first of the entity's distinct rows, sorted (resolution, code, start, value), that sorts
+    after (resolution, code, start): binary search, as a busy card holds hundreds."""
+    low, high = 0, rows
+    while low < high:
+        middle = (low + high) // 2
+        word = first + middle * width
+        if (words[word], words[word + 1], words[word + 2]) > (resolution, code, start):
+            high = middle
         else:
-            self.later = self.earlier = np.empty(0, dtype=np.int64)
-        self.newest = newest
-
-    def into(self, out: np.ndarray) -> None:
-        self._cell_bounds()
-        count, total, largest = self._window_totals()
-        for aggregation, (plans, columns) in PLANS.columns.items():
-            if aggregation is Aggregation.COUNT:
-                out[:, columns] = count[:, plans]
-            elif aggregation is Aggregation.SUM:
-                out[:, columns] = total[:, plans] / 100.0
-            elif aggregation is Aggregation.MEAN:
-                out[:, columns] = total[:, plans] / 100.0 / count[:, plans]
-            elif aggregation is Aggregation.MAX:
-                out[:, columns] = largest[:, plans] / 100.0
-        if len(PLANS.distinct_column):
-            out[:, PLANS.distinct_column] = self._distinct_counts()
-        self._label_rates(count, out)
-        for kind, cap, column in PLANS.recency:
-            reader = np.arange(self.n) * K + kind
-            since = np.minimum(np.maximum(self.ts - self.newest[reader], 0.0), cap)
-            out[:, column] = np.where(self.has_history[reader], since, cap)
-
-    def _cell_bounds(self) -> None:
-        """For every (payment, plan) cell: its reader and the bucket starts its window counts,
-        ``lower < start <= upper``; the lower bound is also the entity's retention horizon, which
-        an earlier payment of the batch may have moved on."""
-        payment, _, self.cell_reader, resolution, length, retention = self.layout[2:]
-        upper = (self.ts[payment] // resolution) * resolution
-        horizon = (self.newest[self.cell_reader] // resolution) * resolution - retention
-        self.lower = np.maximum(upper - length, horizon).astype(np.int64)
-        self.upper = upper.astype(np.int64)
-
-    def _window_totals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(payments x plans) count, amount sum and largest amount, each payment counting itself.
-
-        Stored rows are sorted by (entity, bucket size, start), so a cell's window is one range of
-        rows, found by binary search and summed from prefix sums; no row is copied per payment.
-        """
-        rows = self.packed.buckets
-        key = _row_key(self.packed.bucket_owner, rows[:, 0], rows[:, 1])
-        entity = self.entity[self.cell_reader]
-        plan_resolution = self.layout[5]
-        low = key.searchsorted(_row_key(entity, plan_resolution, self.lower), side="right")
-        high = key.searchsorted(_row_key(entity, plan_resolution, self.upper), side="right")
-        high = np.maximum(high, low)  # an empty window: the horizon lies beyond the payment's bucket
-        count = _prefix(rows[:, 2])
-        count = (count[high] - count[low]).astype(np.float64)
-        total = _prefix(rows[:, 3])
-        total = (total[high] - total[low]).astype(np.float64)
-        ends = np.empty(2 * len(low), dtype=np.int64)
-        ends[0::2], ends[1::2] = low, high
-        largest = np.maximum.reduceat(np.append(rows[:, 4], 0), ends)[::2]
-        largest[high == low] = 0  # reduceat gives the row at ``low`` for an empty range
-        if len(self.later):
-            self._add_folded(count, total, largest)
-        own = np.repeat(self.amount, PLANS.count)
-        shape = (self.n, PLANS.count)
-        return (1.0 + count).reshape(shape), (own + total).reshape(shape), np.maximum(own, largest).reshape(shape)
-
-    def _add_folded(self, count: np.ndarray, total: np.ndarray, largest: np.ndarray) -> None:
-        """Add the earlier folded payments of the batch: one contribution per (pair, plan of the kind)."""
-        kind = self.kind[self.later]
-        pair, within = _expand(PLANS.kind_plan_count[kind])
-        plan = PLANS.kind_plans[kind[pair], within]
-        folded = self.payment[self.earlier[pair]]
-        cell = self.payment[self.later[pair]] * PLANS.count + plan
-        start = (self.ts[folded] // PLANS.resolution[plan]) * PLANS.resolution[plan]
-        inside = (start > self.lower[cell]) & (start <= self.upper[cell])
-        cell, amount = cell[inside], self.amount[folded[inside]]
-        count += np.bincount(cell, minlength=len(count))
-        total += np.bincount(cell, weights=amount, minlength=len(total))
-        np.maximum.at(largest, cell, amount)
-
-    def _distinct_counts(self) -> np.ndarray:
-        """(payments x distinct features): distinct values in the window, the payment's own included."""
-        stored = self.packed.distinct
-        reader, index = _copy_rows_per_reader(self.entity, *self.packed.offsets(self.packed.distinct_owner))
-        at = np.searchsorted(PLANS.resolutions, stored[index, 0])
-        feature = PLANS.distinct_of[self.kind[reader], at, stored[index, 1]]
-        start, value = stored[index, 2], stored[index, 3]
-        if len(self.later):  # earlier folded payments add their own values
-            kind = self.kind[self.later]
-            pair, within = _expand(PLANS.kind_distinct_count[kind])
-            folded_feature = PLANS.kind_distinct[kind[pair], within]
-            folded_payment = self.payment[self.earlier[pair]]
-            folded_resolution = PLANS.resolution[PLANS.distinct_plan[folded_feature]]
-            reader = np.concatenate([reader, self.later[pair]])
-            feature = np.concatenate([feature, folded_feature])
-            start = np.concatenate([start, (self.ts[folded_payment] // folded_resolution) * folded_resolution])
-            value = np.concatenate([value, self.own[folded_payment, PLANS.distinct_code[folded_feature]]])
-        known = feature >= 0  # a stored row no declared feature reads
-        reader, feature, start, value = reader[known], feature[known], start[known], value[known]
-        cell = self.payment[reader] * PLANS.count + PLANS.distinct_plan[feature]
-        inside = (start > self.lower[cell]) & (start <= self.upper[cell])
-        features = len(PLANS.distinct_column)
-        key = np.concatenate([(self.payment[reader] * features + feature)[inside], np.arange(self.n * features)])
-        value = np.concatenate([value[inside], self.own[:, PLANS.distinct_code].ravel()])
-        order = np.lexsort((value, key))
-        key, value = key[order], value[order]
-        first = np.ones(len(key), dtype=bool)
-        first[1:] = (key[1:] != key[:-1]) | (value[1:] != value[:-1])
-        return np.bincount(key[first], minlength=self.n * features).reshape(self.n, features).astype(np.float64)
-
-    def _label_rates(self, count: np.ndarray, out: np.ndarray) -> None:
-        """Fraud labels known in (t - window, t] per payment's entity, over the window's count."""
-        if not len(self.packed.fraud_owner):  # no label known for any entity of the batch
-            for _, _, _, column in PLANS.label_rates:
-                out[:, column] = 0.0
-            return
-        reader, index = _copy_rows_per_reader(self.entity, *self.packed.offsets(self.packed.fraud_owner))
-        known_at = self.packed.fraud_known_at[index]
-        payment = self.payment[reader]
-        for kind, plan, length, column in PLANS.label_rates:
-            mine = (self.kind[reader] == kind) & (known_at > self.ts[payment] - length) & (known_at <= self.ts[payment])
-            out[:, column] = np.bincount(payment[mine], minlength=self.n) / count[:, plan]
+            low = middle + 1
+    return low
 
 
-def _row_key(entity: np.ndarray, resolution: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """A sortable int64 per (entity, bucket size, start): starts are Unix seconds < 2**32."""
-    return ((entity * len(PLANS.resolutions) + np.searchsorted(PLANS.resolutions, resolution)) << 32) + start
+@njit(cache=True, inline="always")
+def _count_unique(values, m):
+    """Distinct numbers among ``values[:m]``, sorting them in place: by insertion while few (the
+    common case, and numba's quicksort allocates), by quicksort beyond."""
+    if m > 32:
+        values[:m].sort()  # a view: once per big count only
+    else:
+        for a in range(1, m):
+            v, b = values[a], a - 1
+            while b >= 0 and values[b] > v:
+                values[b + 1] = values[b]
+                b -= 1
+            values[b + 1] = v
+    unique = min(m, 1)
+    for a in range(1, m):
+        unique += values[a] != values[a - 1]
+    return unique
 
 
-def _prefix(values: np.ndarray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(values)])
+@njit(cache=True, inline="always")
+def _frauds_known(words, floats, state, after, until, layout):
+    """Fraud labels of the entity known in (after, until]."""
+    if state < 0:
+        return 0
+    first = state + layout[1] + layout[2] * words[state + 3] + layout[3] * words[state + 4]
+    frauds = 0
+    for word in range(first, first + words[state + 5]):
+        frauds += after < floats[word] <= until
+    return frauds
 
 
-def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For groups of ``counts[g]`` items: each item's group and its position within the group."""
-    group = np.repeat(np.arange(len(counts)), counts)
-    return group, np.arange(len(group)) - np.repeat(np.cumsum(counts) - counts, counts)
+@njit(cache=True, inline="always")
+def _write_aggregates(out, j, aggregates, count, total, largest):
+    for a in range(len(aggregates)):
+        p, what, column = aggregates[a, 0], aggregates[a, 1], aggregates[a, 2]
+        if what == 0:
+            out[j, column] = float(count[p])
+        elif what == 1:
+            out[j, column] = total[p] / 100.0
+        elif what == 2:
+            out[j, column] = total[p] / 100.0 / count[p]
+        else:
+            out[j, column] = largest[p] / 100.0
 
 
-def _copy_rows_per_reader(
-    entity: np.ndarray, first_row: np.ndarray, row_count: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(reader, row index) for every row of every reader's entity."""
-    reader, within = _expand(row_count[entity])
-    return reader, first_row[entity][reader] + within
-
-
-def _earlier_folded_pairs(entity: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(later, earlier) reader pairs on the same entity, the earlier one first in order and folded."""
-    order = np.argsort(entity, kind="stable")
-    grouped = entity[order]
-    repeated = grouped[1:] == grouped[:-1]
-    if not repeated.any():  # every reader's entity appears once in the batch: nothing to fold
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-    group_start = np.flatnonzero(np.concatenate([[True], ~repeated]))
-    rank = np.arange(len(order)) - np.repeat(group_start, np.diff(np.append(group_start, len(order))))
-    position, within = _expand(rank)  # each reader, once per earlier reader of its entity
-    later = order[position]
-    earlier = order[position - rank[position] + within]
-    keep = folds[earlier]
-    return later[keep], earlier[keep]
+@njit(cache=True, inline="always")
+def _write_context(out, j, t, amount, flags, context, ratios):
+    """The transaction's own features, then the ratios of its amount to a windowed mean."""
+    out[j, context[0]] = amount / 100.0
+    out[j, context[1]] = (t // 3600.0) % 24.0  # Unix time has no leap seconds: the UTC hour
+    for f in range(3):
+        out[j, context[2 + f]] = flags[f, j]
+    for r in range(len(ratios)):
+        mean = out[j, ratios[r, 0]]
+        out[j, ratios[r, 1]] = out[j, context[0]] / mean if mean > 0 else 1.0

@@ -53,13 +53,14 @@ def _words(ints: int, floats: int) -> struct.Struct:
 def pack_state(state: EntityState) -> bytes:
     """The packed form of one entity's state (see the module docstring).
 
-    The state keeps its bucket rows as this layout stores them, in order: packing copies them
-    rather than looping over rows in Python (it runs for every entity a batch changes)."""
+    The state keeps its rows as this layout stores them, in order: packing copies them rather than
+    looping over rows in Python (it runs for every entity a batch changes)."""
     n_buckets = sum(map(len, state.buckets)) // BUCKET_WORDS // _WORD.itemsize
-    distinct = sorted(state.distinct)
     fraud = sorted(state.fraud_known.values())
-    header = _HEADER.pack(MAGIC, state.newest_ts, state.events, n_buckets, len(distinct), len(fraud))
-    rest = _words(DISTINCT_WORDS * len(distinct), len(fraud)).pack(*chain.from_iterable(distinct), *fraud)
+    header = _HEADER.pack(MAGIC, state.newest_ts, state.events, n_buckets, len(state.distinct), len(fraud))
+    if not state.distinct and not fraud:  # most entities count nothing distinct and have no labels
+        return b"".join((header, *state.buckets))
+    rest = _words(DISTINCT_WORDS * len(state.distinct), len(fraud)).pack(*chain.from_iterable(state.distinct), *fraud)
     return b"".join((header, *state.buckets, rest))
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC
@@ -76,12 +77,13 @@ class EntityState(msgspec.Struct, array_like=True, gc=False):
     (``EntityLayout.resolutions``, in that order), sorted by bucket start, so the newest bucket is
     the last row. Updated in place: no Python object per bucket, and packing a state for Redis is a
     copy, not a rebuild (``bucket_rows`` reads them as tuples).
-    ``distinct``: the distinct values (hashed) each bucket has seen, for the DISTINCT features.
+    ``distinct``: the distinct values (hashed) each bucket has seen, for the DISTINCT features,
+    sorted as the layout stores them.
     ``fraud_known``: transaction id -> when it first became known as fraud (label-rate features).
     """
 
     buckets: list[bytearray] = msgspec.field(default_factory=list)
-    distinct: set[DistinctRow] = msgspec.field(default_factory=set)
+    distinct: list[DistinctRow] = msgspec.field(default_factory=list)
     newest_ts: float = 0.0  # newest transaction event time applied
     events: int = 0
     fraud_known: dict[str, float] = msgspec.field(default_factory=dict)
@@ -200,7 +202,14 @@ def apply_transaction(state: EntityState, layout: EntityLayout, txn: Transaction
             continue  # older than any window can reach from the newest event
         if distinct_fields:
             for field, code in distinct_fields:
-                state.distinct.add((resolution, code, start, value_hash(getattr(txn, field))))
+                _add_distinct(state.distinct, (resolution, code, start, value_hash(getattr(txn, field))))
+
+
+def _add_distinct(rows: list[DistinctRow], row: DistinctRow) -> None:
+    """Insert ``row`` where it sorts, once: the state stays ready to pack without a sort."""
+    at = bisect_left(rows, row)
+    if at == len(rows) or rows[at] != row:
+        rows.insert(at, row)
 
 
 def _add_to_older_bucket(rows: bytearray, resolution: int, start: int, amount: int) -> None:
@@ -220,7 +229,7 @@ def _expire(state: EntityState, rows: bytearray, resolution: int, horizon: int, 
     expired = sum(1 for _, start, _, _, _ in bucket_rows(rows) if start <= horizon)  # rows are sorted
     del rows[: expired * ROW.size]
     if has_distinct:
-        state.distinct = {d for d in state.distinct if d[0] != resolution or d[2] > horizon}
+        state.distinct = [d for d in state.distinct if d[0] != resolution or d[2] > horizon]
 
 
 def apply_label(state: EntityState, layout: EntityLayout, label: Label) -> None:

@@ -2,6 +2,7 @@
 
 from streaming import OfflineFeatureBuilder
 from streaming.admission import Admission
+from streaming.packed import pack_state
 from streaming.shards import AdmissionShard, EntityShard, entity_events, shard_of
 from tests.factories import txn
 
@@ -35,6 +36,24 @@ def test_snapshots_round_trip_and_idle_keys_are_forgotten():
     forgotten = shard.forget_idle(idle_ttl_s=2000.0, now=6000.0)
     assert forgotten == ["card:card-000001", "device:dev-0000001"]
     assert "card:card-2" in shard.states and "merchant:merch-0001" in shard.states  # touched again at 5000
+
+
+def test_a_shard_resumed_from_its_snapshot_goes_on_as_the_original():
+    history = [txn(i, minutes=i * 2.5, card=f"c{i % 3}", merchant=f"m{i % 4}", device=f"d{i % 2}") for i in range(40)]
+    original = EntityShard()
+    for t in history[:25]:
+        original.apply(entity_events(t), now=0.0)
+    resumed = EntityShard.decode(original.encode())
+    for t in history[25:]:  # updated in place after the restore, late ones included
+        original.apply(entity_events(t), now=0.0)
+        resumed.apply(entity_events(t), now=0.0)
+    late = txn(99, minutes=55, card="c1", merchant="m-late")  # behind the newest buckets
+    original.apply(entity_events(late), now=0.0)
+    resumed.apply(entity_events(late), now=0.0)
+    assert resumed.states == original.states
+    assert {k: pack_state(s) for k, s in resumed.states.items()} == {
+        k: pack_state(s) for k, s in original.states.items()
+    }
 
 
 def test_admission_shard_round_trips_and_keeps_judging_the_same_way():

@@ -41,6 +41,7 @@ from scoring.metrics import ScorerMetrics, observe_many
 from scoring.reasons import ReasonExplainer, needs_reasons
 from scoring.release import CANARY_ARM, CHAMPION_ARM, SHADOW_ARM, ModelRelease, ServingRelease, canary_mask
 from streaming import STORE_ERRORS, BatchFeatures, OnlineFeatureStore
+from streaming.batch_features import warm_up as warm_up_features
 from streaming.features import MODEL_FEATURES
 from streaming.windows import context_features
 
@@ -102,6 +103,8 @@ class DecisionEngine:
         self.arm = arm
         self.exploration = exploration if exploration is not None and exploration.rate > 0.0 else None
         self.exploration_salt = exploration_salt
+        # The feature read is compiled (numba): load or build it now, not on the first payment.
+        warm_up_features()
         metrics.model_loaded(self.model.version)
 
     @property

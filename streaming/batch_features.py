@@ -58,6 +58,8 @@ _DISTINCT_FIELDS = tuple(attrgetter(field) for field in sorted(FIELD_CODE, key=F
 _EVENT_TS, _AMOUNT, _CATEGORY = attrgetter("event_ts"), attrgetter("amount_minor"), attrgetter("merchant_category")
 _AGGREGATION_CODE = {Aggregation.COUNT: 0, Aggregation.SUM: 1, Aggregation.MEAN: 2, Aggregation.MAX: 3}
 _WORD = np.dtype("<i8")
+# The kernel's running totals per window: bounds of the bucket starts it counts, then its totals.
+LOWER, UPPER, COUNT, TOTAL, LARGEST = range(5)
 
 
 class _Tables:
@@ -241,6 +243,7 @@ def _features(
     layout,
     out,
 ):
+    """Fill ``out`` row by row, payment j seeing its entities' states and the batch before it."""
     kinds, n = entity.shape
     at, widest = _state_offsets(words, state_bytes, layout)
     earlier = _earlier_folded(entity, folds, len(state_bytes))
@@ -248,11 +251,7 @@ def _features(
     newest = np.zeros(kinds, dtype=np.float64)
     history = np.zeros(kinds, dtype=np.bool_)
     n_plans = len(plans)
-    lower = np.zeros(n_plans, dtype=np.int64)  # payment j's windows: lower < bucket start <= upper
-    upper = np.zeros(n_plans, dtype=np.int64)
-    count = np.zeros(n_plans, dtype=np.int64)
-    total = np.zeros(n_plans, dtype=np.int64)
-    largest = np.zeros(n_plans, dtype=np.int64)
+    window = np.zeros((n_plans, 5), dtype=np.int64)  # payment j's windows (LOWER, UPPER, COUNT, ...)
     scratch = np.empty(widest + n, dtype=np.int64)  # one distinct feature's values
     for j in range(n):
         for k in range(kinds):
@@ -260,13 +259,12 @@ def _features(
             newest[k], history[k] = _newest(words, floats, state, ts, earlier, j, k)
             for q in range(kind_plan_count[k]):
                 p = kind_plans[k, q]
-                lower[p], upper[p] = _window(starts[j, p], newest[k], plans[p, 1], plans[p, 2], plans[p, 3])
-                count[p], total[p], largest[p] = 1, amount[j], amount[j]
-            _add_stored_rows(
-                words, state, plans, kind_plans, kind_plan_count, k, lower, upper, count, total, largest, layout
-            )
-            _add_folded(amount, earlier, starts, j, k, kind_plans, kind_plan_count, lower, upper, count, total, largest)
-        _write_aggregates(out, j, aggregates, count, total, largest)
+                lower, upper = _window(starts[j, p], newest[k], plans[p, 1], plans[p, 2], plans[p, 3])
+                window[p, LOWER], window[p, UPPER] = lower, upper
+                window[p, COUNT], window[p, TOTAL], window[p, LARGEST] = 1, amount[j], amount[j]
+            _add_stored_rows(words, state, plans, kind_plans, kind_plan_count, k, window, layout)
+            _add_folded(amount, earlier, starts, j, k, kind_plans, kind_plan_count, window)
+        _write_aggregates(out, j, aggregates, window)
         for d in range(len(distincts)):
             p, code = distincts[d, 0], distincts[d, 1]
             k = plans[p, 0]
@@ -275,8 +273,8 @@ def _features(
                 at[entity[k, j]],
                 plans[p, 1],
                 code,
-                lower[p],
-                upper[p],
+                window[p, LOWER],
+                window[p, UPPER],
                 starts,
                 own,
                 earlier,
@@ -289,7 +287,7 @@ def _features(
         for q in range(len(label_rates)):
             p = label_rates[q, 0]
             frauds = _frauds_known(words, floats, at[entity[plans[p, 0], j]], ts[j] - plans[p, 2], ts[j], layout)
-            out[j, label_rates[q, 1]] = frauds / count[p]
+            out[j, label_rates[q, 1]] = frauds / window[p, COUNT]
         for q in range(len(recency)):
             k, cap = recency[q, 0], recency_caps[q]
             out[j, recency[q, 1]] = min(max(ts[j] - newest[k], 0.0), cap) if history[k] else cap
@@ -383,7 +381,7 @@ def _window(upper, newest, resolution, length, retention):
 
 
 @njit(cache=True, inline="always")
-def _add_stored_rows(words, state, plans, kind_plans, kind_plan_count, k, lower, upper, count, total, largest, layout):
+def _add_stored_rows(words, state, plans, kind_plans, kind_plan_count, k, window, layout):
     """Add the entity's stored bucket rows to the windows of its kind (``mine``, by bucket size).
 
     One pass over the rows, merged with the windows: both are sorted by bucket size, and an entity
@@ -401,23 +399,23 @@ def _add_stored_rows(words, state, plans, kind_plans, kind_plan_count, k, lower,
             p = kind_plans[k, same]
             if plans[p, 1] != resolution:
                 break
-            if lower[p] < start <= upper[p]:
-                count[p] += words[word + 2]
-                total[p] += words[word + 3]
-                largest[p] = max(largest[p], words[word + 4])
+            if window[p, LOWER] < start <= window[p, UPPER]:
+                window[p, COUNT] += words[word + 2]
+                window[p, TOTAL] += words[word + 3]
+                window[p, LARGEST] = max(window[p, LARGEST], words[word + 4])
 
 
 @njit(cache=True, inline="always")
-def _add_folded(amount, earlier, starts, j, k, kind_plans, kind_plan_count, lower, upper, count, total, largest):
+def _add_folded(amount, earlier, starts, j, k, kind_plans, kind_plan_count, window):
     """Add the batch's earlier folded payments on payment j's entity of kind k to its windows."""
     i = earlier[j, k]
     while i >= 0:
         for q in range(kind_plan_count[k]):
             p = kind_plans[k, q]
-            if lower[p] < starts[i, p] <= upper[p]:
-                count[p] += 1
-                total[p] += amount[i]
-                largest[p] = max(largest[p], amount[i])
+            if window[p, LOWER] < starts[i, p] <= window[p, UPPER]:
+                window[p, COUNT] += 1
+                window[p, TOTAL] += amount[i]
+                window[p, LARGEST] = max(window[p, LARGEST], amount[i])
         i = earlier[i, k]
 
 
@@ -491,17 +489,17 @@ def _frauds_known(words, floats, state, after, until, layout):
 
 
 @njit(cache=True, inline="always")
-def _write_aggregates(out, j, aggregates, count, total, largest):
+def _write_aggregates(out, j, aggregates, window):
     for a in range(len(aggregates)):
         p, what, column = aggregates[a, 0], aggregates[a, 1], aggregates[a, 2]
         if what == 0:
-            out[j, column] = float(count[p])
+            out[j, column] = float(window[p, COUNT])
         elif what == 1:
-            out[j, column] = total[p] / 100.0
+            out[j, column] = window[p, TOTAL] / 100.0
         elif what == 2:
-            out[j, column] = total[p] / 100.0 / count[p]
+            out[j, column] = window[p, TOTAL] / 100.0 / window[p, COUNT]
         else:
-            out[j, column] = largest[p] / 100.0
+            out[j, column] = window[p, LARGEST] / 100.0
 
 
 @njit(cache=True, inline="always")

@@ -219,7 +219,9 @@ def warm_up() -> None:
 # --- the kernel -------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+# nogil: the kernel touches no Python object, so the scorer's other threads (gRPC, publishing) run
+# beside it.
+@njit(cache=True, nogil=True)
 def _features(
     words,  # every state's int64 words, joined
     floats,  # the same words as float64 (newest_ts, known_at)

@@ -76,6 +76,8 @@ class _Tables:
         for kind, layout in enumerate(LAYOUTS.values()):
             for plan in layout.plans:
                 number = len(plans)
+                if any(p[0] == kind and p[1] == plan.resolution_s for p in plans):  # docs/features.md
+                    raise ValueError(f"{layout.entity}: two windows with {plan.resolution_s}s buckets")
                 plans.append((kind, plan.resolution_s, plan.length_s, layout.retention_s[plan.resolution_s]))
                 for name, aggregation, field in plan.features:
                     if aggregation is Aggregation.DISTINCT:

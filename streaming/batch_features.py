@@ -36,6 +36,7 @@ disk cache is keyed on this file alone, so a changed declaration elsewhere would
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from itertools import repeat
@@ -57,7 +58,7 @@ _ENTITY_KEYS = tuple((entity, attrgetter(field)) for entity, field in _KINDS)
 _DISTINCT_FIELDS = tuple(attrgetter(field) for field in sorted(FIELD_CODE, key=FIELD_CODE.__getitem__))
 _EVENT_TS, _AMOUNT, _CATEGORY = attrgetter("event_ts"), attrgetter("amount_minor"), attrgetter("merchant_category")
 _AGGREGATION_CODE = {Aggregation.COUNT: 0, Aggregation.SUM: 1, Aggregation.MEAN: 2, Aggregation.MAX: 3}
-_WORD = np.dtype("<i8")
+_BIG_ENDIAN = sys.byteorder == "big"
 # The kernel's running totals per window: bounds of the bucket starts it counts, then its totals.
 LOWER, UPPER, COUNT, TOTAL, LARGEST = range(5)
 
@@ -137,7 +138,7 @@ def batch_feature_matrix(
         return out
     entity, words, state_bytes = _entities(transactions, states)
     # A fresh writable array whatever was passed: numba compiles once per argument type.
-    folds = np.ones(n, dtype=np.bool_) if fold is None else np.array(fold, dtype=np.bool_)
+    folds = np.array([True] * n if fold is None else fold, dtype=np.bool_)  # np.ones costs 4x more
     tables = TABLES
     _features(
         words,
@@ -177,7 +178,9 @@ def _entities(
         first = len(raws)
         numbers += [first + number.setdefault(key, len(number)) for key in map(key_of, transactions)]
         raws += map(states.get, zip(repeat(kind), number), repeat(b""))
-    words = np.frombuffer(b"".join(raws), dtype=_WORD).astype(np.int64, copy=False)  # no copy on little-endian
+    words = np.frombuffer(b"".join(raws), dtype=np.int64)
+    if _BIG_ENDIAN:  # the layout is little-endian; numba reads native words only
+        words = words.byteswap()
     entity = np.array(numbers, dtype=np.int64).reshape(K, len(transactions))
     return entity, words, np.array(list(map(len, raws)), dtype=np.int64)
 

@@ -467,3 +467,6 @@ def test_the_image_is_built_from_the_package(rendered):
     settings_home = _config(rendered["prod"])["FRAUD_HOME"]
     assert f"FRAUD_HOME={settings_home}" in containerfile
     assert Path(settings_home).is_absolute()
+    # the compiled feature kernel ships in the image, portable across CPUs (no compile at pod start)
+    assert "NUMBA_CACHE_DIR=/opt/numba-cache" in containerfile and "NUMBA_CPU_NAME=generic" in containerfile
+    assert "from streaming.batch_features import warm_up; warm_up()" in containerfile

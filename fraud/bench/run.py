@@ -169,29 +169,43 @@ def _cpu(pids: dict[str, int]) -> dict[str, float]:
     return {name: _proc_stats(pid)[1] for name, pid in pids.items()}
 
 
+# The degraded reasons that mean a decision made by the rules alone (``DecisionEngine.without_features``).
+# Other reasons count something else about a decision made in full, e.g. ``reasons_skipped`` (published
+# without reason codes under a flood of flags): subtracting those made rows/batch negative under overload.
+RULES_ONLY_REASONS = frozenset({"shed", "features_unavailable", "model_unavailable"})
+
+
 def scorer_counters(metrics_ports: list[int]) -> list[Counter[str]]:
     """Each scorer process's own counters: batches decided with features, gRPC requests, decisions
-    and degraded decisions (a scorer without them, e.g. the naive one, has none)."""
+    and decisions made by the rules alone (a scorer without them, e.g. the naive one, has none)."""
     import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
 
     counters: list[Counter[str]] = []
     for port in metrics_ports:
-        totals: Counter[str] = Counter()
-        counters.append(totals)
         try:
             text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
         except OSError:
+            counters.append(Counter())
             continue
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                stage = sample.labels.get("stage")
-                if sample.name == "fraud_decision_latency_seconds_count" and stage in ("features", "total"):
-                    totals["batches" if stage == "features" else "requests"] += sample.value
-                elif sample.name in ("fraud_decisions_total", "fraud_degraded_decisions_total"):
-                    totals[sample.name.removeprefix("fraud_").removesuffix("_total")] += sample.value
+        counters.append(counters_from_exposition(text))
     return counters
+
+
+def counters_from_exposition(text: str) -> Counter[str]:
+    """``scorer_counters`` for one scorer's /metrics text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            stage = sample.labels.get("stage")
+            if sample.name == "fraud_decision_latency_seconds_count" and stage in ("features", "total"):
+                totals["batches" if stage == "features" else "requests"] += sample.value
+            elif sample.name == "fraud_decisions_total":
+                totals["decisions"] += sample.value
+            elif sample.name == "fraud_degraded_decisions_total" and sample.labels["reason"] in RULES_ONLY_REASONS:
+                totals["degraded_decisions"] += sample.value
+    return totals
 
 
 def batching_between(before: list[Counter[str]], after: list[Counter[str]]) -> dict:

@@ -13,7 +13,13 @@ import pytest
 from deploy.kafka import read_topic
 from fraud.bench.loadgen import arrival_offsets, latency_summary
 from fraud.bench.path_speed import PathCase, fit_batch_cost
-from fraud.bench.run import DecisionBenchConfig, best_sustainable_rate, sustainable
+from fraud.bench.run import (
+    DecisionBenchConfig,
+    batching_between,
+    best_sustainable_rate,
+    counters_from_exposition,
+    sustainable,
+)
 
 
 def test_constant_arrivals_are_evenly_spaced_at_the_rate():
@@ -192,3 +198,23 @@ def test_the_batch_cost_fit_separates_the_fixed_cost_from_the_cost_per_decision(
     assert fixed == pytest.approx(800) and per_decision == pytest.approx(60)
     with pytest.raises(ValueError, match="two batch sizes"):
         fit_batch_cost(cases[:1])
+
+
+def test_rows_per_batch_subtracts_only_the_decisions_made_by_the_rules_alone():
+    """A flood of flags publishes decisions without reason codes (`reasons_skipped`): those were
+    decided in full, and subtracting them once made rows/batch negative under overload."""
+    from prometheus_client import generate_latest
+
+    from scoring.metrics import ScorerMetrics
+
+    metrics = ScorerMetrics()
+    before = counters_from_exposition(generate_latest(metrics.registry).decode())
+    for _ in range(4):
+        metrics.observe_stage("features", 0.001)
+    metrics.decisions.labels(outcome="approve", model_version="m").inc(100)  # 60 in full, 40 shed
+    metrics.count_degraded("shed", 40)
+    metrics.count_degraded("reasons_skipped", 30)  # decided in full, published without reasons
+    after = counters_from_exposition(generate_latest(metrics.registry).decode())
+    batching = batching_between([before], [after])
+    assert batching["batches"] == 4 and batching["degraded_decisions"] == 40
+    assert batching["rows_per_batch"] == 15.0  # (100 - 40) / 4

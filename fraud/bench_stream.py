@@ -83,6 +83,26 @@ class BenchResult:
 # --- load generator (its own process) ----------------------------------------------------------
 
 
+def bench_payment(
+    seed: int, n: int, card: int, merchant: int, amount_minor: int, event_ts: float, n_customers: int
+) -> dict[str, object]:
+    """The bench's n-th synthetic payment as the JSON fields a gateway sends (the stream validates them)."""
+    return {
+        "transaction_id": f"bench-{seed}-{n}",
+        "event_time": datetime.fromtimestamp(event_ts, UTC).isoformat(),
+        "card_id": f"card-{card}",
+        "customer_id": f"cust-{card % n_customers}",
+        "merchant_id": f"merch-{merchant}",
+        "merchant_category": CATEGORIES[merchant % len(CATEGORIES)],
+        "amount_minor": amount_minor,
+        "currency": "EUR",
+        "country": "DE" if card % 17 else "FR",
+        "card_country": "DE",
+        "device_id": f"dev-{card}-{n % 2 if card % 5 == 0 else 0}",
+        "channel": ECOMMERCE if card % 3 == 0 else CARD_PRESENT,
+    }
+
+
 def _generate(bootstrap: str, topic: str, config: BenchConfig, produced: mp.Value, behind: mp.Value) -> None:
     """Produce ``config.events`` payments at ``config.rate``, open loop: the schedule never waits
     for the system under test. ``behind`` records the worst lag behind schedule, in seconds."""
@@ -126,20 +146,7 @@ def _generate(bootstrap: str, topic: str, config: BenchConfig, produced: mp.Valu
                 behind.value = now - due
             card = int(cards[j])
             event_ts = clock0 + (now - start_wall) * config.time_scale
-            payload = {
-                "transaction_id": f"bench-{config.seed}-{sent}",
-                "event_time": datetime.fromtimestamp(event_ts, UTC).isoformat(),
-                "card_id": f"card-{card}",
-                "customer_id": f"cust-{card % n_customers}",
-                "merchant_id": f"merch-{int(merchants[j])}",
-                "merchant_category": CATEGORIES[int(merchants[j]) % len(CATEGORIES)],
-                "amount_minor": int(amounts[j]),
-                "currency": "EUR",
-                "country": "DE" if card % 17 else "FR",
-                "card_country": "DE",
-                "device_id": f"dev-{card}-{sent % 2 if card % 5 == 0 else 0}",
-                "channel": ECOMMERCE if card % 3 == 0 else CARD_PRESENT,
-            }
+            payload = bench_payment(config.seed, sent, card, int(merchants[j]), int(amounts[j]), event_ts, n_customers)
             while True:
                 try:
                     producer.produce(topic, key=payload["card_id"].encode(), value=encoder.encode(payload))

@@ -11,7 +11,7 @@ The payments are those ``fraud bench-stream`` generates (the same card, merchant
 distributions), with event time advancing at ``--rate`` payments per simulated second (times
 ``--time-scale``: > 1 fills the long windows, as a long run would).
 
-    python -m fraud.bench_stream_cpu --events 150000 --cards 50000 --merchants 5000
+    fraud bench-stream --steps-only --events 150000 --cards 50000 --merchants 5000
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 import numpy as np
 from bytewax.connectors.kafka import KafkaSourceMessage
 
-from fraud.bench_stream import CARD_PRESENT, CATEGORIES, ECOMMERCE
+from fraud.bench_stream import bench_payment
 from streaming.dataflow import RedisStateSink, StoreResync, StreamConfig, _AdmissionLogic, _EntityLogic, _Steps
 from streaming.metrics import StreamMetrics
 
@@ -54,24 +53,8 @@ def payloads(events: int, cards: int, merchants: int, rate: float, time_scale: f
     out = []
     for n in range(events):
         card, merchant = int(card_of[n]), int(merchant_of[n])
-        out.append(
-            encoder.encode(
-                {
-                    "transaction_id": f"bench-{seed}-{n}",
-                    "event_time": datetime.fromtimestamp(clock0 + n / rate * time_scale, UTC).isoformat(),
-                    "card_id": f"card-{card}",
-                    "customer_id": f"cust-{card % n_customers}",
-                    "merchant_id": f"merch-{merchant}",
-                    "merchant_category": CATEGORIES[merchant % len(CATEGORIES)],
-                    "amount_minor": int(amounts[n]),
-                    "currency": "EUR",
-                    "country": "DE" if card % 17 else "FR",
-                    "card_country": "DE",
-                    "device_id": f"dev-{card}-{n % 2 if card % 5 == 0 else 0}",
-                    "channel": ECOMMERCE if card % 3 == 0 else CARD_PRESENT,
-                }
-            )
-        )
+        event_ts = clock0 + n / rate * time_scale
+        out.append(encoder.encode(bench_payment(seed, n, card, merchant, int(amounts[n]), event_ts, n_customers)))
     return out
 
 
@@ -152,11 +135,23 @@ def run_once(raws: list[bytes], redis_url: str, snapshot_every: int, gc_like_the
             for logic in (*admission.values(), *entities.values()):
                 logic.snapshot()
             snapshot_s += clock() - t6
-    sink.store.client.flushdb()
+    _forget(sink.store.client, config.key_prefix)
     sink.close()
     gc.unfreeze()
     gc.set_threshold(700, 10, 10)
     return Run(seconds, snapshot_s, len(raws))
+
+
+def _forget(client, prefix: str) -> None:
+    """Delete this run's keys, and only them: --redis-url may name a Redis that holds other data."""
+    batch = []
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        batch.append(key)
+        if len(batch) == 1000:
+            client.delete(*batch)
+            batch.clear()
+    if batch:
+        client.delete(*batch)
 
 
 def main() -> None:
@@ -173,21 +168,47 @@ def main() -> None:
     parser.add_argument("--redis-url", default=None, help="default: start a redis-server of its own")
     args = parser.parse_args()
 
-    raws = payloads(args.events, args.cards, args.merchants, args.rate, args.time_scale)
+    report_steps(
+        args.events,
+        args.cards,
+        args.merchants,
+        args.rate,
+        args.time_scale,
+        args.repeats,
+        args.snapshot_every,
+        args.redis_url,
+    )
+
+
+def report_steps(
+    events: int,
+    cards: int,
+    merchants: int,
+    rate: float,
+    time_scale: float,
+    repeats: int = 3,
+    snapshot_every: int = 40_000,
+    redis_url: str | None = None,
+) -> None:
+    """Measure (``run_once``, ``repeats`` times) and print CPU µs per payment for every stage."""
+    from fraud.bench_stream import machine_info
+
+    print(f"machine: {machine_info()}")
+    raws = payloads(events, cards, merchants, rate, time_scale)
     with tempfile.TemporaryDirectory(prefix="bench-stream-cpu-") as work:
-        if args.redis_url:
-            runs = [run_once(raws, args.redis_url, args.snapshot_every) for _ in range(args.repeats)]
+        if redis_url:
+            runs = [run_once(raws, redis_url, snapshot_every) for _ in range(repeats)]
         else:
             from deploy.embedded import EmbeddedRedis
 
             with EmbeddedRedis(Path(work)) as redis_server:
-                runs = [run_once(raws, redis_server.url, args.snapshot_every) for _ in range(args.repeats)]
-    print(f"{args.events:,} payments, {args.cards:,} cards, {args.merchants:,} merchants; CPU µs per payment:")
+                runs = [run_once(raws, redis_server.url, snapshot_every) for _ in range(repeats)]
+    print(f"{events:,} payments, {cards:,} cards, {merchants:,} merchants; CPU µs per payment:")
     for stage in STAGES:
         _report(stage, [r.us_per_event(stage) for r in runs])
     _report("total", [r.total_us for r in runs])
     _report("snapshots", [1e6 * r.snapshot_s / r.events for r in runs])
-    print(f"(snapshots: every {args.snapshot_every:,} payments, every shard; not in the total)")
+    print(f"(snapshots: every {snapshot_every:,} payments, every shard; not in the total)")
 
 
 def _report(what: str, runs: list[float]) -> None:

@@ -1191,6 +1191,15 @@ def bench_stream(
     ] = 50.0,
     redis_masters: EmbeddedRedisMasters = 0,
     out: Annotated[Path | None, typer.Option(help="JSON result (default HOME/bench/stream-<time>.json).")] = None,
+    steps_only: Annotated[
+        bool,
+        typer.Option(
+            "--steps-only",
+            help="Measure the stream's own steps instead (validate, admission, routing, state update, sink "
+            "with a real Redis, snapshots): CPU µs per payment, best of 3, in this process, without bytewax "
+            "or Kafka; --events payments, event time advancing at --rate x --time-scale.",
+        ),
+    ] = False,
 ) -> None:
     """Benchmark the feature stream: an open-loop generator produces payments at --rate while the
     bytewax dataflow applies them to Redis; prints events/s, feature freshness p50/p99 (event time
@@ -1200,6 +1209,11 @@ def bench_stream(
     from fraud.bench_stream import BenchConfig, run_bench, write_result
 
     settings = _settings(home)
+    if steps_only:
+        from fraud.bench_stream_cpu import report_steps
+
+        report_steps(events, cards, merchants, rate, time_scale, redis_url=settings.redis_url or None)
+        return
     config = BenchConfig(
         events=events,
         rate=rate,

@@ -43,3 +43,25 @@ def test_a_short_bench_applies_every_event_and_reports_freshness(kafka_bootstrap
     assert result.samples[-1].redis_used_mb > 0 and result.samples[-1].worker_rss_mb[0] > 0
     assert result.machine["cores"] and result.machine["bytewax"]
     assert result.summary["broker_cpu_pct_mean"] is None  # the fixture's broker: not ours to account
+
+
+@pytest.mark.integration
+def test_the_steps_only_bench_reports_cpu_per_payment_for_every_step(redis_url, capsys):
+    """`fraud bench-stream --steps-only`: the dataflow's own steps, the sink writing to a real Redis."""
+    import re
+
+    import redis
+
+    from fraud.bench_stream_cpu import STAGES, report_steps
+
+    client = redis.Redis.from_url(redis_url)
+    client.set("someone-elses-key", b"kept")
+    keys_before = client.dbsize()
+    report_steps(events=3000, cards=400, merchants=40, rate=2000, time_scale=1.0, repeats=2, redis_url=redis_url)
+    out = capsys.readouterr().out
+    assert "machine:" in out and "3,000 payments, 400 cards, 40 merchants" in out
+    for stage in (*STAGES, "total"):
+        found = re.search(rf"^  {stage}\s+([\d.]+)", out, re.M)
+        assert found and float(found.group(1)) > 0, stage
+    # its own keys are deleted afterwards, and nothing else (REDIS_URL may hold other data)
+    assert client.dbsize() == keys_before and client.get("someone-elses-key") == b"kept"

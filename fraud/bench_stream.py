@@ -83,6 +83,24 @@ class BenchResult:
 # --- load generator (its own process) ----------------------------------------------------------
 
 
+def activity_weights(rng: np.random.Generator, cards: int, merchants: int) -> tuple[np.ndarray, np.ndarray]:
+    """How often each card and each merchant pays: skewed (a few see most payments), as in real
+    portfolios; Pareto over cards, Zipf over merchants."""
+    card_weights = rng.pareto(1.5, cards) + 1
+    merchant_weights = 1 / np.arange(1, merchants + 1) ** 0.9
+    return card_weights / card_weights.sum(), merchant_weights / merchant_weights.sum()
+
+
+def draw_payments(
+    rng: np.random.Generator, weights: tuple[np.ndarray, np.ndarray], n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` payments' card, merchant and amount (minor units, lognormal) draws."""
+    card_weights, merchant_weights = weights
+    cards = rng.choice(len(card_weights), n, p=card_weights)
+    merchants = rng.choice(len(merchant_weights), n, p=merchant_weights)
+    return cards, merchants, np.maximum(1, rng.lognormal(8.0, 1.1, n)).astype(int)
+
+
 def bench_payment(
     seed: int, n: int, card: int, merchant: int, amount_minor: int, event_ts: float, n_customers: int
 ) -> dict[str, object]:
@@ -116,11 +134,7 @@ def _generate(bootstrap: str, topic: str, config: BenchConfig, produced: mp.Valu
     )
     rng = np.random.default_rng(config.seed)
     n_customers = max(1, int(config.cards / 1.3))
-    # Activity is skewed (a few cards and merchants see most payments), as in real portfolios.
-    card_weights = rng.pareto(1.5, config.cards) + 1
-    card_weights /= card_weights.sum()
-    merchant_weights = 1 / np.arange(1, config.merchants + 1) ** 0.9
-    merchant_weights /= merchant_weights.sum()
+    weights = activity_weights(rng, config.cards, config.merchants)
     encoder = msgspec.json.Encoder()
     start_wall = time.time()
     # Sped-up simulated time starts as far back as the run will advance it, so no event is dated
@@ -129,9 +143,7 @@ def _generate(bootstrap: str, topic: str, config: BenchConfig, produced: mp.Valu
     sent = 0
     chunk = 2048
     while sent < config.events:
-        cards = rng.choice(config.cards, chunk, p=card_weights)
-        merchants = rng.choice(config.merchants, chunk, p=merchant_weights)
-        amounts = np.maximum(1, rng.lognormal(8.0, 1.1, chunk)).astype(int)
+        cards, merchants, amounts = draw_payments(rng, weights, chunk)
         for j in range(chunk):
             if sent >= config.events:
                 break

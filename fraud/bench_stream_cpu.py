@@ -16,7 +16,6 @@ distributions), with event time advancing at ``--rate`` payments per simulated s
 
 from __future__ import annotations
 
-import argparse
 import gc
 import tempfile
 import time
@@ -28,7 +27,7 @@ import msgspec
 import numpy as np
 from bytewax.connectors.kafka import KafkaSourceMessage
 
-from fraud.bench_stream import bench_payment
+from fraud.bench_stream import activity_weights, bench_payment, draw_payments, machine_info
 from streaming.dataflow import RedisStateSink, StoreResync, StreamConfig, _AdmissionLogic, _EntityLogic, _Steps
 from streaming.metrics import StreamMetrics
 
@@ -41,13 +40,7 @@ def payloads(events: int, cards: int, merchants: int, rate: float, time_scale: f
     """JSON payments as ``fraud bench-stream``'s generator produces them (fraud.bench_stream._generate)."""
     rng = np.random.default_rng(seed)
     n_customers = max(1, int(cards / 1.3))
-    card_weights = rng.pareto(1.5, cards) + 1
-    card_weights /= card_weights.sum()
-    merchant_weights = 1 / np.arange(1, merchants + 1) ** 0.9
-    merchant_weights /= merchant_weights.sum()
-    card_of = rng.choice(cards, events, p=card_weights)
-    merchant_of = rng.choice(merchants, events, p=merchant_weights)
-    amounts = np.maximum(1, rng.lognormal(8.0, 1.1, events)).astype(int)
+    card_of, merchant_of, amounts = draw_payments(rng, activity_weights(rng, cards, merchants), events)
     encoder = msgspec.json.Encoder()
     clock0 = time.time() - events / rate * time_scale  # ends now: never ahead of the wall clock
     out = []
@@ -154,32 +147,6 @@ def _forget(client, prefix: str) -> None:
         client.delete(*batch)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=150_000)
-    parser.add_argument("--cards", type=int, default=50_000)
-    parser.add_argument("--merchants", type=int, default=5_000)
-    parser.add_argument("--rate", type=float, default=10_000.0, help="payments per simulated second")
-    parser.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per second of --rate")
-    parser.add_argument("--repeats", type=int, default=3, help="runs; the best of each stage is kept")
-    parser.add_argument(
-        "--snapshot-every", type=int, default=40_000, help="payments between snapshots (~10 s at 4k/s); 0: none"
-    )
-    parser.add_argument("--redis-url", default=None, help="default: start a redis-server of its own")
-    args = parser.parse_args()
-
-    report_steps(
-        args.events,
-        args.cards,
-        args.merchants,
-        args.rate,
-        args.time_scale,
-        args.repeats,
-        args.snapshot_every,
-        args.redis_url,
-    )
-
-
 def report_steps(
     events: int,
     cards: int,
@@ -191,8 +158,6 @@ def report_steps(
     redis_url: str | None = None,
 ) -> None:
     """Measure (``run_once``, ``repeats`` times) and print CPU µs per payment for every stage."""
-    from fraud.bench_stream import machine_info
-
     print(f"machine: {machine_info()}")
     raws = payloads(events, cards, merchants, rate, time_scale)
     with tempfile.TemporaryDirectory(prefix="bench-stream-cpu-") as work:
@@ -213,7 +178,3 @@ def report_steps(
 
 def _report(what: str, runs: list[float]) -> None:
     print(f"  {what:<10} {min(runs):7.1f}   (runs: {', '.join(f'{us:.1f}' for us in runs)})")
-
-
-if __name__ == "__main__":
-    main()

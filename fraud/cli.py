@@ -1071,7 +1071,8 @@ def _bench_path(home, services, config, sizes: list[int], path: Path, run_id: st
     settings = settings.model_copy(update={"home": settings.home / "bench" / "world"})
     machine = machine_info()
     console.print(f"machine: {machine}")
-    world = prepare_world(settings, redis.Redis.from_url(services.redis_url), config.world, say=console.print)
+    with redis.Redis.from_url(services.redis_url) as client:
+        world = prepare_world(settings, client, config.world, say=console.print)
     ensure_topics(services.kafka_bootstrap, settings.topics.all())
     service = build_service(settings)
     payments = restamp(load_payments(world.payments))

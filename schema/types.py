@@ -7,6 +7,7 @@ a missing field or a constraint violation raises an error naming the field (``$.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
@@ -17,6 +18,9 @@ import msgspec
 # declaration (streaming.features.MODEL_FEATURES). Kept as a plain mapping on the wire so a
 # decision record is readable and a reader never depends on positional order.
 FeatureVector = dict[str, float]
+# What a decision carries: read from the wire it is a dict; the scorer's own decisions carry a
+# ``streaming.features.FeatureRow``, a read-only mapping that encodes to the same bytes.
+FeatureValues = Mapping[str, float]
 
 NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 CountryCode = Annotated[str, msgspec.Meta(pattern="^[A-Z]{2}$")]
@@ -143,7 +147,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     score: Probability | None  # None when the model could not be consulted
     model_version: str
     rule_hits: list[RuleHit]
-    features: FeatureVector
+    features: FeatureValues
     decided_at: AwareTime
     policy_arm: str = "default"
     # P(this outcome | transaction) under the policy that decided (its arm). The arm is fixed by a

@@ -29,7 +29,7 @@ from schema import (
     POST_AUTH_REVIEW_RULE,
     Decision,
     DecisionThresholds,
-    FeatureVector,
+    FeatureValues,
     Outcome,
     ReasonCode,
     RuleHit,
@@ -445,7 +445,7 @@ class DecisionEngine:
         self,
         transactions: Sequence[Transaction],
         reason: str,
-        vectors: Sequence[FeatureVector] | None = None,
+        vectors: Sequence[FeatureValues] | None = None,
         count_decisions: bool = True,
     ) -> list[Decision]:
         """The fallback ladder (``scoring.fallback``); ``reason`` is recorded in each decision

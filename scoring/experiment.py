@@ -30,7 +30,7 @@ from experiments.assign import serving_arms
 from experiments.store import ExperimentState, ExperimentStore
 from retrain.registry import ModelLoadError, ModelRegistry, RegisteredModel, model_thresholds
 from rules_engine import RuleFileError, load_rules
-from schema import Decision, FeatureVector, Transaction
+from schema import Decision, FeatureValues, Transaction
 from scoring.engine import DecisionEngine
 from scoring.idempotency import OnceDecided
 from scoring.release import ModelRelease, poll_in_background
@@ -100,7 +100,7 @@ class ExperimentRouter:
         self,
         transactions: Sequence[Transaction],
         reason: str,
-        vectors: Sequence[FeatureVector] | None = None,
+        vectors: Sequence[FeatureValues] | None = None,
         count_decisions: bool = True,
     ) -> list[Decision]:
         if self._alone():

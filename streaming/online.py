@@ -20,9 +20,9 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster, key_slot
 from redis.exceptions import RedisClusterException
 
-from schema import FeatureVector, Transaction
+from schema import Transaction
 from streaming.batch_features import COLUMN, batch_feature_matrix
-from streaming.features import MODEL_FEATURES
+from streaming.features import MODEL_FEATURES, FeatureRow
 from streaming.offline import event_order
 from streaming.packed import pack_state
 from streaming.windows import LAYOUTS, EntityState, entity_keys
@@ -100,9 +100,9 @@ class BatchFeatures:
         return None if index is None else self.matrix[:, index]
 
     @property
-    def vectors(self) -> list[FeatureVector]:
+    def vectors(self) -> list[FeatureRow]:
         """The rows as named feature vectors (what rules read and decisions record)."""
-        return [dict(zip(MODEL_FEATURES, row, strict=True)) for row in self.matrix.tolist()]
+        return [FeatureRow(*row) for row in self.matrix.tolist()]
 
 
 class OnlineFeatureStore:

@@ -93,11 +93,14 @@ def decode_transaction(raw: bytes | str, *, now: float | None = None) -> Transac
     return check_transaction(_decode(_transaction_decoder, raw), now=now)
 
 
-def transaction_from_fields(fields: Mapping[str, Any], *, now: float | None = None) -> Transaction:
+def transaction_from_fields(
+    fields: Mapping[str, Any] | object, *, now: float | None = None, from_attributes: bool = False
+) -> Transaction:
     """Validate a transaction given as field values (the gRPC door's request), exactly as
-    ``decode_transaction`` validates one from JSON."""
+    ``decode_transaction`` validates one from JSON. ``from_attributes``: ``fields`` is an object
+    whose attributes are the fields (a protobuf message), not a mapping."""
     try:
-        txn = msgspec.convert(fields, Transaction)
+        txn = msgspec.convert(fields, Transaction, from_attributes=from_attributes)
     except msgspec.ValidationError as exc:
         raise InvalidEvent(_located(str(exc))) from exc
     return check_transaction(txn, now=now)

@@ -90,6 +90,10 @@ class ScorerMetrics:
             "fraud_dependency_circuit_opens", "Times the circuit to a dependency opened", ["dependency"], registry=r
         )
         self._circuit_opens: dict[str, int] = {}
+        # Labelled children, looked up once: ``labels()`` takes a lock and validates its arguments
+        # (~3 µs), and the decision path observes five stages and counts outcomes every batch.
+        self._stage_children: dict[str, Histogram] = {}
+        self._decision_children: dict[tuple[str, str], Counter] = {}
         self.model_load_refusals = Counter(
             "fraud_model_load_refusals",
             "Model versions this scorer refused to serve, by reason (corrupt, features, golden, missing); "
@@ -129,12 +133,22 @@ class ScorerMetrics:
         self.model_info.labels(version=version).set(1)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
-        self.latency.labels(stage=stage).observe(seconds)
+        child = self._stage_children.get(stage)
+        if child is None:
+            child = self._stage_children[stage] = self.latency.labels(stage=stage)
+        child.observe(seconds)
 
     def count_decisions(self, decisions: Iterable[Decision]) -> None:
-        tally = _Tally((d.outcome.value, d.model_version) for d in decisions)
-        for (outcome, version), n in tally.items():
-            self.decisions.labels(outcome=outcome, model_version=version).inc(n)
+        tally: dict[tuple[str, str], int] = {}
+        for d in decisions:
+            key = (d.outcome.value, d.model_version)
+            tally[key] = tally.get(key, 0) + 1
+        children = self._decision_children
+        for key, n in tally.items():
+            child = children.get(key)
+            if child is None:
+                child = children[key] = self.decisions.labels(outcome=key[0], model_version=key[1])
+            child.inc(n)
 
     def count_shadow(self, decisions: Iterable[Decision]) -> None:
         tally = _Tally((d.outcome.value, d.model_version) for d in decisions)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import redis
@@ -25,6 +26,7 @@ from streaming.batch_features import COLUMN, batch_feature_matrix
 from streaming.features import MODEL_FEATURES, FeatureRow
 from streaming.offline import event_order
 from streaming.packed import pack_state
+from streaming.redis_wire import RedisWire
 from streaming.windows import LAYOUTS, EntityState, entity_keys
 
 # An entity idle this long (wall clock) after its last update is evicted: its windows are all
@@ -112,6 +114,9 @@ class OnlineFeatureStore:
         self.client = client
         self.prefix = prefix
         self.cluster = isinstance(client, RedisCluster)
+        # The decision path's two commands per batch (``read_batch``'s MGET, ``record_decisions``)
+        # go by hand-framed commands where the server allows (``streaming.redis_wire``).
+        self._wire = RedisWire.for_client(client)
         self._watermark_key = f"{prefix}:stream:watermark"
         self._counter_key = f"{prefix}:stream:counts"
         # One script call writes many whole states with their TTLs: per-command overhead in the
@@ -152,7 +157,11 @@ class OnlineFeatureStore:
             return []
         keys = [self.decision_key(txn_id) for txn_id, _ in items]
         if not self.cluster:
-            return list(self._record(keys=keys, args=[ttl_s, *(payload for _, payload in items)]))
+            payloads = [payload for _, payload in items]
+            found = self._run_record(keys, [ttl_s, *payloads])
+            # A value equal to ours is our own write (a command sent again after its connection
+            # failed): the payload holds the decision time to the microsecond.
+            return [None if raw == payload else raw for raw, payload in zip(found, payloads, strict=True)]
         pipe = self.client.pipeline()
         for key, (_, payload) in zip(keys, items, strict=True):
             pipe.set(key, payload, nx=True, ex=ttl_s)
@@ -160,6 +169,16 @@ class OnlineFeatureStore:
         lost = [i for i, ok in enumerate(recorded) if not ok]
         earlier = dict(zip(lost, self.client.mget_nonatomic([keys[i] for i in lost]), strict=True)) if lost else {}
         return [earlier.get(i) for i in range(len(keys))]
+
+    def _run_record(self, keys: list[str], args: list[Any]) -> list[bytes | None]:
+        if self._wire is None:
+            return list(self._record(keys=keys, args=args))
+        try:
+            return self._wire.execute("EVALSHA", self._record.sha, len(keys), *keys, *args)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            return list(self._record(keys=keys, args=args))  # redis-py loads the script (a restarted server)
 
     def write_states(
         self,
@@ -249,6 +268,8 @@ class OnlineFeatureStore:
     def _mget(self, keys: list[str]) -> list[bytes | None]:
         # One MGET, not a pipeline of GETs: redis-py's cost is per command (STACK-NOTES). A cluster
         # takes one MGET per slot (``_mget_cluster``).
+        if self._wire is not None:
+            return self._wire.execute("MGET", *keys)
         return self._mget_cluster(keys) if self.cluster else self.client.mget(keys)
 
     def _mget_cluster(self, keys: list[str]) -> list[bytes | None]:

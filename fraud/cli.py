@@ -868,6 +868,13 @@ def bench(
         int | None, typer.Option(help="Partitions of the bench's topics (default: one per scorer process).")
     ] = None,
     window_ms: Annotated[float, typer.Option(help="batch mode: the client's coalescing window.")] = 5.0,
+    batch_rpc: Annotated[
+        str,
+        typer.Option(
+            help="batch mode: 'call' sends each window as a DecideBatch call; 'stream' as a message on "
+            "a DecideStream stream per connection (replies matched by transaction id)."
+        ),
+    ] = "call",
     arrivals: Annotated[str, typer.Option(help="poisson or constant inter-arrival times.")] = "poisson",
     timeout_s: Annotated[float, typer.Option(help="Per-call deadline; later answers count as timeouts.")] = 2.0,
     baseline: Annotated[
@@ -937,6 +944,8 @@ def bench(
     counts = [int(n) for n in _floats(server_procs, "--server-procs")]
     if min(counts) < 1 or len(set(counts)) != len(counts):
         raise typer.BadParameter(f"--server-procs: distinct counts of at least 1, got {server_procs!r}")
+    if batch_rpc not in ("call", "stream"):
+        raise typer.BadParameter(f"--batch-rpc: call or stream, got {batch_rpc!r}")
     if redis_masters not in (0, 1) and redis_masters < 3:
         raise typer.BadParameter(f"--redis-masters: 0 (one server) or at least 3 (a cluster), got {redis_masters}")
     config = DecisionBenchConfig(
@@ -947,6 +956,7 @@ def bench(
         server_procs=counts[0],
         partitions=partitions,
         window_ms=window_ms,
+        batch_rpc=batch_rpc,
         arrivals=arrivals,
         timeout_s=timeout_s,
         baseline=baseline,

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
@@ -97,6 +98,57 @@ class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
     ) -> pb.DecisionBatch:
         started = time.perf_counter()
         await _refuse_malformed(request, context, self.engine.metrics)
+        reply = await self._decide_message(request, context)
+        self.engine.metrics.observe_stage("total", time.perf_counter() - started)
+        return reply
+
+    async def DecideStream(  # noqa: N802
+        self, requests: AsyncIterator[pb.TransactionBatch], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DecisionBatch]:
+        """Each request message answered by one reply, as soon as it is decided: messages are
+        decided concurrently (the batcher merges them with every other caller's), so a reply may
+        overtake an earlier one. A malformed or oversized message ends the stream (INVALID_ARGUMENT),
+        as it would fail a DecideBatch call."""
+        replies: asyncio.Queue[asyncio.Task[pb.DecisionBatch] | None] = asyncio.Queue()
+        deciding: set[asyncio.Task[pb.DecisionBatch]] = set()  # held: the loop keeps only weak references
+        asked: list[int] = [0]  # request messages read so far
+
+        async def answer(request: pb.TransactionBatch, started: float) -> pb.DecisionBatch:
+            reply = await self._decide_message(request, context)
+            self.engine.metrics.observe_stage("total", time.perf_counter() - started)
+            return reply
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await _refuse_malformed(request, context, self.engine.metrics)
+                    asked[0] += 1
+                    task = asyncio.create_task(answer(request, time.perf_counter()))
+                    deciding.add(task)
+                    task.add_done_callback(_settled)
+                    task.add_done_callback(deciding.discard)
+                    task.add_done_callback(replies.put_nowait)
+            finally:
+                replies.put_nowait(None)  # the client closed its side (or the call ended)
+
+        reader = asyncio.create_task(read())
+        answered, closed = 0, False
+        try:
+            while not closed or answered < asked[0]:
+                item = await replies.get()
+                if item is None:
+                    closed = True
+                    reader.result()  # an abort of the reader (malformed message) ends the stream
+                    continue
+                answered += 1
+                yield item.result()
+        finally:
+            reader.cancel()
+
+    async def _decide_message(
+        self, request: pb.TransactionBatch, context: grpc.aio.ServicerContext
+    ) -> pb.DecisionBatch:
+        """The decisions for one batch message (a DecideBatch call or a DecideStream message)."""
         if len(request.transactions) > self.config.max_batch:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -121,9 +173,14 @@ class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
                 self.engine.metrics.invalid.inc()
                 results.append(pb.Decision(transaction_id=msg.transaction_id, error=f"invalid transaction: {exc}"))
         decided = iter(await self._decide(valid) if valid else [])
-        out = [r if r is not None else next(decided) for r in results]
-        self.engine.metrics.observe_stage("total", time.perf_counter() - started)
-        return pb.DecisionBatch(decisions=out)
+        return pb.DecisionBatch(decisions=[r if r is not None else next(decided) for r in results])
+
+
+def _settled(task: asyncio.Task) -> None:
+    """Mark a finished task's exception as seen: a stream that ended early (its reader aborted)
+    never reads the replies still queued, and asyncio would log each failure as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 class MalformedRequest:
@@ -161,6 +218,11 @@ def add_to_server(service: FraudScorerService, server: grpc.aio.Server) -> None:
         ),
         "DecideBatch": grpc.unary_unary_rpc_method_handler(
             service.DecideBatch,
+            request_deserializer=_lenient(pb.TransactionBatch.FromString),
+            response_serializer=pb.DecisionBatch.SerializeToString,
+        ),
+        "DecideStream": grpc.stream_stream_rpc_method_handler(
+            service.DecideStream,
             request_deserializer=_lenient(pb.TransactionBatch.FromString),
             response_serializer=pb.DecisionBatch.SerializeToString,
         ),

@@ -19,6 +19,7 @@ Modes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -48,6 +49,9 @@ class LoadStep:
     step_id: str = "s0"  # prefix of this step's transaction ids (ids are unique per step)
     arrivals: str = "poisson"  # or "constant"
     window_ms: float = 5.0  # batch mode's coalescing window
+    # batch mode: "call", one DecideBatch call per window; "stream", one DecideStream message per
+    # window on a stream per connection (replies matched by transaction id).
+    batch_rpc: str = "call"
     timeout_s: float = 2.0  # per call (gRPC deadline) / per decision (kafka)
     # gRPC connections, spread over the target addresses; calls go round-robin over connections,
     # so every scorer process gets an equal share of the calls.
@@ -215,6 +219,9 @@ async def _send_all(step: LoadStep, offsets: np.ndarray, tally: _Tally, messages
             else:
                 tally.answered(i, now - (t0 + offsets[i]), reply.degraded_reason)
 
+    streams = (
+        _Streams(stubs, tally, messages, t0, offsets) if step.mode == "batch" and step.batch_rpc == "stream" else None
+    )
     window = step.window_ms / 1000 if step.mode == "batch" else 0.0
     i = 0
     while i < n:
@@ -230,6 +237,10 @@ async def _send_all(step: LoadStep, offsets: np.ndarray, tally: _Tally, messages
         groups = [[k] for k in range(i, j)] if step.mode == "unary" else [list(range(i, j))]
         for k in range(i, j):
             messages[k].event_time = event_times[k]
+        if streams is not None:
+            await streams.send(list(range(i, j)))
+            i = j
+            continue
         for group in groups:
             task = asyncio.create_task(call(group))
             in_flight.add(task)
@@ -237,6 +248,65 @@ async def _send_all(step: LoadStep, offsets: np.ndarray, tally: _Tally, messages
         i = j
     if in_flight:
         await asyncio.wait(in_flight, timeout=step.timeout_s + 1)
+    if streams is not None:
+        await streams.close(step.timeout_s + 1)
+
+
+class _Streams:
+    """Batch mode over ``DecideStream``: one stream per connection, windows sent round-robin, and a
+    reader per stream that matches each decision to its payment by transaction id (replies may
+    overtake one another). A payment never answered counts as a timeout, as after a deadline."""
+
+    def __init__(self, stubs: list, tally: _Tally, messages: list, t0: float, offsets: np.ndarray) -> None:
+        self.tally, self.messages, self.t0, self.offsets = tally, messages, t0, offsets
+        self.calls = [stub.DecideStream() for stub in stubs]
+        self.rotation = itertools.cycle(self.calls)
+        self.readers = [asyncio.create_task(self._read(call)) for call in self.calls]
+
+    async def send(self, indices: list[int]) -> None:
+        from scoring.proto import fraud_pb2 as pb
+
+        self.tally.calls += 1
+        call = next(self.rotation)
+        try:
+            await call.write(pb.TransactionBatch(transactions=[self.messages[i] for i in indices]))
+        except Exception as exc:  # noqa: BLE001 - a broken stream: its payments stay unanswered
+            self.tally.error_codes[type(exc).__name__] += len(indices)
+
+    async def _read(self, call) -> None:
+        import grpc
+
+        tally, prefix = self.tally, self.tally.prefix
+        try:
+            async for reply in call:
+                now = time.time()
+                for decision in reply.decisions:
+                    i = _index_of(decision.transaction_id, prefix, len(self.offsets))
+                    if i is None:
+                        tally.error_codes["unknown_transaction_id"] += 1
+                    elif decision.error:
+                        tally.failed([i], ERROR)
+                    else:
+                        tally.answered(i, now - (self.t0 + self.offsets[i]), decision.degraded_reason)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is not grpc.StatusCode.CANCELLED:
+                tally.error_codes[exc.code().name] += 1
+
+    async def close(self, timeout_s: float) -> None:
+        for call in self.calls:
+            with contextlib.suppress(Exception):  # already broken: its reader has recorded why
+                await call.done_writing()
+        await asyncio.wait(self.readers, timeout=timeout_s)
+        for call in self.calls:
+            call.cancel()
+
+
+def _index_of(transaction_id: str, prefix: str, n: int) -> int | None:
+    """The schedule index of one of this step's transaction ids (``{prefix}{index}``)."""
+    if not transaction_id.startswith(prefix):
+        return None
+    tail = transaction_id[len(prefix) :]
+    return int(tail) if tail.isdigit() and int(tail) < n else None
 
 
 # --- Kafka mode --------------------------------------------------------------------------------

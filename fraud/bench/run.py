@@ -39,6 +39,7 @@ class DecisionBenchConfig:
     warmup_s: float = 5.0
     server_procs: int = 1
     window_ms: float = 5.0
+    batch_rpc: str = "call"  # batch mode: a DecideBatch call per window, or a DecideStream message ("stream")
     arrivals: str = "poisson"
     timeout_s: float = 2.0
     baseline: bool = True
@@ -299,6 +300,7 @@ def run_decision_bench(
                     step_id=f"{mode[0]}{n}x{uuid.uuid4().hex[:4]}",
                     arrivals=config.arrivals,
                     window_ms=config.window_ms,
+                    batch_rpc=config.batch_rpc,
                     timeout_s=config.timeout_s,
                     connections=4 * len(procs),
                     seed=n + 1,

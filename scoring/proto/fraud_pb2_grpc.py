@@ -44,6 +44,11 @@ class FraudScorerStub:
                 request_serializer=scoring_dot_proto_dot_fraud__pb2.TransactionBatch.SerializeToString,
                 response_deserializer=scoring_dot_proto_dot_fraud__pb2.DecisionBatch.FromString,
                 _registered_method=True)
+        self.DecideStream = channel.stream_stream(
+                '/fraud.v1.FraudScorer/DecideStream',
+                request_serializer=scoring_dot_proto_dot_fraud__pb2.TransactionBatch.SerializeToString,
+                response_deserializer=scoring_dot_proto_dot_fraud__pb2.DecisionBatch.FromString,
+                _registered_method=True)
 
 
 class FraudScorerServicer:
@@ -63,6 +68,15 @@ class FraudScorerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DecideStream(self, request_iterator, context):
+        """A stream of batches on one call, for gateways that coalesce all day: each request message is
+        answered by one reply message holding its decisions in order, but replies may overtake one
+        another, so match them by transaction id. Cheaper per batch than a DecideBatch call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FraudScorerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +87,11 @@ def add_FraudScorerServicer_to_server(servicer, server):
             ),
             'DecideBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.DecideBatch,
+                    request_deserializer=scoring_dot_proto_dot_fraud__pb2.TransactionBatch.FromString,
+                    response_serializer=scoring_dot_proto_dot_fraud__pb2.DecisionBatch.SerializeToString,
+            ),
+            'DecideStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DecideStream,
                     request_deserializer=scoring_dot_proto_dot_fraud__pb2.TransactionBatch.FromString,
                     response_serializer=scoring_dot_proto_dot_fraud__pb2.DecisionBatch.SerializeToString,
             ),
@@ -129,6 +148,33 @@ class FraudScorer:
             request,
             target,
             '/fraud.v1.FraudScorer/DecideBatch',
+            scoring_dot_proto_dot_fraud__pb2.TransactionBatch.SerializeToString,
+            scoring_dot_proto_dot_fraud__pb2.DecisionBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fraud.v1.FraudScorer/DecideStream',
             scoring_dot_proto_dot_fraud__pb2.TransactionBatch.SerializeToString,
             scoring_dot_proto_dot_fraud__pb2.DecisionBatch.FromString,
             options,

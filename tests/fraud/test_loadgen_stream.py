@@ -1,0 +1,46 @@
+"""The bench's batch mode over DecideStream (`fraud bench --batch-rpc stream`) against a real
+in-process scorer: every payment sent on the streams is answered, matched by its transaction id,
+and the step's figures read like those of DecideBatch calls."""
+
+from __future__ import annotations
+
+import pytest
+
+from fraud.bench.loadgen import LoadStep, _index_of, run_step
+from retrain import ModelRegistry
+from schema import encode
+from tests.factories import register_tiny_model, txn
+from tests.reliability.conftest import running, scorer_service
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("registry")
+    register_tiny_model(root, lambda x: x[:, 0] > 1.5)
+    return ModelRegistry(root).load()
+
+
+def test_index_of_reads_only_this_steps_ids():
+    assert _index_of("b3x1a2-17", "b3x1a2-", 20) == 17
+    assert _index_of("b3x1a2-20", "b3x1a2-", 20) is None  # past the schedule
+    assert _index_of("other-17", "b3x1a2-", 20) is None
+    assert _index_of("b3x1a2-1e3", "b3x1a2-", 2000) is None
+
+
+@pytest.mark.parametrize("batch_rpc", ["stream", "call"])
+def test_every_payment_of_a_batch_step_is_answered(batch_rpc, kafka_bootstrap, topics, redis_client, model, tmp_path):
+    payments = tmp_path / "payments.jsonl"
+    payments.write_bytes(b"\n".join(encode(txn(i, card=f"card-{i % 50:06d}")) for i in range(200)))
+    service = scorer_service(kafka_bootstrap, topics, redis_client, model)
+    with running(service) as target:
+        step = LoadStep(
+            mode="batch", rate=400, duration_s=1.5, warmup_s=0.5, payments=payments, target=target,
+            step_id=f"t-{batch_rpc}", batch_rpc=batch_rpc, connections=2, timeout_s=5.0,
+        )  # fmt: skip
+        result = run_step(step)
+    assert result.measured > 400 and result.decided == result.measured, result
+    assert result.errors == result.timeouts == result.mismatched == 0 and not result.error_codes, result
+    assert 0 < result.calls < result.sent  # windows, not payments
+    assert result.latency_ms["p50"] is not None and result.latency_ms["p50"] <= result.latency_ms["max"]

@@ -178,6 +178,20 @@ def _generate(bootstrap: str, topic: str, config: BenchConfig, produced: mp.Valu
 _BUCKET = re.compile(r'^fraud_feature_freshness_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
 
 
+def _until_next_sample(interval_s: float, drained: Callable[[], bool]) -> None:
+    """Sleep until the next sample is due, or until the stream has applied everything produced:
+    the last interval then ends when the drain does, so the steady rate is not diluted by idle time."""
+    deadline = time.monotonic() + interval_s
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(0.05, left))
+        if drained():
+            return
+
+
+def _drained(store: OnlineFeatureStore, produced: int) -> bool:
+    return store.counts().get("events", 0) >= produced
+
+
 def _freshness_buckets(ports: list[int]) -> dict[float, float]:
     """Cumulative freshness histogram summed over the stream processes: upper bound -> count."""
     total: dict[float, float] = {}
@@ -344,7 +358,7 @@ def run_bench(
             (started, 0, previous[2]) if config.warmup_s <= 0 else None
         )
         while True:
-            time.sleep(config.interval_s)
+            _until_next_sample(config.interval_s, lambda: not generator.is_alive() and _drained(store, produced.value))
             alive()
             now = time.monotonic()
             applied = store.counts().get("events", 0)
@@ -382,7 +396,7 @@ def run_bench(
                 raise TimeoutError(f"the stream applied {applied} of {produced.value} events")
         generator.join()
 
-    end = time.monotonic()
+    end = now  # the last sample: taken as the drain completed (within ~50 ms), not a full interval later
     steady = steady_from or (started, 0, {})
     steady_hist = _delta(buckets, steady[2])
     producing = [s for s in result.samples if s.produced < config.events]

@@ -1,8 +1,10 @@
 """`fraud bench-stream`: percentiles from histogram buckets, and a short real run end to end."""
 
+import time
+
 import pytest
 
-from fraud.bench_stream import BenchConfig, histogram_quantile, run_bench
+from fraud.bench_stream import BenchConfig, _until_next_sample, histogram_quantile, run_bench
 
 
 def test_histogram_quantile_interpolates_within_the_bucket():
@@ -65,3 +67,14 @@ def test_the_steps_only_bench_reports_cpu_per_payment_for_every_step(redis_url, 
         assert found and float(found.group(1)) > 0, stage
     # its own keys are deleted afterwards, and nothing else (REDIS_URL may hold other data)
     assert client.dbsize() == keys_before and client.get("someone-elses-key") == b"kept"
+
+
+def test_the_last_sample_is_taken_when_the_drain_completes_not_an_interval_later():
+    """The steady rate divides by the time to the last sample: an idle tail would dilute it."""
+    polls = []
+    started = time.monotonic()
+    _until_next_sample(5.0, lambda: polls.append(1) or len(polls) >= 3)  # drained at the third poll
+    assert time.monotonic() - started < 1.0 and len(polls) == 3
+    started = time.monotonic()
+    _until_next_sample(0.3, lambda: False)
+    assert 0.3 <= time.monotonic() - started < 1.0

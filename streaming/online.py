@@ -197,7 +197,7 @@ class OnlineFeatureStore:
         """
         if self.cluster:
             return self._write_states_cluster(states, newest_ts, transactions, labels)
-        pipe = self.client.pipeline(transaction=False)
+        chunks: list[tuple[list[str], list[bytes | int]]] = []
         keys: list[str] = []
         values: list[bytes | int] = []
         n = 0
@@ -206,15 +206,50 @@ class OnlineFeatureStore:
             keys.append(self.key(entity, entity_id))
             values += (pack_state(state), STATE_TTL_S[entity])
             if len(keys) == WRITE_CHUNK:
-                self._set_many(keys=keys, args=values, client=pipe)
+                chunks.append((keys, values))
                 keys, values = [], []
         if keys:
-            self._set_many(keys=keys, args=values, client=pipe)
+            chunks.append((keys, values))
+        if self._wire is not None:
+            self._write_by_wire(self._wire, chunks, newest_ts, transactions, labels)
+            return n
+        pipe = self.client.pipeline(transaction=False)
+        for chunk_keys, chunk_values in chunks:
+            self._set_many(keys=chunk_keys, args=chunk_values, client=pipe)
         if newest_ts is not None:
             self._advance(keys=[self._watermark_key], args=[repr(newest_ts)], client=pipe)
         self._count_progress(pipe, transactions, labels)
         pipe.execute()
         return n
+
+    def _write_by_wire(
+        self,
+        wire: RedisWire,
+        chunks: list[tuple[list[str], list[bytes | int]]],
+        newest_ts: float | None,
+        transactions: int,
+        labels: int,
+    ) -> None:
+        """``write_states``' pipeline framed by hand: the script calls by their SHA, loaded first
+        when the server does not know them (a new or restarted Redis)."""
+        commands: list[tuple[Any, ...]] = [
+            ("EVALSHA", self._set_many.sha, len(keys), *keys, *values) for keys, values in chunks
+        ]
+        if newest_ts is not None:
+            commands.append(("EVALSHA", self._advance.sha, 1, self._watermark_key, repr(newest_ts)))
+        for field, count in (("events", transactions), ("labels", labels)):
+            if count:
+                commands.append(("HINCRBY", self._counter_key, field, count))
+        try:
+            wire.pipeline(commands)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            # Only the script calls again: the counters were incremented, and the state writes and
+            # the watermark's compare-and-set are idempotent whichever of them ran.
+            for script in (self._set_many, self._advance):
+                self.client.script_load(script.script)
+            wire.pipeline([c for c in commands if c[0] == "EVALSHA"])
 
     def _write_states_cluster(
         self, states: Iterable[tuple[str, str, EntityState]], newest_ts: float | None, transactions: int, labels: int

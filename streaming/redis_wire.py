@@ -1,7 +1,8 @@
 """One command at a time to one Redis server, framed by hand: the decision path's round trips.
 
 The decision path sends two commands per batch (the ``MGET`` of states and recorded decisions,
-and the script that records the new decisions). Through redis-py 8 each costs ~100-120 µs of CPU
+and the script that records the new decisions); the feature stream writes each batch's states as
+one pipeline of script calls. Through redis-py 8 each costs ~100-120 µs of CPU
 before any data moves (its retry, connection-pool, event and observability layers: ~130 Python
 calls per command), which is most of a small batch's fixed cost. Here a command is packed by
 hiredis, written with one ``sendall`` and its reply parsed by a ``hiredis.Reader``: ~25 µs.
@@ -75,28 +76,38 @@ class RedisWire:
         )
 
     def execute(self, *args: Any) -> Any:
-        """Send one command and return its reply (redis-py's types: bytes, int, list, None)."""
-        command = hiredis.pack_command(args)
+        """Send one command and return its reply as hiredis parses it (bytes, int, list, None; a
+        status reply such as OK as bytes, where redis-py would make some of them True)."""
+        return self.pipeline([args])[0]
+
+    def pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send the commands in one write and return their replies in order. An error reply is
+        raised (the first one) after every reply has been read, so the connection stays in step."""
+        payload = b"".join(hiredis.pack_command(args) for args in commands)
         with self._lock:
             reused = self._sock is not None
             try:
-                return self._round_trip(command)
+                replies = self._round_trip(payload, len(commands))
             except redis.ConnectionError:
                 if not reused:
                     raise
-            return self._round_trip(command)  # the old connection was stale: once more, on a new one
+                replies = self._round_trip(payload, len(commands))  # the old connection was stale: once more
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+        return replies
 
     def close(self) -> None:
         with self._lock:
             self._drop()
 
-    def _round_trip(self, command: bytes) -> Any:
+    def _round_trip(self, payload: bytes, replies: int) -> list[Any]:
         try:
             if self._sock is None:
                 self._connect()
             assert self._sock is not None
-            self._sock.sendall(command)
-            reply = self._read()
+            self._sock.sendall(payload)
+            out = [self._read() for _ in range(replies)]
         except TimeoutError as exc:
             self._drop()
             raise redis.TimeoutError(f"Timeout reading from {self._where()}") from exc
@@ -106,9 +117,7 @@ class RedisWire:
         except BaseException:
             self._drop()
             raise
-        if isinstance(reply, redis.ResponseError):
-            raise reply
-        return reply
+        return out
 
     def _read(self) -> Any:
         assert self._sock is not None and self._reader is not None

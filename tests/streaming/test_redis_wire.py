@@ -81,3 +81,26 @@ def test_a_record_sent_again_recognises_its_own_write(redis_client):
     # the same command again, as after a connection that failed once the server had run it
     assert store.record_decisions([("t1", b"ours"), ("t2", b"new")], 60) == [None, None]
     assert store.record_decisions([("t1", b"theirs")], 60) == [b"ours"]
+
+
+def test_a_pipeline_answers_in_order_and_raises_the_first_error_after_reading_every_reply(redis_client):
+    wire = RedisWire.for_client(redis_client)
+    redis_client.set("text", "not a number")
+    assert wire.pipeline([("SET", "a", 1), ("INCR", "a"), ("GET", "a")]) == [b"OK", 2, b"2"]
+    with pytest.raises(redis.ResponseError, match="not an integer"):
+        wire.pipeline([("INCR", "a"), ("INCR", "text"), ("INCR", "a")])
+    assert wire.execute("GET", "a") == b"4"  # both INCRs of "a" ran, and the replies stayed in step
+
+
+def test_the_streams_writes_on_a_server_without_its_scripts_count_progress_once(redis_client):
+    from streaming.windows import LAYOUTS, EntityState, apply_transaction
+    from tests.factories import txn
+
+    state = EntityState()
+    apply_transaction(state, LAYOUTS["card"], txn(1))
+    store = OnlineFeatureStore(redis_client, prefix="wire-write")
+    redis_client.script_flush()  # as on a new or restarted server
+    assert store.write_states([("card", "card-000001", state)], 1000.0, transactions=5) == 1
+    store.write_states([("card", "card-000001", state)], 2000.0, transactions=2)
+    assert store.counts()["events"] == 7 and store.watermark() == 2000.0
+    assert redis_client.get(store.key("card", "card-000001")) is not None

@@ -1,7 +1,9 @@
-"""The gRPC decision service (grpc.aio): Decide for one transaction, DecideBatch for many.
+"""The gRPC decision service (grpc.aio): Decide for one transaction, DecideBatch for many,
+DecideStream for a gateway's stream of batches.
 
-Both go through one ``DecisionBatcher``: concurrent calls are decided together, one batch at a
-time, and requests queued past the latency budget are shed with an explicit degraded decision.
+All go through one ``DecisionBatcher``: concurrent calls (and stream messages) are decided
+together, one batch at a time, and requests queued past the latency budget are shed with an
+explicit degraded decision.
 
 The server also answers the standard health service (``grpc.health.v1.Health``), for both the
 whole server ("") and ``SERVICE_NAME``: NOT_SERVING until it listens with a model loaded, SERVING
@@ -111,7 +113,7 @@ class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
         as it would fail a DecideBatch call."""
         replies: asyncio.Queue[asyncio.Task[pb.DecisionBatch] | None] = asyncio.Queue()
         deciding: set[asyncio.Task[pb.DecisionBatch]] = set()  # held: the loop keeps only weak references
-        asked: list[int] = [0]  # request messages read so far
+        asked = 0  # request messages read so far
 
         async def answer(request: pb.TransactionBatch, started: float) -> pb.DecisionBatch:
             reply = await self._decide_message(request, context)
@@ -119,10 +121,11 @@ class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
             return reply
 
         async def read() -> None:
+            nonlocal asked
             try:
                 async for request in requests:
                     await _refuse_malformed(request, context, self.engine.metrics)
-                    asked[0] += 1
+                    asked += 1
                     task = asyncio.create_task(answer(request, time.perf_counter()))
                     deciding.add(task)
                     task.add_done_callback(_settled)
@@ -134,7 +137,7 @@ class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
         reader = asyncio.create_task(read())
         answered, closed = 0, False
         try:
-            while not closed or answered < asked[0]:
+            while not closed or answered < asked:
                 item = await replies.get()
                 if item is None:
                     closed = True

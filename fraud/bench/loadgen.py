@@ -9,7 +9,10 @@ itself cannot keep up, it says so: ``max_behind_s`` is the worst lag of a send b
 Modes:
 - ``unary``: one ``Decide`` call per payment.
 - ``batch``: payments arriving within ``window_ms`` of the first unsent one go in one
-  ``DecideBatch`` call; the wait in the window counts in each payment's latency.
+  ``DecideBatch`` call (``batch_rpc="stream"``: one message on a ``DecideStream`` stream per
+  connection, decisions matched to payments by transaction id; an id that is not this step's is
+  counted under ``error_codes["unknown_transaction_id"]``); the wait in the window counts in each
+  payment's latency.
 - ``kafka``: payments are produced to the transactions topic, the producer lingering up to
   ``window_ms`` to batch them (Kafka's own coalescing, counted in the latency like batch mode's
   window); a consumer on the decisions topic (in this process) stamps each decision when it

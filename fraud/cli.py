@@ -966,6 +966,7 @@ def bench(
     base = _settings(home)
     run_id = datetime.now().strftime("%Y%m%d-%H%M%S")
     path = out or base.home / "bench" / f"decisions-{run_id}.json"
+    sizes = _path_batch_sizes(batch_sizes) if path_only else []
     with running_services(
         base.home / "bench" / "services",
         kafka_bootstrap=base.kafka_bootstrap,
@@ -980,7 +981,6 @@ def bench(
             _bench_reasons(home, services, config, batch_size, path.with_name(f"reasons-{run_id}.json"), run_id)
             return
         if path_only:
-            sizes = [int(x) for x in _floats(batch_sizes, "--batch-sizes")]
             _bench_path(home, services, config, sizes, path.with_name(f"path-{run_id}.json"), run_id)
             return
         bench_services = Services(
@@ -1055,6 +1055,17 @@ def _bench_broker(services, config, path: Path, run_id: str) -> None:
     console.print(f"result: {path}")
 
 
+def _path_batch_sizes(text: str) -> list[int]:
+    sizes = [int(x) for x in _floats(text, "--batch-sizes")]
+    if len(set(sizes)) < 2 or min(sizes) < 1 or max(sizes) < 2 * min(sizes):
+        # Sizes close together make the fitted line's intercept noise (399 and 400 fitted a
+        # negative fixed cost per batch).
+        raise typer.BadParameter(
+            f"--batch-sizes: at least two sizes of 1 or more, the largest at least twice the smallest; got {sizes}"
+        )
+    return sizes
+
+
 def _bench_path(home, services, config, sizes: list[int], path: Path, run_id: str) -> None:
     from dataclasses import asdict
 
@@ -1068,8 +1079,6 @@ def _bench_path(home, services, config, sizes: list[int], path: Path, run_id: st
     from fraud.bench_stream import machine_info
     from fraud.lifecycle import build_service
 
-    if len(set(sizes)) < 2 or min(sizes) < 1:
-        raise typer.BadParameter(f"--batch-sizes: at least two distinct sizes of 1 or more, got {sizes}")
     settings = _settings(
         home,
         kafka_bootstrap=services.kafka_bootstrap,

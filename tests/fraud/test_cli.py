@@ -87,3 +87,12 @@ def test_monitor_check_detector_prints_its_setup_and_error_rates_without_service
 def test_monitor_without_a_model_says_to_train_one(tmp_path):
     result = runner.invoke(app, ["monitor", "--home", str(tmp_path)], env={"KAFKA_BOOTSTRAP": "127.0.0.1:1"})
     assert result.exit_code != 0 and "train one first" in result.output
+
+
+@pytest.mark.parametrize("sizes", ["399,400", "100", "0,5"])
+def test_bench_path_only_refuses_batch_sizes_it_cannot_fit_before_starting_anything(tmp_path, sizes):
+    result = runner.invoke(
+        app, ["bench", "--path-only", "--batch-sizes", sizes, "--home", str(tmp_path)], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 2 and "--batch-sizes" in result.output
+    assert not (tmp_path / "bench").exists()  # no services, no world

@@ -1,4 +1,4 @@
-"""One command at a time to one Redis server, framed by hand: the decision path's round trips.
+"""Commands to one Redis server framed by hand: the decision path's round trips, the stream's writes.
 
 The decision path sends two commands per batch (the ``MGET`` of states and recorded decisions,
 and the script that records the new decisions); the feature stream writes each batch's states as
@@ -14,6 +14,9 @@ failed in any way is closed, never reused (a late reply would otherwise answer t
 command). A command that failed on a connection made before it (the server restarted, an idle
 connection was dropped) is sent once more on a new connection; the callers' commands are safe to
 repeat (a read, and a first-writer-wins record that recognises its own write).
+
+Each thread has its own connection, so the decide thread's read never holds up the event loop's
+shed path, which records its decisions too.
 
 Only a plain TCP server (with optional username/password and db) is framed by hand;
 ``RedisWire.for_client`` returns None for anything else (TLS, a unix socket, a cluster), and the
@@ -50,10 +53,11 @@ class RedisWire:
         self.password = password
         self.socket_timeout = socket_timeout
         self.connect_timeout = connect_timeout if connect_timeout is not None else socket_timeout
-        self._sock: socket.socket | None = None
-        self._reader: hiredis.Reader | None = None
-        self._buffer = bytearray(_READ_SIZE)
-        self._lock = threading.Lock()  # one command in flight: the decide thread and the shed path share it
+        # A connection per thread: the decide thread's read never makes the event loop's shed path
+        # (which records its decisions too) wait for it, as redis-py's pool would not either.
+        self._local = threading.local()
+        self._opened: list[_Connection] = []
+        self._opened_lock = threading.Lock()
 
     @classmethod
     def for_client(cls, client: Any) -> RedisWire | None:
@@ -84,47 +88,77 @@ class RedisWire:
         """Send the commands in one write and return their replies in order. An error reply is
         raised (the first one) after every reply has been read, so the connection stays in step."""
         payload = b"".join(hiredis.pack_command(args) for args in commands)
-        with self._lock:
-            reused = self._sock is not None
-            try:
-                replies = self._round_trip(payload, len(commands))
-            except redis.ConnectionError:
-                if not reused:
-                    raise
-                replies = self._round_trip(payload, len(commands))  # the old connection was stale: once more
+        connection = self._connection()
+        reused = connection.is_open
+        try:
+            replies = connection.round_trip(payload, len(commands))
+        except redis.ConnectionError:
+            if not reused:
+                raise
+            replies = connection.round_trip(payload, len(commands))  # the old connection was stale: once more
         for reply in replies:
             if isinstance(reply, redis.ResponseError):
                 raise reply
         return replies
 
     def close(self) -> None:
-        with self._lock:
-            self._drop()
+        """Close every thread's connection (a later command opens a new one)."""
+        with self._opened_lock:
+            for connection in self._opened:
+                connection.drop()
 
-    def _round_trip(self, payload: bytes, replies: int) -> list[Any]:
+    def _connection(self) -> _Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = _Connection(self)
+            with self._opened_lock:
+                self._opened.append(connection)
+        return connection
+
+
+class _Connection:
+    """One socket and its reply parser, used by one thread."""
+
+    def __init__(self, wire: RedisWire) -> None:
+        self.wire = wire
+        self.sock: socket.socket | None = None
+        self.reader: hiredis.Reader | None = None
+        self.buffer = bytearray(_READ_SIZE)
+
+    @property
+    def is_open(self) -> bool:
+        return self.sock is not None
+
+    def round_trip(self, payload: bytes, replies: int) -> list[Any]:
         try:
-            if self._sock is None:
+            if self.sock is None:
                 self._connect()
-            assert self._sock is not None
-            self._sock.sendall(payload)
-            out = [self._read() for _ in range(replies)]
+            assert self.sock is not None
+            self.sock.sendall(payload)
+            return [self._read() for _ in range(replies)]
         except TimeoutError as exc:
-            self._drop()
+            self.drop()
             raise redis.TimeoutError(f"Timeout reading from {self._where()}") from exc
         except OSError as exc:
-            self._drop()
+            self.drop()
             raise redis.ConnectionError(f"Error talking to {self._where()}: {exc}") from exc
         except BaseException:
-            self._drop()
+            self.drop()
             raise
-        return out
+
+    def drop(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+        self.sock = None
+        self.reader = None
 
     def _read(self) -> Any:
-        assert self._sock is not None and self._reader is not None
-        reader, buffer = self._reader, self._buffer
+        assert self.sock is not None and self.reader is not None
+        reader, buffer = self.reader, self.buffer
         reply = reader.gets()
         while reply is False:
-            n = self._sock.recv_into(buffer)
+            n = self.sock.recv_into(buffer)
             if n == 0:
                 raise ConnectionResetError("connection closed by the server")
             reader.feed(buffer, 0, n)
@@ -132,30 +166,24 @@ class RedisWire:
         return reply
 
     def _connect(self) -> None:
-        sock = socket.create_connection(self.address, timeout=self.connect_timeout)
+        wire = self.wire
+        sock = socket.create_connection(wire.address, timeout=wire.connect_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self.socket_timeout)
-        self._sock = sock
-        self._reader = hiredis.Reader(replyError=redis.ResponseError, protocolError=redis.InvalidResponse)
-        if self.password is not None:
-            auth = (self.username, self.password) if self.username else (self.password,)
+        sock.settimeout(wire.socket_timeout)
+        self.sock = sock
+        self.reader = hiredis.Reader(replyError=redis.ResponseError, protocolError=redis.InvalidResponse)
+        if wire.password is not None:
+            auth = (wire.username, wire.password) if wire.username else (wire.password,)
             self._handshake("AUTH", *auth)
-        if self.db:
-            self._handshake("SELECT", self.db)
+        if wire.db:
+            self._handshake("SELECT", wire.db)
 
     def _handshake(self, *args: Any) -> None:
-        assert self._sock is not None
-        self._sock.sendall(hiredis.pack_command(args))
+        assert self.sock is not None
+        self.sock.sendall(hiredis.pack_command(args))
         reply = self._read()
         if isinstance(reply, redis.ResponseError):
             raise redis.AuthenticationError(str(reply)) if args[0] == "AUTH" else reply
 
-    def _drop(self) -> None:
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.close()
-        self._sock = None
-        self._reader = None
-
     def _where(self) -> str:
-        return f"{self.address[0]}:{self.address[1]}"
+        return f"{self.wire.address[0]}:{self.wire.address[1]}"

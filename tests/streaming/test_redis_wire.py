@@ -1,6 +1,7 @@
 """The decision path's hand-framed Redis commands (streaming.redis_wire) against a real server:
 the same replies as redis-py, redis-py's errors, a bounded wait, and recovery by itself."""
 
+import threading
 import time
 
 import pytest
@@ -104,3 +105,14 @@ def test_the_streams_writes_on_a_server_without_its_scripts_count_progress_once(
     store.write_states([("card", "card-000001", state)], 2000.0, transactions=2)
     assert store.counts()["events"] == 7 and store.watermark() == 2000.0
     assert redis_client.get(store.key("card", "card-000001")) is not None
+
+
+def test_a_threads_slow_command_does_not_hold_up_another_threads(redis_url):
+    wire = RedisWire.for_client(redis.Redis.from_url(redis_url, socket_timeout=3.0))
+    blocked = threading.Thread(target=wire.execute, args=("BLPOP", "wire-test-empty-list", 1))
+    blocked.start()
+    time.sleep(0.2)  # the other thread is now waiting in BLPOP on its connection
+    started = time.monotonic()
+    assert wire.execute("PING") == b"PONG"
+    assert time.monotonic() - started < 0.4
+    blocked.join()

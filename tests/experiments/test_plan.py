@@ -31,11 +31,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_simulation(sim, root / "data")
     fraud = {g.transaction_id: g.is_fraud for g in sim.truth}
     rng = np.random.default_rng(1)
-    strict = {c: rng.random() < 0.1 for c in {t.card_id for t in sim.transactions}}
+    # sorted: a set of strings iterates in a per-process order (hash randomisation), and so would the draws
+    strict = {c: rng.random() < 0.05 for c in sorted({t.card_id for t in sim.transactions})}
     decisions = []
     for t in sim.transactions:
         u = rng.random()
-        stop = u < 0.7 if fraud[t.transaction_id] else u < (0.16 if strict[t.card_id] else 0.01)
+        stop = u < 0.7 if fraud[t.transaction_id] else u < (0.31 if strict[t.card_id] else 0.01)
         outcome = (Outcome.BLOCK if u < 0.005 else Outcome.FLAG) if stop else Outcome.APPROVE
         decisions.append(
             Decision(
@@ -69,7 +70,9 @@ def test_observed_rates_are_ratios_of_sums(tiny):
     fpr = observed_rates("false_positive_rate", decisions, sim.labels)
     assert fpr.value == pytest.approx((stopped & ~fraud).sum() / (~fraud).sum())
     assert fpr.units_per_payment == pytest.approx((~fraud).mean())
-    assert fpr.design_effect > 1.2  # the strict cards: one card's payments are stopped together
+    # The strict cards: one card's payments are stopped together. Without them the design effect of
+    # this log is noise around 1 (0.89-1.17 over five seeds); with them 1.4-2.7.
+    assert fpr.design_effect > 1.3
     assert "labels" in fpr.source
     assert "ground truth" in observed_rates("approval_rate", decisions, sim.labels, sim.truth).source
 

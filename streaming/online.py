@@ -115,7 +115,8 @@ class OnlineFeatureStore:
         self.prefix = prefix
         self.cluster = isinstance(client, RedisCluster)
         # The decision path's two commands per batch (``read_batch``'s MGET, ``record_decisions``)
-        # go by hand-framed commands where the server allows (``streaming.redis_wire``).
+        # and the stream's state writes are framed by hand where the server allows
+        # (``streaming.redis_wire``); everything else goes through redis-py.
         self._wire = RedisWire.for_client(client)
         self._watermark_key = f"{prefix}:stream:watermark"
         self._counter_key = f"{prefix}:stream:counts"

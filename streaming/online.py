@@ -174,12 +174,20 @@ class OnlineFeatureStore:
     def _run_record(self, keys: list[str], args: list[Any]) -> list[bytes | None]:
         if self._wire is None:
             return list(self._record(keys=keys, args=args))
+        command = ("EVALSHA", self._record.sha, len(keys), *keys, *args)
         try:
-            return self._wire.execute("EVALSHA", self._record.sha, len(keys), *keys, *args)
+            return self._wire.execute(*command)
         except redis.ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-            return list(self._record(keys=keys, args=args))  # redis-py loads the script (a restarted server)
+            self._load_missing_scripts(exc, self._record)
+            return self._wire.execute(*command)
+
+    def _load_missing_scripts(self, exc: redis.ResponseError, *scripts: Any) -> None:
+        """After a NOSCRIPT reply to a hand-framed script call (a new or restarted server), load the
+        scripts so the call can be sent again; any other error reply is raised."""
+        if not str(exc).startswith("NOSCRIPT"):
+            raise exc
+        for script in scripts:
+            self.client.script_load(script.script)
 
     def write_states(
         self,
@@ -244,12 +252,9 @@ class OnlineFeatureStore:
         try:
             wire.pipeline(commands)
         except redis.ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
+            self._load_missing_scripts(exc, self._set_many, self._advance)
             # Only the script calls again: the counters were incremented, and the state writes and
             # the watermark's compare-and-set are idempotent whichever of them ran.
-            for script in (self._set_many, self._advance):
-                self.client.script_load(script.script)
             wire.pipeline([c for c in commands if c[0] == "EVALSHA"])
 
     def _write_states_cluster(

@@ -443,6 +443,10 @@ class RecoveryStoreError(RuntimeError):
 
 MARKER = "stream.json"
 _INPUTS = ("kafka_bootstrap", "transactions_topic", "labels_topic", "shards")
+# The encoding of the shards' snapshots (``streaming.shards``): a store written in another cannot
+# be decoded, so it is made afresh like one of other inputs. Raise it when ``EntityState`` or
+# ``CardAdmission`` changes shape. 2: bucket and distinct rows as one byte string each.
+SNAPSHOT_FORMAT = 2
 
 
 def _start_over(also: str = "") -> str:
@@ -472,7 +476,7 @@ def prepare_recovery(
     made for, a partition that was created and is gone (bytewax would resume without its state),
     a store of the other layout.
     """
-    identity = {k: v for k, v in asdict(config).items() if k in _INPUTS}
+    identity = {**{k: v for k, v in asdict(config).items() if k in _INPUTS}, "snapshot_format": SNAPSHOT_FORMAT}
     found = _read_marker(recovery.directory)
     if recovery.layout == "per-process":
         if registry is None:
@@ -557,7 +561,9 @@ def _read_marker(directory: Path) -> dict | None:
 
 
 def _inputs_of(marker: dict) -> dict[str, Any]:
-    return {k: marker.get(k) for k in _INPUTS}
+    # A store from before the format was recorded has no "snapshot_format": its inputs are those
+    # it was registered under (``_scope``), and they differ from any identity of today.
+    return {k: marker.get(k) for k in (*_INPUTS, "snapshot_format") if k in _INPUTS or k in marker}
 
 
 def _scope(identity: dict[str, Any], processes: int) -> str:

@@ -24,7 +24,6 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import chain
 
 import numpy as np
 
@@ -46,8 +45,8 @@ _HEADER = struct.Struct("<qdqqqq")  # MAGIC, newest_ts, events, n_buckets, n_dis
 
 
 @lru_cache(maxsize=1024)
-def _words(ints: int, floats: int) -> struct.Struct:
-    return struct.Struct(f"<{ints}q{floats}d")
+def _floats(n: int) -> struct.Struct:
+    return struct.Struct(f"<{n}d")
 
 
 def pack_state(state: EntityState) -> bytes:
@@ -55,13 +54,13 @@ def pack_state(state: EntityState) -> bytes:
 
     The state keeps its rows as this layout stores them, in order: packing copies them rather than
     looping over rows in Python (it runs for every entity a batch changes)."""
-    n_buckets = sum(map(len, state.buckets)) // BUCKET_WORDS // _WORD.itemsize
+    n_buckets = len(state.buckets) // (BUCKET_WORDS * _WORD.itemsize)
+    n_distinct = len(state.distinct) // (DISTINCT_WORDS * _WORD.itemsize)
+    header = _HEADER.pack(MAGIC, state.newest_ts, state.events, n_buckets, n_distinct, len(state.fraud_known))
+    if not state.fraud_known:  # most entities have no labels
+        return b"".join((header, state.buckets, state.distinct))
     fraud = sorted(state.fraud_known.values())
-    header = _HEADER.pack(MAGIC, state.newest_ts, state.events, n_buckets, len(state.distinct), len(fraud))
-    if not state.distinct and not fraud:  # most entities count nothing distinct and have no labels
-        return b"".join((header, *state.buckets))
-    rest = _words(DISTINCT_WORDS * len(state.distinct), len(fraud)).pack(*chain.from_iterable(state.distinct), *fraud)
-    return b"".join((header, *state.buckets, rest))
+    return b"".join((header, state.buckets, state.distinct, _floats(len(fraud)).pack(*fraud)))
 
 
 EMPTY_STATE = pack_state(EntityState())

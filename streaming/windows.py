@@ -8,11 +8,11 @@ functions. Parity between online and offline is therefore a property of the code
 parity tests check end to end.
 
 Why buckets rather than bytewax's sliding windows: those fall to ~3k events/s at 10k keys
-(STACK-NOTES), while a bucket update costs a few list operations per event at any cardinality.
+(STACK-NOTES), while a bucket update costs one compiled call per entity and event at any cardinality.
 
 The state is order-independent: applying the same set of events in any order gives the same
 state (bucket totals and maxima commute, rows stay sorted by bucket start, distinct values are a
-set, a label keeps its earliest known time, and expiry only
+sorted set, a label keeps its earliest known time, and expiry only
 ever drops what no window can reach from the newest event seen). That is what makes a replay
 after a restart converge to the same values.
 """
@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC
 from functools import lru_cache
+from itertools import chain
 
 import msgspec
+import numpy as np
 
 from schema import Channel, FeatureVector, Label, Transaction
 from streaming.features import (
@@ -60,39 +62,39 @@ def value_hash(value: str) -> int:
 
 
 # One bucket, as a row of the packed layout: (resolution_s, start, count, amount_minor, max_minor),
+# and one distinct value seen in a bucket: (resolution_s, field code, bucket start, value hash);
 # little-endian int64 words.
 ROW = struct.Struct("<5q")
-_START = struct.Struct("<8xq")  # the start of the row at an offset
-# The count, amount and max of the newest row, read and rewritten in place by the common update.
-_TOTALS = struct.Struct("<3q")
-_read_totals, _write_totals = _TOTALS.unpack_from, _TOTALS.pack_into
-# One distinct value seen in a bucket: (resolution_s, field code, bucket start, value hash).
-DistinctRow = tuple[int, int, int, int]
+DISTINCT_ROW = struct.Struct("<4q")
 
 
 class EntityState(msgspec.Struct, array_like=True, gc=False):
     """One entity's recent history, kept as the rows it is stored as (``streaming.packed``).
 
-    ``buckets``: one byte string of ``ROW``s per resolution of the entity's layout
-    (``EntityLayout.resolutions``, in that order), sorted by bucket start, so the newest bucket is
-    the last row. Updated in place: no Python object per bucket, and packing a state for Redis is a
-    copy, not a rebuild (``bucket_rows`` reads them as tuples).
-    ``distinct``: the distinct values (hashed) each bucket has seen, for the DISTINCT features,
-    sorted as the layout stores them.
+    ``buckets``: the ``ROW``s of every bucket size of the entity's layout, sorted by (resolution,
+    start), so each size's newest bucket is its last row. ``distinct``: the ``DISTINCT_ROW``s, the
+    distinct values (hashed) each bucket has seen, for the DISTINCT features, sorted. Both are
+    updated in place by one compiled call per payment (``streaming.state_kernel``): no Python
+    object per row, and packing a state for Redis is a copy, not a rebuild.
     ``fraud_known``: transaction id -> when it first became known as fraud (label-rate features).
     """
 
-    buckets: list[bytearray] = msgspec.field(default_factory=list)
-    distinct: list[DistinctRow] = msgspec.field(default_factory=list)
+    buckets: bytearray = msgspec.field(default_factory=bytearray)
+    distinct: bytearray = msgspec.field(default_factory=bytearray)
     newest_ts: float = 0.0  # newest transaction event time applied
     events: int = 0
     fraud_known: dict[str, float] = msgspec.field(default_factory=dict)
     labels_newest_ts: float = 0.0  # newest label known_at applied
 
 
-def bucket_rows(rows: bytearray) -> Iterator[tuple[int, int, int, int, int]]:
-    """The rows of one resolution: (resolution_s, start, count, amount_minor, max_minor)."""
-    return ROW.iter_unpack(rows)
+def bucket_rows(state: EntityState) -> Iterator[tuple[int, int, int, int, int]]:
+    """The state's bucket rows: (resolution_s, start, count, amount_minor, max_minor)."""
+    return ROW.iter_unpack(state.buckets)
+
+
+def distinct_rows(state: EntityState) -> Iterator[tuple[int, int, int, int]]:
+    """The state's distinct rows: (resolution_s, field code, bucket start, value hash)."""
+    return DISTINCT_ROW.iter_unpack(state.distinct)
 
 
 @dataclass(frozen=True)
@@ -117,8 +119,14 @@ class EntityLayout:
     # (resolution, retention = longest window at it, fields kept distinct) for each bucket size
     resolutions: tuple[tuple[int, int, tuple[str, ...]], ...]
     label_retention_s: int  # longest label window; 0 when the entity has no label features
-    # ``resolutions`` as ``apply_transaction`` walks them: each distinct field with its code
-    updates: tuple[tuple[int, int, tuple[tuple[str, int], ...]], ...]
+    # ``resolutions`` as the compiled update reads them (``streaming.state_kernel``): per bucket
+    # size its resolution, retention, and first and number of distinct fields in ``distinct_fields``
+    plan: np.ndarray = dataclass_field(compare=False)
+    distinct_fields: tuple[tuple[str, int], ...]  # (field, code), in ``plan`` order
+    # The most rows one payment adds (one per bucket size; one per distinct field), as zero bytes
+    spare_buckets: bytes
+    spare_distinct: bytes
+    fields_struct: struct.Struct = dataclass_field(compare=False)  # the payment's (code, hash) pairs
 
     def key_of(self, txn: Transaction) -> str:
         return getattr(txn, self.key_field)
@@ -153,6 +161,7 @@ def _layout(entity: str) -> EntityLayout:
     for plan in plans:
         distinct.setdefault(plan.resolution_s, set()).update(plan.distinct_fields)
     resolutions = tuple((r, keep, tuple(sorted(distinct[r]))) for r, keep in sorted(retention.items()))
+    distinct_fields = tuple((f, FIELD_CODE[f]) for _, _, fields in resolutions for f in fields)
     return EntityLayout(
         entity=entity,
         key_field=ENTITY_KEY_FIELD[entity],
@@ -160,8 +169,20 @@ def _layout(entity: str) -> EntityLayout:
         recency_features=tuple(f for f in RECENCY_FEATURES if f.entity == entity),
         resolutions=resolutions,
         label_retention_s=max((f.window.length_s for f in label_features), default=0),
-        updates=tuple((r, keep, tuple((f, FIELD_CODE[f]) for f in fields)) for r, keep, fields in resolutions),
+        plan=_update_plan(resolutions),
+        distinct_fields=distinct_fields,
+        spare_buckets=bytes(ROW.size * len(resolutions)),
+        spare_distinct=bytes(DISTINCT_ROW.size * len(distinct_fields)),
+        fields_struct=struct.Struct(f"<{2 * len(distinct_fields)}q"),
     )
+
+
+def _update_plan(resolutions: tuple[tuple[int, int, tuple[str, ...]], ...]) -> np.ndarray:
+    plan, first = [], 0
+    for resolution, retention, fields in resolutions:
+        plan.append((resolution, retention, first, len(fields)))
+        first += len(fields)
+    return np.array(plan, dtype=np.int64).reshape(-1, 4)
 
 
 LAYOUTS: dict[str, EntityLayout] = {entity: _layout(entity) for entity in ENTITY_KEY_FIELD}
@@ -173,63 +194,40 @@ def entity_keys(transactions: Iterable[Transaction]) -> set[tuple[str, str]]:
 
 
 def apply_transaction(state: EntityState, layout: EntityLayout, txn: Transaction) -> None:
-    """Add one transaction to an entity's buckets and drop buckets no window can reach any more."""
+    """Add one transaction to an entity's buckets and drop buckets no window can reach any more.
+
+    Per bucket size: the payment's bucket is the newest (add to it), newer (a new row, and rows
+    older than the retention go, with the distinct values they saw), an older one still within
+    the retention (add to it or open it where it sorts), or older than that (ignored). Expiry is
+    relative to the newest event, never to the wall clock, so a replay reproduces the state exactly.
+    """
     ts = txn.event_ts
-    amount = txn.amount_minor
     # Bucket starts are whole seconds: int() floors a positive time, as floor division would.
     second, previous = int(ts), int(state.newest_ts)
     if ts > state.newest_ts:
         state.newest_ts = ts
     state.events += 1
-    if not state.buckets:
-        state.buckets = [bytearray() for _ in layout.resolutions]
-    for rows, (resolution, retention, distinct_fields) in zip(state.buckets, layout.updates, strict=True):
-        start = second // resolution * resolution
-        newest = previous // resolution * resolution  # the last row's start (0: no rows yet)
-        if start == newest:  # the newest bucket: the common case
-            at = len(rows) - _TOTALS.size
-            count, amount_sum, largest = _read_totals(rows, at)
-            _write_totals(rows, at, count + 1, amount_sum + amount, amount if amount > largest else largest)
-        elif start > newest:
-            # A new newest bucket. Expire relative to the newest event, never to wall-clock time:
-            # the state must depend on the events alone so that a replay reproduces it exactly.
-            rows += ROW.pack(resolution, start, 1, amount, amount)
-            if _START.unpack_from(rows)[0] <= start - retention:
-                _expire(state, rows, resolution, start - retention, bool(distinct_fields))
-        elif start > newest - retention:  # behind the newest, within the allowed lateness
-            _add_to_older_bucket(rows, resolution, start, amount)
-        else:
-            continue  # older than any window can reach from the newest event
-        if distinct_fields:
-            for field, code in distinct_fields:
-                _add_distinct(state.distinct, (resolution, code, start, value_hash(getattr(txn, field))))
+    buckets, distinct = state.buckets, state.distinct
+    buckets += layout.spare_buckets  # room for the rows this payment can add
+    fields = b""
+    if layout.distinct_fields:
+        fields = layout.fields_struct.pack(
+            *chain.from_iterable((code, value_hash(getattr(txn, f))) for f, code in layout.distinct_fields)
+        )
+        distinct += layout.spare_distinct
+    in_use = _update_rows(buckets, distinct, second, previous, txn.amount_minor, layout.plan, fields)
+    del buckets[in_use[0] * 8 :]  # the spare rows it did not use
+    del distinct[in_use[1] * 8 :]
 
 
-def _add_distinct(rows: list[DistinctRow], row: DistinctRow) -> None:
-    """Insert ``row`` where it sorts, once: the state stays ready to pack without a sort."""
-    at = bisect_left(rows, row)
-    if at == len(rows) or rows[at] != row:
-        rows.insert(at, row)
+def _update_rows(*args: object) -> tuple[int, int]:
+    """``streaming.state_kernel.update_rows``, which replaces this on the first call: numba loads
+    on the first update, not when the scorer or the CLI imports this module."""
+    global _update_rows
+    from streaming.state_kernel import update_rows
 
-
-def _add_to_older_bucket(rows: bytearray, resolution: int, start: int, amount: int) -> None:
-    at = 0
-    for _, bucket_start, count, amount_sum, largest in bucket_rows(rows):
-        if bucket_start == start:
-            ROW.pack_into(rows, at, resolution, start, count + 1, amount_sum + amount, max(amount, largest))
-            return
-        if bucket_start > start:
-            break
-        at += ROW.size
-    rows[at:at] = ROW.pack(resolution, start, 1, amount, amount)
-
-
-def _expire(state: EntityState, rows: bytearray, resolution: int, horizon: int, has_distinct: bool) -> None:
-    """Drop the buckets starting at or before ``horizon``, and the distinct values they saw."""
-    expired = sum(1 for _, start, _, _, _ in bucket_rows(rows) if start <= horizon)  # rows are sorted
-    del rows[: expired * ROW.size]
-    if has_distinct:
-        state.distinct = [d for d in state.distinct if d[0] != resolution or d[2] > horizon]
+    _update_rows = update_rows
+    return update_rows(*args)
 
 
 def apply_label(state: EntityState, layout: EntityLayout, label: Label) -> None:
@@ -260,13 +258,13 @@ def entity_features(state: EntityState | None, layout: EntityLayout, txn: Transa
         oldest_excluded = newest_start - plan.length_s
         count, amount, largest = 1, txn.amount_minor, txn.amount_minor
         distinct = {f: {value_hash(getattr(txn, f))} for f in plan.distinct_fields}
-        for _, start, n, amount_sum, bucket_max in bucket_rows(_rows_at(state, layout, resolution)):
-            if oldest_excluded < start <= newest_start:
+        for r, start, n, amount_sum, bucket_max in bucket_rows(state) if state is not None else ():
+            if r == resolution and oldest_excluded < start <= newest_start:
                 count += n
                 amount += amount_sum
                 largest = max(largest, bucket_max)
         if plan.distinct_fields and state is not None:
-            for r, code, start, value in state.distinct:
+            for r, code, start, value in distinct_rows(state):
                 if r == resolution and oldest_excluded < start <= newest_start:
                     distinct[DISTINCT_FIELDS[code]].add(value)
         for name, aggregation, field in plan.features:
@@ -289,12 +287,6 @@ def entity_features(state: EntityState | None, layout: EntityLayout, txn: Transa
         has_history = state is not None and state.events > 0
         values[f.name] = min(max(ts - state.newest_ts, 0.0), f.cap_s) if has_history else f.cap_s
     return values
-
-
-def _rows_at(state: EntityState | None, layout: EntityLayout, resolution: int) -> bytearray:
-    if state is None or not state.buckets:
-        return bytearray()
-    return next(rows for rows, (r, _, _) in zip(state.buckets, layout.resolutions, strict=True) if r == resolution)
 
 
 _CATEGORY_CODE = {name: float(i) for i, name in enumerate(MERCHANT_CATEGORIES)}

@@ -1,6 +1,7 @@
 """The recovery store is resumed only by the stream it was made for, and, with one directory per
 process, only as the complete set of partitions bytewax needs."""
 
+import json
 import shutil
 import sqlite3
 from dataclasses import replace
@@ -8,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from fraud.config import Settings
+from streaming import dataflow
 from streaming.dataflow import Cluster, Recovery, RecoveryStoreError, StreamConfig, prepare_recovery
 from streaming.recovery_registry import MemoryPartitionRegistry, RedisPartitionRegistry
 
@@ -32,6 +34,29 @@ def test_another_broker_or_shard_count_starts_afresh(tmp_path):
     assert not marker.exists()
     assert prepare_recovery(recovery, replace(CONFIG, kafka_bootstrap="127.0.0.1:9999")) is True
     assert prepare_recovery(recovery, replace(CONFIG, kafka_bootstrap="127.0.0.1:9999", shards=32)) is False
+
+
+@pytest.mark.parametrize("layout", ["shared", "per-process"])
+def test_snapshots_in_another_encoding_start_afresh(tmp_path, monkeypatch, layout):
+    recovery = Recovery(tmp_path / "rec", layout=layout)
+    registry = MemoryPartitionRegistry() if layout == "per-process" else None
+    with monkeypatch.context() as older:
+        older.setattr(dataflow, "SNAPSHOT_FORMAT", dataflow.SNAPSHOT_FORMAT - 1)
+        prepare_recovery(recovery, CONFIG, registry=registry)
+        assert prepare_recovery(recovery, CONFIG, registry=registry) is True
+    assert prepare_recovery(recovery, CONFIG, registry=registry) is False  # made afresh, not decoded
+    assert prepare_recovery(recovery, CONFIG, registry=registry) is True
+
+
+def test_a_store_from_before_the_encoding_was_recorded_starts_afresh(tmp_path):
+    recovery = Recovery(tmp_path / "rec")
+    prepare_recovery(recovery, CONFIG)
+    marker = recovery.directory / "stream.json"
+    written = json.loads(marker.read_text())
+    del written["snapshot_format"]
+    marker.write_text(json.dumps(written))
+    assert prepare_recovery(recovery, CONFIG) is False
+    assert json.loads(marker.read_text())["snapshot_format"] == dataflow.SNAPSHOT_FORMAT
 
 
 # -- one recovery directory per process (Kubernetes: a volume per pod) ------------------------------

@@ -77,6 +77,10 @@ def cluster_startup(url: str) -> tuple[str, list[tuple[str, int]]] | None:
     return first, parsed
 
 
+def _packed(state: EntityState | bytes) -> bytes:
+    return state if isinstance(state, bytes) else pack_state(state)
+
+
 # Keys per script call: each call runs atomically in Redis, so it is kept short (~1 ms) for readers.
 WRITE_CHUNK = 500
 
@@ -191,7 +195,7 @@ class OnlineFeatureStore:
 
     def write_states(
         self,
-        states: Iterable[tuple[str, str, EntityState]],
+        states: Iterable[tuple[str, str, EntityState | bytes]],
         newest_ts: float | None,
         transactions: int = 0,
         labels: int = 0,
@@ -199,7 +203,8 @@ class OnlineFeatureStore:
         """Write whole entity states in one pipeline, advance the watermark, count progress.
 
         Args:
-            states: (entity, entity id, state); a later item for a key wins.
+            states: (entity, entity id, state or its ``pack_state`` bytes); a later item for a key
+                wins. The stream packs on its own thread and writes on another (the state changes).
             newest_ts: newest transaction event time among the events these states include.
             transactions, labels: how many of each the batch applied (progress counters that
                 operators and the paced gateway read; not used by any feature).
@@ -213,7 +218,7 @@ class OnlineFeatureStore:
         for entity, entity_id, state in states:
             n += 1
             keys.append(self.key(entity, entity_id))
-            values += (pack_state(state), STATE_TTL_S[entity])
+            values += (_packed(state), STATE_TTL_S[entity])
             if len(keys) == WRITE_CHUNK:
                 chunks.append((keys, values))
                 keys, values = [], []
@@ -258,10 +263,14 @@ class OnlineFeatureStore:
             wire.pipeline([c for c in commands if c[0] == "EVALSHA"])
 
     def _write_states_cluster(
-        self, states: Iterable[tuple[str, str, EntityState]], newest_ts: float | None, transactions: int, labels: int
+        self,
+        states: Iterable[tuple[str, str, EntityState | bytes]],
+        newest_ts: float | None,
+        transactions: int,
+        labels: int,
     ) -> int:
         writes = {
-            self.key(entity, entity_id): (pack_state(state), STATE_TTL_S[entity]) for entity, entity_id, state in states
+            self.key(entity, entity_id): (_packed(state), STATE_TTL_S[entity]) for entity, entity_id, state in states
         }
         try:
             for node, slots in self._by_node(list(writes)):

@@ -1,0 +1,93 @@
+"""The stream's sink writes behind the flow: in order, waited for on flush and close, failures
+raised in the flow's thread, and a resumed shard writes all its states again."""
+
+import threading
+import time
+
+import pytest
+import redis
+
+from streaming.dataflow import RedisStateSink, ShardUpdate, StoreResync, _BackgroundWrites, _EntityLogic
+from streaming.metrics import StreamMetrics
+from streaming.online import OnlineFeatureStore
+from streaming.packed import pack_state
+from streaming.shards import EntityShard, entity_events
+from tests.factories import txn
+
+
+def shard_after(*payments):
+    shard = EntityShard()
+    for t in payments:
+        shard.apply(entity_events(t), now=0.0)
+    return shard
+
+
+def test_batches_reach_redis_in_order_and_flush_waits_for_them(redis_url):
+    prefix = f"sink{time.time_ns()}"
+    metrics = StreamMetrics()
+    sink = RedisStateSink(redis_url, prefix, metrics, StoreResync()).build("online_store", 0, 1)
+    first, second = txn(1), txn(2, minutes=1, amount_minor=9_999)
+    shard = shard_after(first)
+    earlier = {key: pack_state(state) for key, state in shard.states.items()}
+    sink.write_batch([("s0", ShardUpdate(dict(shard.states), [first.event_ts], 0))])
+    shard.apply(entity_events(second), now=0.0)  # the flow goes on while the first batch is sent
+    sink.write_batch([("s0", ShardUpdate(dict(shard.states), [second.event_ts], 0))])
+    sink.flush()
+    store = OnlineFeatureStore(redis.Redis.from_url(redis_url), prefix)
+    card = store.client.get(store.key("card", first.card_id))
+    assert card == pack_state(shard.states[f"card:{first.card_id}"]) != earlier[f"card:{first.card_id}"]
+    assert store.counts()["events"] == 2 and store.watermark() == second.event_ts
+    sink.close()
+
+
+def test_a_batch_packed_before_the_flow_changes_its_states_is_written_as_it_was(redis_url):
+    prefix = f"sink{time.time_ns()}"
+    sink = RedisStateSink(redis_url, prefix, StreamMetrics(), StoreResync()).build("online_store", 0, 1)
+    shard = shard_after(txn(1))
+    handed_over = pack_state(shard.states["card:card-000001"])
+    sink.write_batch([("s0", ShardUpdate(dict(shard.states), [txn(1).event_ts], 0))])
+    shard.apply(entity_events(txn(2, minutes=1)), now=0.0)  # changed, but not handed to the sink
+    sink.flush()
+    store = OnlineFeatureStore(redis.Redis.from_url(redis_url), prefix)
+    assert store.client.get(store.key("card", "card-000001")) == handed_over
+    sink.close()
+
+
+def test_a_failed_batch_is_raised_in_the_flow_and_nothing_after_it_is_sent():
+    sent, failed = [], threading.Event()
+
+    def send(batch):
+        if batch == "bad":
+            failed.set()
+            raise ValueError("a bug in the write")
+        sent.append(batch)
+
+    writes = _BackgroundWrites(send, in_flight=2)
+    writes.submit("one")
+    writes.submit("bad")
+    assert failed.wait(5)
+    with pytest.raises(RuntimeError, match="writing entity states to Redis failed") as raised:
+        writes.submit("after")
+    assert isinstance(raised.value.__cause__, ValueError)
+    with pytest.raises(RuntimeError):
+        writes.close()
+    assert sent == ["one"]
+
+
+def test_a_resumed_shard_writes_every_state_again_on_its_first_batch():
+    shard = shard_after(txn(1), txn(2, card="card-2", device="d2"))
+    resync = StoreResync()
+    resumed = _EntityLogic(shard.encode(), resync)
+    [update], _ = resumed.on_batch([[]])
+    assert set(update.states) == set(shard.states)  # all of them, though nothing new arrived
+    [update], _ = resumed.on_batch([list(entity_events(txn(3, minutes=1)))])
+    assert set(update.states) == {
+        "card:card-000001",
+        "customer:cust-000001",
+        "merchant:merch-0001",
+        "device:dev-0000001",
+    }
+
+    fresh = _EntityLogic(None, resync)
+    [update], _ = fresh.on_batch([list(entity_events(txn(4)))])
+    assert len(update.states) == 4

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated
 
 import msgspec
@@ -72,7 +73,8 @@ class Channel(StrEnum):
     ECOMMERCE = "ecommerce"
 
 
-class Transaction(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+# dict=True: room for the cached ``event_ts`` (not a field, so never encoded or compared).
+class Transaction(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False, dict=True):
     """One card payment authorisation request, as the gateway sends it."""
 
     transaction_id: NonEmptyStr
@@ -88,9 +90,10 @@ class Transaction(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     device_id: NonEmptyStr
     channel: Channel = Channel.ECOMMERCE
 
-    @property
+    @cached_property
     def event_ts(self) -> float:
-        """Event time as Unix seconds: the clock every window runs on."""
+        """Event time as Unix seconds: the clock every window runs on. Cached: the stream reads it
+        for each of a payment's four entities and more (0.6 µs per read)."""
         return self.event_time.timestamp()
 
     @property

@@ -26,19 +26,20 @@ RESOLUTION, RETENTION, FIRST_FIELD, FIELDS = range(4)
 
 
 @njit(cache=True, nogil=True)
-def update_rows(buckets, distinct, second, previous, amount, plan, fields):  # pragma: no cover - compiled
+def update_rows(buckets, distinct, second, previous, amount, plan, codes, hashes):  # pragma: no cover - compiled
     """Add one payment to an entity's rows; returns the words in use of (buckets, distinct).
 
     buckets, distinct: the state's rows, followed by the spare rows the caller appended.
     second, previous: the payment's event time and the entity's newest before it, whole seconds.
     plan: (bucket sizes, 4) int64: resolution, retention, first and number of distinct fields.
-    fields: (code, value hash) int64 pairs of the payment's distinct-counted fields, as bytes.
+    codes: int64, the code of each distinct field the plan names.
+    hashes: the payment's value hash of each of those fields, int64 as bytes.
     """
     b = np.frombuffer(buckets, dtype=np.int64)
     d = np.frombuffer(distinct, dtype=np.int64)
-    f = np.frombuffer(fields, dtype=np.int64)
+    h = np.frombuffer(hashes, dtype=np.int64)
     used_b = len(b) - BUCKET * plan.shape[0]
-    used_d = len(d) - DISTINCT * (len(f) // 2)
+    used_d = len(d) - DISTINCT * len(h)
     lo = 0  # the first word of this resolution's rows
     for i in range(plan.shape[0]):
         resolution, retention = plan[i, RESOLUTION], plan[i, RETENTION]
@@ -76,7 +77,7 @@ def update_rows(buckets, distinct, second, previous, amount, plan, fields):  # p
             continue
         first = plan[i, FIRST_FIELD]
         for j in range(first, first + plan[i, FIELDS]):
-            used_d = _add_distinct(d, used_d, resolution, f[2 * j], start, f[2 * j + 1])
+            used_d = _add_distinct(d, used_d, resolution, codes[j], start, h[j])
         lo = hi
     return used_b, used_d
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import UTC
-from functools import lru_cache
-from itertools import chain
+from functools import cached_property, lru_cache
+from operator import attrgetter
 
 import msgspec
 import numpy as np
@@ -122,11 +122,23 @@ class EntityLayout:
     # ``resolutions`` as the compiled update reads them (``streaming.state_kernel``): per bucket
     # size its resolution, retention, and first and number of distinct fields in ``distinct_fields``
     plan: np.ndarray = dataclass_field(compare=False)
-    distinct_fields: tuple[tuple[str, int], ...]  # (field, code), in ``plan`` order
+    distinct_fields: tuple[str, ...]  # in ``plan`` order
+    distinct_codes: np.ndarray = dataclass_field(compare=False)  # their ``FIELD_CODE``s
     # The most rows one payment adds (one per bucket size; one per distinct field), as zero bytes
     spare_buckets: bytes
     spare_distinct: bytes
-    fields_struct: struct.Struct = dataclass_field(compare=False)  # the payment's (code, hash) pairs
+
+    @cached_property
+    def distinct_values(self) -> Callable[[Transaction], tuple[str, ...]]:
+        """A payment's values of ``distinct_fields``, as a tuple."""
+        if len(self.distinct_fields) == 1:
+            name = self.distinct_fields[0]
+            return lambda txn: (getattr(txn, name),)
+        return attrgetter(*self.distinct_fields)
+
+    @cached_property
+    def hashes_struct(self) -> struct.Struct:
+        return struct.Struct(f"<{len(self.distinct_fields)}q")
 
     def key_of(self, txn: Transaction) -> str:
         return getattr(txn, self.key_field)
@@ -161,7 +173,7 @@ def _layout(entity: str) -> EntityLayout:
     for plan in plans:
         distinct.setdefault(plan.resolution_s, set()).update(plan.distinct_fields)
     resolutions = tuple((r, keep, tuple(sorted(distinct[r]))) for r, keep in sorted(retention.items()))
-    distinct_fields = tuple((f, FIELD_CODE[f]) for _, _, fields in resolutions for f in fields)
+    distinct_fields = tuple(f for _, _, fields in resolutions for f in fields)
     return EntityLayout(
         entity=entity,
         key_field=ENTITY_KEY_FIELD[entity],
@@ -171,9 +183,9 @@ def _layout(entity: str) -> EntityLayout:
         label_retention_s=max((f.window.length_s for f in label_features), default=0),
         plan=_update_plan(resolutions),
         distinct_fields=distinct_fields,
+        distinct_codes=np.array([FIELD_CODE[f] for f in distinct_fields], dtype=np.int64),
         spare_buckets=bytes(ROW.size * len(resolutions)),
         spare_distinct=bytes(DISTINCT_ROW.size * len(distinct_fields)),
-        fields_struct=struct.Struct(f"<{2 * len(distinct_fields)}q"),
     )
 
 
@@ -209,13 +221,13 @@ def apply_transaction(state: EntityState, layout: EntityLayout, txn: Transaction
     state.events += 1
     buckets, distinct = state.buckets, state.distinct
     buckets += layout.spare_buckets  # room for the rows this payment can add
-    fields = b""
+    hashes = b""
     if layout.distinct_fields:
-        fields = layout.fields_struct.pack(
-            *chain.from_iterable((code, value_hash(getattr(txn, f))) for f, code in layout.distinct_fields)
-        )
+        hashes = layout.hashes_struct.pack(*map(value_hash, layout.distinct_values(txn)))
         distinct += layout.spare_distinct
-    in_use = _update_rows(buckets, distinct, second, previous, txn.amount_minor, layout.plan, fields)
+    in_use = _update_rows(
+        buckets, distinct, second, previous, txn.amount_minor, layout.plan, layout.distinct_codes, hashes
+    )
     del buckets[in_use[0] * 8 :]  # the spare rows it did not use
     del distinct[in_use[1] * 8 :]
 

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from streaming.windows import LAYOUTS, ROW, EntityState, apply_transaction, value_hash
+from streaming.windows import FIELD_CODE, LAYOUTS, ROW, EntityState, apply_transaction, value_hash
 from tests.factories import T0, txn
 
 DISTINCT_ROW = struct.Struct("<4q")
@@ -36,8 +36,7 @@ def reference_rows(events, layout) -> tuple[bytes, bytes]:
             count, amount, largest = rows.get(start, (0, 0, t.amount_minor))
             rows[start] = (count + 1, amount + t.amount_minor, max(largest, t.amount_minor))
             for name in fields:
-                code = layout.distinct_fields[[f for f, _ in layout.distinct_fields].index(name)][1]
-                distinct.add((resolution, code, start, value_hash(getattr(t, name))))
+                distinct.add((resolution, FIELD_CODE[name], start, value_hash(getattr(t, name))))
     packed_buckets = b"".join(
         ROW.pack(resolution, start, *totals)
         for resolution, rows in sorted(buckets.items())

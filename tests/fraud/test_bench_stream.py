@@ -59,12 +59,23 @@ def test_the_steps_only_bench_reports_cpu_per_payment_for_every_step(redis_url, 
     client = redis.Redis.from_url(redis_url)
     client.set("someone-elses-key", b"kept")
     keys_before = client.dbsize()
-    report_steps(events=3000, cards=400, merchants=40, rate=2000, time_scale=1.0, repeats=2, redis_url=redis_url)
+    report_steps(
+        events=3000,
+        cards=400,
+        merchants=40,
+        rate=2000,
+        time_scale=1.0,
+        repeats=2,
+        snapshot_every=1000,
+        redis_url=redis_url,
+    )
     out = capsys.readouterr().out
     assert "machine:" in out and "3,000 payments, 400 cards, 40 merchants" in out
     for stage in (*STAGES, "total"):
         found = re.search(rf"^  {stage}\s+([\d.]+)", out, re.M)
         assert found and float(found.group(1)) > 0, stage
+    snapshot = re.search(r"the last snapshot: ([\d,]+) entities, ([\d.]+) MB", out)
+    assert snapshot and int(snapshot.group(1).replace(",", "")) > 400 and float(snapshot.group(2)) > 0
     # its own keys are deleted afterwards, and nothing else (REDIS_URL may hold other data)
     assert client.dbsize() == keys_before and client.get("someone-elses-key") == b"kept"
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from itertools import repeat
 from operator import attrgetter
 
@@ -49,7 +48,7 @@ import numpy as np
 from schema import Channel, Transaction
 from streaming.features import MERCHANT_CATEGORIES, MODEL_FEATURES, RATIO_FEATURES, Aggregation
 from streaming.packed import BUCKET_WORDS, DISTINCT_WORDS, FIELD_CODE, HEADER_WORDS, MAGIC, value_hash
-from streaming.windows import LAYOUTS
+from streaming.windows import LAYOUTS, WARM_UP_PAYMENT
 
 COLUMN: dict[str, int] = {name: i for i, name in enumerate(MODEL_FEATURES)}
 _CATEGORY_CODE = {name: float(i) for i, name in enumerate(MERCHANT_CATEGORIES)}
@@ -206,17 +205,4 @@ def _context_flags(transactions: Sequence[Transaction]) -> np.ndarray:
 
 def warm_up() -> None:
     """Compile (or load from the disk cache) the kernel now, so a server's first batch does not."""
-    payment = Transaction(
-        transaction_id="warm-up",
-        event_time=datetime.fromtimestamp(0, UTC),
-        card_id="c",
-        customer_id="u",
-        merchant_id="m",
-        merchant_category=MERCHANT_CATEGORIES[0],
-        amount_minor=1,
-        currency="EUR",
-        country="DE",
-        card_country="DE",
-        device_id="d",
-    )
-    batch_feature_matrix([payment], {})
+    batch_feature_matrix([WARM_UP_PAYMENT], {})

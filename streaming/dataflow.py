@@ -57,7 +57,7 @@ from streaming.online import STATE_TTL_S, STORE_ERRORS, OnlineFeatureStore, conn
 from streaming.packed import pack_state
 from streaming.recovery_registry import PartitionRegistry
 from streaming.shards import AdmissionShard, EntityEvent, EntityShard, entity_events, shard_of, state_key
-from streaming.windows import EntityState
+from streaming.windows import EntityState, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -674,6 +674,7 @@ def run_flow(flow: Dataflow, recovery: Recovery | None = None, cluster: Cluster 
     # never; bench-stream's RSS series would show a leak if that ever changed.
     gc.freeze()
     gc.set_threshold(100_000, 1_000_000, 1_000_000)
+    warm_up()
     cli_main(
         flow,
         workers_per_process=1,

@@ -18,7 +18,8 @@ bytewax's windowing operators, which are too slow at card cardinality.
 Exactly-once effect in Redis: with recovery on, bytewax snapshots the operator state and the Kafka
 offsets together; after a crash it resumes from the last snapshot and replays the events after it.
 The state is a deterministic function of the admitted events, and Redis holds whole states
-written with SET, so the replay rewrites the same values instead of adding to them.
+written with SET, so the replay rewrites the same values instead of adding to them. The sink writes
+behind the flow, so a resumed shard first rewrites all its states (``_EntityLogic``).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Kept apart so that importing ``streaming`` does not import numba: only a process that reads
 features (a scorer, the offline builder) loads it, on its first batch, and the review console and
 the CLI's other commands never pay for it (~0.35 s per process, plus the cache load). The stream's
-workers load numba for their own kernel (``streaming.state_kernel``), not this one. Everything the kernels need reaches them as array arguments (see ``batch_features``);
-the only globals are the running-total slots below, which are constants.
+workers load numba for their own kernel (``streaming.state_kernel``), not this one. Everything the
+kernels need reaches them as array arguments (see ``batch_features``); the only globals are the
+running-total slots below, which are constants.
 """
 
 from __future__ import annotations

@@ -32,31 +32,37 @@ class Admission(StrEnum):
 
 
 class CardAdmission(msgspec.Struct, array_like=True, gc=False):
-    """Per card: the newest admitted event time and the ids admitted within the allowed lateness."""
+    """Per card: the newest admitted event time and the ids admitted within the allowed lateness.
+
+    ``recent_ids`` is in arrival order, and expires from its front: constant work per payment. A
+    scan of every id on every payment (what a busy card needs when its oldest id expires with
+    each new one) was 5% of the worker after a few minutes at 10,000/s. An id that arrived late
+    within the lateness can outstay its horizon behind newer ones until it reaches the front, so
+    a hit is a duplicate only if its time is still within the horizon.
+    """
 
     newest_ts: float | None = None
     recent_ids: dict[str, float] = msgspec.field(default_factory=dict)
-    # At most the earliest time in ``recent_ids``: until the horizon passes it no id can expire, so
-    # a busy card's ids are not scanned on every payment (that scan made admission quadratic).
-    oldest_recent_ts: float = 0.0
 
 
 def admit(state: CardAdmission, txn: Transaction, allowed_lateness_s: float) -> Admission:
     """Decide on ``txn`` and, if admitted, remember it."""
-    if txn.transaction_id in state.recent_ids:
+    recent = state.recent_ids
+    seen = recent.get(txn.transaction_id)
+    horizon = state.newest_ts - allowed_lateness_s if state.newest_ts is not None else None
+    if seen is not None and horizon is not None and seen >= horizon:
         return Admission.DUPLICATE
     ts = txn.event_ts
-    if state.newest_ts is not None and ts < state.newest_ts - allowed_lateness_s:
+    if horizon is not None and ts < horizon:
         return Admission.LATE
-    state.recent_ids[txn.transaction_id] = ts
-    state.oldest_recent_ts = min(state.oldest_recent_ts, ts)
+    if seen is not None:  # an expired id not yet dropped: it goes to the back with its new time
+        del recent[txn.transaction_id]
+    recent[txn.transaction_id] = ts
     if state.newest_ts is None or ts > state.newest_ts:
         state.newest_ts = ts
         horizon = ts - allowed_lateness_s
-        if state.oldest_recent_ts < horizon:
-            for old in [i for i, at in state.recent_ids.items() if at < horizon]:
-                del state.recent_ids[old]
-            state.oldest_recent_ts = min(state.recent_ids.values())  # ``ts`` itself is always kept
+        while recent[first := next(iter(recent))] < horizon:  # stops at ``ts`` at the latest
+            del recent[first]
     return Admission.ADMITTED
 
 

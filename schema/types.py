@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from functools import cached_property
 from typing import Annotated
 
 import msgspec
@@ -73,8 +72,7 @@ class Channel(StrEnum):
     ECOMMERCE = "ecommerce"
 
 
-# dict=True: room for the cached ``event_ts`` (not a field, so never encoded or compared).
-class Transaction(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False, dict=True):
+class Transaction(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
     """One card payment authorisation request, as the gateway sends it."""
 
     transaction_id: NonEmptyStr
@@ -90,10 +88,9 @@ class Transaction(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     device_id: NonEmptyStr
     channel: Channel = Channel.ECOMMERCE
 
-    @cached_property
+    @property
     def event_ts(self) -> float:
-        """Event time as Unix seconds: the clock every window runs on. Cached: the stream reads it
-        for each of a payment's four entities and more (0.6 µs per read)."""
+        """Event time as Unix seconds: the clock every window runs on."""
         return self.event_time.timestamp()
 
     @property

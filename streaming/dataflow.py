@@ -176,9 +176,10 @@ class _Steps:
                 continue
             entities = label_entity_ids(label, None)
             self.metrics.labels.labels("applied" if entities else "unattributed").inc()
+            known = label.known_at.timestamp()
             for entity, entity_id in entities.items():
                 key = state_key(entity, entity_id)
-                groups.setdefault(shard_of(key, self.config.shards), []).append((key, entity, label))
+                groups.setdefault(shard_of(key, self.config.shards), []).append((key, entity, label, known))
         out.extend(groups.items())
         return out
 
@@ -283,7 +284,7 @@ class _EntityLogic(_ShardLogic):
             changed = dict(self.shard.states)
         # The states themselves go downstream, not copies: the sink encodes each key's newest state
         # once per batch, which is all Redis needs.
-        event_times = [e[2].event_ts for e in events if e[1] == "card" and isinstance(e[2], Transaction)]
+        event_times = [e[3] for e in events if e[1] == "card" and isinstance(e[2], Transaction)]
         labels = sum(1 for e in events if isinstance(e[2], Label))
         return [ShardUpdate(changed, event_times, labels)], StatefulBatchLogic.RETAIN
 

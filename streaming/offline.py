@@ -58,8 +58,9 @@ class OfflineFeatureBuilder:
         return batch_feature_matrix(transactions, packed, folds)
 
     def apply(self, txn: Transaction) -> None:
+        ts = txn.event_ts
         for entity, layout in LAYOUTS.items():
-            apply_transaction(self.states.setdefault((entity, layout.key_of(txn)), EntityState()), layout, txn)
+            apply_transaction(self.states.setdefault((entity, layout.key_of(txn)), EntityState()), layout, txn, ts)
 
     def apply_label(self, label: Label, transaction: Transaction | None = None) -> None:
         for entity, entity_id in label_entity_ids(label, transaction).items():

@@ -24,7 +24,10 @@ from schema import Label, Transaction
 from streaming.admission import Admission, CardAdmission, admit
 from streaming.windows import LAYOUTS, EntityState, apply_label, apply_transaction
 
-EntityEvent = tuple[str, str, Transaction | Label]  # (state key "entity:id", entity, event)
+# (state key "entity:id", entity, event, its time in Unix seconds: the event time of a transaction,
+# the known_at of a label). The time travels with the event so that it is computed once per
+# payment, not once per entity (``Transaction.event_ts`` costs ~0.6 µs).
+EntityEvent = tuple[str, str, Transaction | Label, float]
 S = TypeVar("S")
 
 
@@ -43,7 +46,8 @@ _KEY_FIELDS = tuple((entity, layout.key_field) for entity, layout in LAYOUTS.ite
 
 def entity_events(txn: Transaction) -> list[EntityEvent]:
     """The transaction as an event of each entity it touches, keyed once for routing and state."""
-    return [(state_key(entity, getattr(txn, field)), entity, txn) for entity, field in _KEY_FIELDS]
+    ts = txn.event_ts
+    return [(state_key(entity, getattr(txn, field)), entity, txn, ts) for entity, field in _KEY_FIELDS]
 
 
 class _Shard(Generic[S]):
@@ -101,12 +105,12 @@ class EntityShard(_Shard[EntityState]):
     def apply(self, events: Iterable[EntityEvent], now: float) -> dict[str, EntityState]:
         """Apply events in the given order; returns the states they changed, by key."""
         changed: dict[str, EntityState] = {}
-        for key, entity, event in events:
+        for key, entity, event, ts in events:
             state = self.entries.get(key)
             if state is None:
                 state = self.entries[key] = EntityState()
             if isinstance(event, Transaction):
-                apply_transaction(state, LAYOUTS[entity], event)
+                apply_transaction(state, LAYOUTS[entity], event, ts)
             else:
                 apply_label(state, LAYOUTS[entity], event)
             self.touched[key] = now

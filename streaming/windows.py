@@ -205,15 +205,18 @@ def entity_keys(transactions: Iterable[Transaction]) -> set[tuple[str, str]]:
     return {(entity, layout.key_of(t)) for t in transactions for entity, layout in LAYOUTS.items()}
 
 
-def apply_transaction(state: EntityState, layout: EntityLayout, txn: Transaction) -> None:
+def apply_transaction(state: EntityState, layout: EntityLayout, txn: Transaction, ts: float | None = None) -> None:
     """Add one transaction to an entity's buckets and drop buckets no window can reach any more.
+
+    ``ts``: ``txn.event_ts``, when the caller has it already (a payment updates four entities).
 
     Per bucket size: the payment's bucket is the newest (add to it), newer (a new row, and rows
     older than the retention go, with the distinct values they saw), an older one still within
     the retention (add to it or open it where it sorts), or older than that (ignored). Expiry is
     relative to the newest event, never to the wall clock, so a replay reproduces the state exactly.
     """
-    ts = txn.event_ts
+    if ts is None:
+        ts = txn.event_ts
     # Bucket starts are whole seconds: int() floors a positive time, as floor division would.
     second, previous = int(ts), int(state.newest_ts)
     if ts > state.newest_ts:

@@ -34,9 +34,9 @@ class Admission(StrEnum):
 class CardAdmission(msgspec.Struct, array_like=True, gc=False):
     """Per card: the newest admitted event time and the ids admitted within the allowed lateness.
 
-    ``recent_ids`` is in arrival order, and expires from its front: constant work per payment. A
-    scan of every id on every payment (what a busy card needs when its oldest id expires with
-    each new one) was 5% of the worker after a few minutes at 10,000/s. An id that arrived late
+    ``recent_ids`` is in arrival order, and expires from its front: constant work per payment,
+    amortised. A scan of every id on every payment (what a busy card needs when its oldest id
+    expires with each new one) was 5% of the worker after a few minutes at 10,000/s. An id that arrived late
     within the lateness can outstay its horizon behind newer ones until it reaches the front, so
     a hit is a duplicate only if its time is still within the horizon.
     """

@@ -519,8 +519,8 @@ _INPUTS = ("kafka_bootstrap", "transactions_topic", "labels_topic", "shards")
 # The encoding of the shards' snapshots (``streaming.shards``): a store written in another cannot
 # be decoded, so it is made afresh like one of other inputs. Raise it when ``EntityState`` or
 # ``CardAdmission`` changes shape. 2: bucket and distinct rows as one byte string each; 3: admission
-# without ``oldest_recent_ts``.
-SNAPSHOT_FORMAT = 3
+# without ``oldest_recent_ts``; 4: zstd-compressed.
+SNAPSHOT_FORMAT = 4
 
 
 def _start_over(also: str = "") -> str:

@@ -70,6 +70,9 @@ class Sample:
     worker_rss_mb: list[float]
     worker_cpu_pct: list[float]
     broker_cpu_pct: float | None = None  # the embedded broker shares these cores; None when external
+    # The longest gap between two batches leaving the flow in the interval, to the bucket bound
+    # (streaming.metrics): under load, how long the flow stood still, e.g. for a recovery snapshot.
+    longest_batch_interval_s: float | None = None
 
 
 @dataclass
@@ -183,7 +186,9 @@ def _generate(bootstrap: str, topic: str, config: BenchConfig, produced: mp.Valu
 
 # --- measurements ------------------------------------------------------------------------------
 
-_BUCKET = re.compile(r'^fraud_feature_freshness_seconds_bucket\{le="([^"]+)"\} (\S+)$', re.M)
+_BUCKET = re.compile(r'^(fraud_\w+)_bucket\{le="([^"]+)"\} (\S+)$', re.M)
+FRESHNESS = "fraud_feature_freshness_seconds"
+BATCH_INTERVAL = "fraud_stream_batch_interval_seconds"
 
 
 def _until_next_sample(interval_s: float, drained: Callable[[], bool]) -> None:
@@ -200,15 +205,28 @@ def _drained(store: OnlineFeatureStore, produced: int) -> bool:
     return store.counts().get("events", 0) >= produced
 
 
-def _freshness_buckets(ports: list[int]) -> dict[float, float]:
-    """Cumulative freshness histogram summed over the stream processes: upper bound -> count."""
-    total: dict[float, float] = {}
+Histograms = dict[str, dict[float, float]]
+
+
+def _histograms(ports: list[int]) -> Histograms:
+    """The stream's freshness and batch-interval histograms, each summed over the stream
+    processes: name -> cumulative {upper bound: count}."""
+    total: Histograms = {FRESHNESS: {}, BATCH_INTERVAL: {}}
     for port in ports:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        for le, count in _BUCKET.findall(text):
-            bound = float("inf") if le == "+Inf" else float(le)
-            total[bound] = total.get(bound, 0.0) + float(count)
+        for name, le, count in _BUCKET.findall(text):
+            if name in total:
+                bound = float("inf") if le == "+Inf" else float(le)
+                total[name][bound] = total[name].get(bound, 0.0) + float(count)
     return total
+
+
+def longest_observed(cumulative: dict[float, float]) -> float | None:
+    """The upper bound of the bucket holding a histogram's largest observation (inf past the last)."""
+    bounds = sorted(cumulative)
+    if not bounds or cumulative[bounds[-1]] <= 0:
+        return None
+    return next(b for b in bounds if cumulative[b] >= cumulative[bounds[-1]])
 
 
 def histogram_quantile(q: float, cumulative: dict[float, float]) -> float | None:
@@ -229,8 +247,8 @@ def histogram_quantile(q: float, cumulative: dict[float, float]) -> float | None
     return lower_bound
 
 
-def _delta(now: dict[float, float], before: dict[float, float]) -> dict[float, float]:
-    return {b: c - before.get(b, 0.0) for b, c in now.items()}
+def _delta(now: Histograms, before: Histograms) -> Histograms:
+    return {name: {b: c - before.get(name, {}).get(b, 0.0) for b, c in h.items()} for name, h in now.items()}
 
 
 def _proc_stats(pid: int) -> tuple[float, float]:
@@ -349,7 +367,7 @@ def run_bench(
 
         def serving() -> bool:
             try:
-                _freshness_buckets(ports)
+                _histograms(ports)
                 return True
             except OSError:
                 return False
@@ -360,9 +378,9 @@ def run_bench(
             time.sleep(2.0)  # let the Kafka sources get their partitions
             started = time.monotonic()
             generator.start()
-        previous = (started, 0, _freshness_buckets(ports), [_proc_stats(p.proc.pid)[1] for p in procs])
+        previous = (started, 0, _histograms(ports), [_proc_stats(p.proc.pid)[1] for p in procs])
         broker_cpu = _proc_stats(broker_pid)[1] if broker_pid else 0.0
-        steady_from: tuple[float, int, dict[float, float]] | None = (
+        steady_from: tuple[float, int, Histograms] | None = (
             (started, 0, previous[2]) if config.warmup_s <= 0 else None
         )
         while True:
@@ -370,7 +388,7 @@ def run_bench(
             alive()
             now = time.monotonic()
             applied = store.counts().get("events", 0)
-            buckets = _freshness_buckets(ports)
+            buckets = _histograms(ports)
             stats = [_proc_stats(p.proc.pid) for p in procs]
             interval = _delta(buckets, previous[2])
             sample = Sample(
@@ -378,8 +396,9 @@ def run_bench(
                 produced=int(produced.value),
                 applied=applied,
                 applied_per_s=round((applied - previous[1]) / (now - previous[0]), 1),
-                freshness_p50_s=_round(histogram_quantile(0.5, interval)) if _timely(config) else None,
-                freshness_p99_s=_round(histogram_quantile(0.99, interval)) if _timely(config) else None,
+                freshness_p50_s=_round(histogram_quantile(0.5, interval[FRESHNESS])) if _timely(config) else None,
+                freshness_p99_s=_round(histogram_quantile(0.99, interval[FRESHNESS])) if _timely(config) else None,
+                longest_batch_interval_s=longest_observed(interval[BATCH_INTERVAL]),
                 redis_used_mb=round(store.memory_used_bytes() / 2**20, 1),
                 worker_rss_mb=[round(rss, 1) for rss, _ in stats],
                 worker_cpu_pct=[
@@ -417,9 +436,11 @@ def run_bench(
             float(np.mean([s.applied_per_s for s in producing if s.elapsed_s >= config.warmup_s] or [0.0])), 1
         ),
         "freshness_s": {
-            q: _round(histogram_quantile(v, steady_hist)) if _timely(config) else None
+            q: _round(histogram_quantile(v, steady_hist[FRESHNESS])) if _timely(config) else None
             for q, v in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999))
         },
+        # The flow's longest standstill (to the histogram's bucket bound), e.g. a recovery snapshot.
+        "longest_batch_interval_s": longest_observed(steady_hist[BATCH_INTERVAL]),
         "redis_used_mb_last": result.samples[-1].redis_used_mb,
         "worker_rss_mb_last": result.samples[-1].worker_rss_mb,
         "broker_cpu_pct_mean": (

@@ -1261,6 +1261,7 @@ def bench_stream(
         console.print(f"broker {services.kafka_bootstrap}, redis {services.redis_url}")
         table_header = (
             "elapsed  produced   applied  applied/s  fresh p50  fresh p99  redis MB  worker RSS MB  CPU %  broker CPU %"
+            "  longest pause"
         )
         console.print(table_header, soft_wrap=True)
 
@@ -1269,7 +1270,8 @@ def bench_stream(
                 f"{s.elapsed_s:>6.0f}s {s.produced:>9,} {s.applied:>9,} {s.applied_per_s:>10,.0f} "
                 f"{_fmt_s(s.freshness_p50_s):>10} {_fmt_s(s.freshness_p99_s):>10} {s.redis_used_mb:>9.1f} "
                 f"{'/'.join(f'{r:.0f}' for r in s.worker_rss_mb):>14} "
-                f"{'/'.join(f'{c:.0f}' for c in s.worker_cpu_pct):>6} {_fmt_pct(s.broker_cpu_pct):>12}",
+                f"{'/'.join(f'{c:.0f}' for c in s.worker_cpu_pct):>6} {_fmt_pct(s.broker_cpu_pct):>12} "
+                f"{_fmt_pause(s.longest_batch_interval_s):>14}",
                 soft_wrap=True,  # one line per sample, whatever the terminal width
             )
 
@@ -1278,6 +1280,15 @@ def bench_stream(
     console.print(f"machine: {result.machine}")
     console.print(json.dumps(result.summary, indent=2))
     console.print(f"written to {path}")
+
+
+def _fmt_pause(bound: float | None) -> str:
+    """A histogram bucket's upper bound, as 'at most' (the last bucket has none)."""
+    from streaming.metrics import BATCH_INTERVAL_BUCKETS
+
+    if bound is None:
+        return "-"
+    return f"> {BATCH_INTERVAL_BUCKETS[-1]:.0f} s" if bound == float("inf") else f"<= {bound * 1000:.0f} ms"
 
 
 def _fmt_pct(value: float | None) -> str:

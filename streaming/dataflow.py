@@ -327,8 +327,13 @@ class _RedisStatePartition(StatelessSinkPartition[tuple[str, ShardUpdate]]):
         self._run_id: frozenset[str] | None = None
         self._next_check = 0.0
         self._writes = _BackgroundWrites(self._send, WRITES_IN_FLIGHT)
+        self._last_batch_at: float | None = None
 
     def write_batch(self, items: list[tuple[str, ShardUpdate]]) -> None:
+        now = time.monotonic()
+        if self._last_batch_at is not None:
+            self.metrics.batch_intervals.observe(now - self._last_batch_at)
+        self._last_batch_at = now
         latest: dict[str, EntityState] = {}
         event_times: list[float] = []
         labels = 0

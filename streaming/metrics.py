@@ -36,6 +36,10 @@ FRESHNESS_BUCKETS = (
     300.0,
 )
 
+# The gaps between batches leaving the flow: a few hundred ms under load, seconds when something
+# holds the flow's thread (a recovery snapshot, a wait for Redis).
+BATCH_INTERVAL_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+
 
 class StreamMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -60,6 +64,13 @@ class StreamMetrics:
             "fraud_feature_freshness_seconds",
             "Seconds from a transaction's event time until its aggregates are visible in Redis.",
             buckets=FRESHNESS_BUCKETS,
+            **kw,
+        )
+        self.batch_intervals = Histogram(
+            "fraud_stream_batch_interval_seconds",
+            "Seconds between consecutive batches of entity states leaving the flow for Redis. Under "
+            "steady load the longest are the flow standing still: a recovery snapshot, a wait for Redis.",
+            buckets=BATCH_INTERVAL_BUCKETS,
             **kw,
         )
         self.store_retries = Counter(

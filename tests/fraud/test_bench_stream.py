@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from fraud.bench_stream import BenchConfig, _until_next_sample, histogram_quantile, run_bench
+from fraud.bench_stream import BenchConfig, _until_next_sample, histogram_quantile, longest_observed, run_bench
 
 
 def test_histogram_quantile_interpolates_within_the_bucket():
@@ -17,6 +17,12 @@ def test_histogram_quantile_interpolates_within_the_bucket():
 
 def test_histogram_quantile_beyond_the_last_bound_reports_the_bound():
     assert histogram_quantile(0.99, {1.0: 10.0, float("inf"): 20.0}) == 1.0
+
+
+def test_the_longest_observation_is_read_as_its_bucket_bound():
+    assert longest_observed({0.2: 3.0, 0.5: 7.0, 1.0: 7.0, float("inf"): 7.0}) == 0.5
+    assert longest_observed({0.2: 3.0, 1.0: 3.0, float("inf"): 4.0}) == float("inf")
+    assert longest_observed({0.2: 0.0, float("inf"): 0.0}) is None
 
 
 @pytest.mark.integration
@@ -42,6 +48,7 @@ def test_a_short_bench_applies_every_event_and_reports_freshness(kafka_bootstrap
     assert result.samples[-1].applied == 6000 and samples == result.samples
     fresh = result.summary["freshness_s"]
     assert fresh["p50"] is not None and 0 < fresh["p50"] <= fresh["p99"]
+    assert 0 < result.summary["longest_batch_interval_s"] <= 30  # batches kept leaving the flow
     assert result.samples[-1].redis_used_mb > 0 and result.samples[-1].worker_rss_mb[0] > 0
     assert result.machine["cores"] and result.machine["bytewax"]
     assert result.summary["broker_cpu_pct_mean"] is None  # the fixture's broker: not ours to account

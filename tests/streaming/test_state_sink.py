@@ -40,6 +40,21 @@ def test_batches_reach_redis_in_order_and_flush_waits_for_them(redis_url):
     sink.close()
 
 
+def test_the_gaps_between_batches_are_measured(redis_url):
+    metrics = StreamMetrics()
+    sink = RedisStateSink(redis_url, f"sink{time.time_ns()}", metrics, StoreResync()).build("online_store", 0, 1)
+    shard = shard_after(txn(1))
+    for _ in range(3):
+        sink.write_batch([("s0", ShardUpdate(dict(shard.states), [], 0))])
+        time.sleep(0.12)
+    sink.flush()
+    intervals = metrics.registry.get_sample_value
+    assert intervals("fraud_stream_batch_interval_seconds_count") == 2  # the first batch has no gap before it
+    assert intervals("fraud_stream_batch_interval_seconds_sum") >= 0.24
+    assert intervals("fraud_stream_batch_interval_seconds_bucket", {"le": "0.1"}) == 0
+    sink.close()
+
+
 def test_a_batch_packed_before_the_flow_changes_its_states_is_written_as_it_was(redis_url):
     prefix = f"sink{time.time_ns()}"
     sink = RedisStateSink(redis_url, prefix, StreamMetrics(), StoreResync()).build("online_store", 0, 1)

@@ -380,9 +380,7 @@ def run_bench(
             generator.start()
         previous = (started, 0, _histograms(ports), [_proc_stats(p.proc.pid)[1] for p in procs])
         broker_cpu = _proc_stats(broker_pid)[1] if broker_pid else 0.0
-        steady_from: tuple[float, int, Histograms] | None = (
-            (started, 0, previous[2]) if config.warmup_s <= 0 else None
-        )
+        steady_from: tuple[float, int, Histograms] | None = (started, 0, previous[2]) if config.warmup_s <= 0 else None
         while True:
             _until_next_sample(config.interval_s, lambda: not generator.is_alive() and _drained(store, produced.value))
             alive()

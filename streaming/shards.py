@@ -58,15 +58,13 @@ class _Shard(Generic[S]):
     zstd-compressed.
 
     Why compress: bytewax writes each snapshot to its SQLite store on the flow's thread, and the
-    flow waits for it. At 10,000 payments/s, 150,000 entities took 57 MB and stalled the flow ~1.1 s
-    every snapshot; zstd's level 1 makes them ~4x smaller for ~0.25 s more CPU, and the stall fell
-    to ~0.8 s (docs/features.md, section 7).
+    flow waits for it. After 300,000 payments at 10,000/s, 142,679 entities took 65 MB and held the
+    flow up to ~1.1 s every snapshot; zstd's level 1 makes them 13 MB for ~0.2 s more CPU, and the
+    pause fell to ~0.8 s (docs/features.md, section 7).
     """
 
     _encoder = msgspec.msgpack.Encoder()
     _decoder: msgspec.msgpack.Decoder
-    _compressor = zstandard.ZstdCompressor(level=SNAPSHOT_ZSTD_LEVEL)
-    _decompressor = zstandard.ZstdDecompressor()
 
     def __init__(self, entries: dict[str, S] | None = None) -> None:
         self.entries: dict[str, S] = entries or {}
@@ -81,11 +79,12 @@ class _Shard(Generic[S]):
         return idle
 
     def encode(self) -> bytes:
-        return self._compressor.compress(self._encoder.encode(self.entries))
+        # A compressor per call: zstandard's are not thread-safe, and one costs microseconds.
+        return zstandard.ZstdCompressor(level=SNAPSHOT_ZSTD_LEVEL).compress(self._encoder.encode(self.entries))
 
     @classmethod
     def decode(cls, raw: bytes) -> Self:
-        return cls(cls._decoder.decode(cls._decompressor.decompress(raw)))
+        return cls(cls._decoder.decode(zstandard.ZstdDecompressor().decompress(raw)))
 
 
 class AdmissionShard(_Shard[CardAdmission]):

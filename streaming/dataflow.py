@@ -30,6 +30,7 @@ import json
 import logging
 import queue
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -109,6 +110,9 @@ def _or(value: int | None) -> int:
     return value if value is not None else -1
 
 
+SHARD_CACHE_KEYS = 500_000  # ~25 MB at most (the keys are the shards' own, the names interned)
+
+
 class _Steps:
     """The per-batch logic of the flow, with the metrics it counts."""
 
@@ -120,6 +124,7 @@ class _Steps:
         self.lag = ProcessedOffsetsLag(
             ConsumerLag(metrics.consumer_lag, "feature-stream"), config.kafka_bootstrap, config.lag_refresh_s
         )
+        self._shard_of_key: dict[str, str] = {}
 
     def _note_offsets(self, topic: str, msgs: list[RawMessage]) -> None:
         """The newest offset per partition of a batch read from ``topic`` (one dict store per
@@ -188,10 +193,22 @@ class _Steps:
     ) -> list[Letter | tuple[str, list[EntityEvent]]]:
         _, (admitted, letters) = keyed
         groups: dict[str, list[EntityEvent]] = {}
+        shards = self._shard_of_key
         for txn in admitted:
             for event in entity_events(txn):
-                groups.setdefault(shard_of(event[0], self.config.shards), []).append(event)
+                shard = shards.get(event[0])
+                if shard is None:
+                    shard = self._remember_shard(event[0])
+                groups.setdefault(shard, []).append(event)
         return [*letters, *groups.items()]
+
+    def _remember_shard(self, key: str) -> str:
+        # A dict hit is ~0.1 µs where hashing the key is ~0.7 (four per payment). The key strings
+        # are the ones the shards keep anyway; the cache starts over rather than grow without end.
+        if len(self._shard_of_key) >= SHARD_CACHE_KEYS:
+            self._shard_of_key.clear()
+        shard = self._shard_of_key[key] = sys.intern(shard_of(key, self.config.shards))
+        return shard
 
 
 # The worker forgets a key after as long without events as Redis keeps it: by then every window of

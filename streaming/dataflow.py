@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
 
 import bytewax.operators as op
+import numpy as np
 from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSourceMessage
 from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
@@ -368,9 +369,8 @@ class _RedisStatePartition(StatelessSinkPartition[tuple[str, ShardUpdate]]):
     def _send(self, batch: tuple[list[tuple[str, str, bytes]], list[float], int]) -> None:
         packed, event_times, labels = batch
         self._write(packed, event_times, labels)
-        visible = time.time()
-        for ts in event_times:
-            self.metrics.freshness.observe(max(visible - ts, 0.0))
+        if event_times:
+            self.metrics.freshness.observe_many(np.maximum(time.time() - np.asarray(event_times), 0.0))
         self.metrics.redis_writes.inc(len(packed))
 
     def _write(self, packed: list[tuple[str, str, bytes]], event_times: list[float], labels: int) -> None:

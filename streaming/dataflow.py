@@ -111,7 +111,7 @@ def _or(value: int | None) -> int:
     return value if value is not None else -1
 
 
-SHARD_CACHE_KEYS = 500_000  # ~25 MB at most (the keys are the shards' own, the names interned)
+SHARD_CACHE_KEYS = 500_000  # tens of MB at most: a dict entry per key (the shards hold the strings), names interned
 
 
 class _Steps:

@@ -36,9 +36,9 @@ class CardAdmission(msgspec.Struct, array_like=True, gc=False):
 
     ``recent_ids`` is in arrival order, and expires from its front: constant work per payment,
     amortised. A scan of every id on every payment (what a busy card needs when its oldest id
-    expires with each new one) was 5% of the worker after a few minutes at 10,000/s. An id that arrived late
-    within the lateness can outstay its horizon behind newer ones until it reaches the front, so
-    a hit is a duplicate only if its time is still within the horizon.
+    expires with each new one) was 5% of the worker after a few minutes at 10,000/s. An id that
+    arrived late within the lateness can outstay its horizon behind newer ones until it reaches
+    the front, so a hit is a duplicate only if its time is still within the horizon.
     """
 
     newest_ts: float | None = None

@@ -27,6 +27,7 @@ import itertools
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -116,7 +117,8 @@ OK, ERROR, TIMEOUT, MISMATCHED = 1, 2, 3, 4  # per payment; 0: no answer (yet)
 class _Tally:
     """What came back, per scheduled payment (index into the schedule)."""
 
-    def __init__(self, n: int, step_id: str) -> None:
+    def __init__(self, n: int, step_id: str, on_start: Callable[[], None] | None = None) -> None:
+        self.on_start = on_start
         self.latency = np.full(n, np.nan)
         self.status = np.zeros(n, dtype=np.int8)
         self.degraded = np.zeros(n, dtype=bool)
@@ -125,6 +127,19 @@ class _Tally:
         self.calls = 0
         self.max_behind = 0.0
         self.error_codes: Counter[str] = Counter()
+        # Process CPU and wall clock when sending starts: the generator's CPU share counts from
+        # here, not from before its imports and the messages it builds ahead of the schedule.
+        self.started_cpu = self.started_wall = 0.0
+
+    def start_clock(self) -> None:
+        self.started_cpu, self.started_wall = time.process_time(), time.monotonic()
+        if self.on_start is not None:
+            self.on_start()
+
+    def cpu_pct(self) -> float:
+        """The generator's CPU, % of one core, since ``start_clock``."""
+        wall = time.monotonic() - self.started_wall
+        return 100 * (time.process_time() - self.started_cpu) / max(wall, 1e-9)
 
     def answered(self, index: int, latency_s: float, degraded_reason: str) -> None:
         if self.status[index] == 0:
@@ -196,6 +211,7 @@ async def _send_all(step: LoadStep, offsets: np.ndarray, tally: _Tally, messages
     event_times = _iso_times(t0 + offsets)
     in_flight: set[asyncio.Task[None]] = set()
     rotation = itertools.cycle(stubs)
+    tally.start_clock()
 
     async def call(indices: list[int]) -> None:
         stub = next(rotation)
@@ -325,6 +341,7 @@ def _kafka_step(step: LoadStep, offsets: np.ndarray, tally: _Tally) -> None:
         {
             "bootstrap.servers": step.target,
             "linger.ms": step.window_ms,
+            "compression.type": "lz4",  # as deploy.kafka.make_producer: what a gateway would send
             "queue.buffering.max.messages": 2_000_000,
         }
     )
@@ -356,6 +373,7 @@ def _kafka_step(step: LoadStep, offsets: np.ndarray, tally: _Tally) -> None:
 
     reader = threading.Thread(target=read_decisions, daemon=True)
     reader.start()
+    tally.start_clock()
     i = 0
     while i < n:
         wait = t0 + offsets[i] - time.time()
@@ -389,19 +407,20 @@ def _degraded_reason(value: bytes) -> str:
 # --- the step ----------------------------------------------------------------------------------
 
 
-def run_step(step: LoadStep) -> StepResult:
-    """Run one step in this process and summarise it (see the module docstring)."""
+def run_step(step: LoadStep, on_start: Callable[[], None] | None = None) -> StepResult:
+    """Run one step in this process and summarise it (see the module docstring). ``on_start`` is
+    called when sending starts, after the set-up (imports, messages built ahead): the moment from
+    which the generator's CPU is counted, and a caller can start counting other processes' CPU."""
     rng = np.random.default_rng(step.seed)
     offsets = arrival_offsets(step.rate, step.warmup_s + step.duration_s, step.arrivals, rng)
-    tally = _Tally(len(offsets), step.step_id)
-    cpu_before, wall_before = time.process_time(), time.monotonic()
+    tally = _Tally(len(offsets), step.step_id, on_start)
     if step.mode == "kafka":
         _kafka_step(step, offsets, tally)
     elif step.mode in ("unary", "batch"):
         asyncio.run(_grpc_step(step, offsets, tally))
     else:
         raise ValueError(f"mode: expected one of {MODES}, got {step.mode!r}")
-    cpu_pct = 100 * (time.process_time() - cpu_before) / max(time.monotonic() - wall_before, 1e-9)
+    cpu_pct = tally.cpu_pct()
     measured = offsets >= step.warmup_s
     status = tally.status[measured]
     latencies = tally.latency[measured]
@@ -428,9 +447,11 @@ def run_step(step: LoadStep) -> StepResult:
     )
 
 
-def run_step_in_child(step: LoadStep, out: object) -> None:
-    """Entry point of the generator process: run the step, put the result on ``out`` (a queue)."""
+def run_step_in_child(step: LoadStep, out: object, started: object | None = None) -> None:
+    """Entry point of the generator process: run the step, put the result on ``out`` (a queue);
+    ``started`` (an Event) is set when sending starts."""
     from deploy.embedded import die_with_parent
 
     die_with_parent()
-    out.put(run_step(step).as_dict())  # type: ignore[attr-defined]
+    on_start = None if started is None else started.set  # type: ignore[attr-defined]
+    out.put(run_step(step, on_start).as_dict())  # type: ignore[attr-defined]

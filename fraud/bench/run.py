@@ -225,13 +225,20 @@ def batching_between(before: list[Counter[str]], after: list[Counter[str]]) -> d
 
 
 def run_step_measured(step: LoadStep, pids: dict[str, int]) -> dict:
-    """One load step in a fresh generator process, with the CPU of every process around it."""
+    """One load step in a fresh generator process, with the CPU of every process around it.
+
+    Every process's CPU is counted over the same span as the generator's own: from the moment it
+    starts sending (after its imports and set-up, which would otherwise dilute the servers' share
+    and inflate its own) to the result."""
     spawn = mp.get_context("spawn")
-    out = spawn.Queue()
-    generator = spawn.Process(target=run_step_in_child, args=(step, out), daemon=True)
-    before, started = _cpu(pids), time.monotonic()
+    out, sending = spawn.Queue(), spawn.Event()
+    generator = spawn.Process(target=run_step_in_child, args=(step, out, sending), daemon=True)
     generator.start()
-    result = out.get(timeout=step.warmup_s + step.duration_s + step.timeout_s + 600)
+    set_up_s = 600  # generous: spawning, imports and building the messages
+    if not sending.wait(timeout=set_up_s) and not generator.is_alive():
+        raise RuntimeError(f"the load generator exited before sending (exit code {generator.exitcode})")
+    before, started = _cpu(pids), time.monotonic()
+    result = out.get(timeout=step.warmup_s + step.duration_s + step.timeout_s + set_up_s)
     elapsed = time.monotonic() - started
     generator.join(10)
     after = _cpu(pids)

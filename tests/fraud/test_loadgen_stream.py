@@ -22,6 +22,13 @@ def model(tmp_path_factory):
     return ModelRegistry(root).load()
 
 
+def result_so_far(service) -> int:
+    """Decisions the scorer has made so far."""
+    registry = service.engine.metrics.registry
+    return int(sum(s.value for m in registry.collect() if m.name == "fraud_decisions" for s in m.samples
+                   if s.name == "fraud_decisions_total"))  # fmt: skip
+
+
 def test_index_of_reads_only_this_steps_ids():
     assert _index_of("b3x1a2-17", "b3x1a2-", 20) == 17
     assert _index_of("b3x1a2-20", "b3x1a2-", 20) is None  # past the schedule
@@ -39,7 +46,13 @@ def test_every_payment_of_a_batch_step_is_answered(batch_rpc, kafka_bootstrap, t
             mode="batch", rate=400, duration_s=1.5, warmup_s=0.5, payments=payments, target=target,
             step_id=f"t-{batch_rpc}", batch_rpc=batch_rpc, connections=2, timeout_s=5.0,
         )  # fmt: skip
-        result = run_step(step)
+        starts = []
+        result = run_step(step, on_start=lambda: starts.append(result_so_far(service)))
+        assert result_so_far(service) >= result.measured  # the count read at the start is a real one
+    # sending started once, after the set-up and before any payment reached the scorer: the span
+    # over which `fraud bench` counts every process's CPU
+    assert starts == [0]
+    assert result.generator_cpu_pct > 0
     assert result.measured > 400 and result.decided == result.measured, result
     assert result.errors == result.timeouts == result.mismatched == 0 and not result.error_codes, result
     assert 0 < result.calls < result.sent  # windows, not payments

@@ -136,7 +136,12 @@ def _generate(bootstrap: str, topic: str, config: BenchConfig, produced: mp.Valu
 
     die_with_parent()  # a bench stopped by Ctrl-C or kill must not leave a generator producing
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "linger.ms": config.linger_ms, "queue.buffering.max.messages": 1_000_000}
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": config.linger_ms,
+            "queue.buffering.max.messages": 1_000_000,
+            "compression.type": "none",  # as every producer of ours (deploy.kafka.make_producer)
+        }
     )
     rng = np.random.default_rng(config.seed)
     n_customers = max(1, int(config.cards / 1.3))

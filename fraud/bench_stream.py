@@ -140,7 +140,7 @@ def _generate(bootstrap: str, topic: str, config: BenchConfig, produced: mp.Valu
             "bootstrap.servers": bootstrap,
             "linger.ms": config.linger_ms,
             "queue.buffering.max.messages": 1_000_000,
-            "compression.type": "none",  # as every producer of ours (deploy.kafka.make_producer)
+            "compression.type": "lz4",  # as every producer of ours (deploy.kafka.make_producer)
         }
     )
     rng = np.random.default_rng(config.seed)

@@ -57,3 +57,21 @@ def test_every_payment_of_a_batch_step_is_answered(batch_rpc, kafka_bootstrap, t
     assert result.errors == result.timeouts == result.mismatched == 0 and not result.error_codes, result
     assert 0 < result.calls < result.sent  # windows, not payments
     assert result.latency_ms["p50"] is not None and result.latency_ms["p50"] <= result.latency_ms["max"]
+
+
+def test_joined_framed_payments_parse_as_the_batch_request():
+    from fraud.bench.loadgen import _serialised
+    from scoring.proto import fraud_pb2 as pb
+    from scoring.wire import transaction_to_proto
+
+    # ids long enough that an entry's length needs a two-byte varint (over 127 bytes)
+    messages = [transaction_to_proto(txn(i, card=f"card-{i:06d}")) for i in range(3)]
+    for i, m in enumerate(messages):
+        m.transaction_id = f"step-{i}-" + "x" * 100 * i
+    wire = _serialised(messages, ["2026-11-27T18:00:00.000001Z", "2026-11-27T18:00:01Z", "2026-11-27T18:00:02Z"])
+    assert max(map(len, wire.alone)) > 127
+    parsed = pb.TransactionBatch.FromString(wire.batch([2, 0]))
+    assert list(parsed.transactions) == [messages[2], messages[0]]
+    assert parsed.transactions[1].event_time == "2026-11-27T18:00:00.000001Z"
+    assert pb.Transaction.FromString(wire.alone[1]) == messages[1]
+    assert wire.ids == [m.transaction_id for m in messages]

@@ -271,21 +271,27 @@ class DecisionEngine:
         all_hits = self.rules.evaluate_batch(transactions, vectors, batch.column)
         score_list = scored.scores.tolist()
         canary_rows = scored.in_canary.tolist()
-        outcomes = [
-            max([_thresholds(release, canary).outcome(score), *(h.action for h in hits)], key=_severity)
-            for score, hits, canary in zip(score_list, all_hits, canary_rows, strict=True)
-        ]
+        outcomes = _outcomes(release, scored, all_hits)
         explored = self._explore(transactions, outcomes, all_hits)  # before reasons: explored rows are approvals
         rules_done = time.perf_counter()
         reasons = self._explain(release, matrix, outcomes, canary_rows) if self.explain_inline else {}
         reasons_done = time.perf_counter()
-        decisions = []
         watermark = batch.stream_watermark
-        for i, (txn, vector, score, hits, outcome) in enumerate(
-            zip(transactions, vectors, score_list, all_hits, outcomes, strict=True)
+        if watermark is None:
+            staleness: list[float | None] = [None] * len(transactions)
+        else:
+            ts = batch.event_ts if batch.event_ts is not None else np.array([t.event_ts for t in transactions])
+            lag = ts - watermark
+            staleness = lag.tolist()
+            observe_many(self.metrics.feature_staleness, np.maximum(lag, 0.0))
+        # the card's hash fixes its arm: only exploration makes an outcome uncertain
+        propensity = [1.0] * len(transactions) if explored is None else explored.tolist()
+        arms = (_arm(release, False, self.arm), _arm(release, True, self.arm))
+        decisions = []
+        for i, (txn, vector, score, hits, outcome, canary) in enumerate(
+            zip(transactions, vectors, score_list, all_hits, outcomes, canary_rows, strict=True)
         ):
-            staleness = None if watermark is None else txn.event_ts - watermark
-            arm, model = _arm(release, canary_rows[i], self.arm)
+            arm, model = arms[canary]
             decisions.append(
                 Decision(
                     transaction=txn,
@@ -296,15 +302,11 @@ class DecisionEngine:
                     features=vector,
                     decided_at=now,
                     policy_arm=arm,
-                    # the card's hash fixes its arm: only exploration makes an outcome uncertain
-                    propensity=1.0 if explored is None else float(explored[i]),
-                    feature_staleness_s=staleness,
+                    propensity=propensity[i],
+                    feature_staleness_s=staleness[i],
                     reasons=reasons.get(i, []),
                 )
             )
-        if watermark is not None:
-            lag = np.array([d.feature_staleness_s for d in decisions], dtype=np.float64)
-            observe_many(self.metrics.feature_staleness, np.maximum(lag, 0.0))
         if reasons:
             self.metrics.observe_stage("reasons", reasons_done - rules_done)
         # Rule evaluation, thresholds and assembling the decisions; the reasons stage is not in it.
@@ -502,6 +504,24 @@ class DecisionEngine:
 
 
 DEGRADED_REVIEW_RULE = "degraded_amount_review@1"
+
+
+_BY_SEVERITY = sorted(Outcome, key=lambda o: o.severity)
+
+
+def _outcomes(release: ServingRelease, scored: _Scored, all_hits: list[list[RuleHit]]) -> list[Outcome]:
+    """Each row's outcome: the threshold outcome of its score, raised by any rule hit's action
+    (``DecisionThresholds.outcome`` and the precedence of the module docstring, for a whole batch)."""
+    scores = scored.scores.astype(np.float64)  # compared as the thresholds are: in float64
+    champion, canary = _thresholds(release, False), _thresholds(release, True)
+    flag = np.where(scored.in_canary, canary.flag, champion.flag)
+    block = np.where(scored.in_canary, canary.block, champion.block)
+    severity = np.where(scores >= block, Outcome.BLOCK.severity, np.where(scores >= flag, Outcome.FLAG.severity, 0))
+    outcomes = [_BY_SEVERITY[k] for k in severity.tolist()]
+    for i, hits in enumerate(all_hits):
+        if hits:
+            outcomes[i] = max([outcomes[i], *(h.action for h in hits)], key=_severity)
+    return outcomes
 
 
 def _thresholds(release: ServingRelease, canary: bool) -> DecisionThresholds:

@@ -141,7 +141,7 @@ class ScorerMetrics:
     def count_decisions(self, decisions: Iterable[Decision]) -> None:
         tally: dict[tuple[str, str], int] = {}
         for d in decisions:
-            key = (d.outcome.value, d.model_version)
+            key = (d.outcome, d.model_version)  # an Outcome is its str value: no enum lookup per decision
             tally[key] = tally.get(key, 0) + 1
         children = self._decision_children
         for key, n in tally.items():

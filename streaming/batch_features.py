@@ -119,6 +119,7 @@ def batch_feature_matrix(
     transactions: Sequence[Transaction],
     states: Mapping[tuple[str, str], bytes],
     fold: Sequence[bool] | np.ndarray | None = None,
+    event_ts: np.ndarray | None = None,
 ) -> np.ndarray:
     """The (payments x MODEL_FEATURES) float64 matrix, rows in the order given.
 
@@ -129,6 +130,7 @@ def batch_feature_matrix(
         fold: per payment, whether later payments of the batch see it (default: all do). The
             offline builder passes the stream's admission verdicts (late and duplicate payments are
             never applied); the decision path folds every payment.
+        event_ts: the payments' ``event_ts`` (float64), when the caller has them already.
     """
     n = len(transactions)
     out = np.empty((n, len(MODEL_FEATURES)), dtype=np.float64)
@@ -145,7 +147,7 @@ def batch_feature_matrix(
         words.view(np.float64),
         state_bytes,
         entity,
-        np.array(list(map(_EVENT_TS, transactions)), dtype=np.float64),
+        np.array(list(map(_EVENT_TS, transactions)), dtype=np.float64) if event_ts is None else event_ts,
         np.array(list(map(_AMOUNT, transactions)), dtype=np.int64),
         folds,
         _value_hashes(transactions),

@@ -24,7 +24,6 @@ from redis.exceptions import RedisClusterException
 from schema import Transaction
 from streaming.batch_features import COLUMN, batch_feature_matrix
 from streaming.features import MODEL_FEATURES, FeatureRow
-from streaming.offline import event_order
 from streaming.packed import pack_state
 from streaming.redis_wire import RedisWire
 from streaming.windows import LAYOUTS, EntityState, entity_keys
@@ -99,6 +98,7 @@ class BatchRead:
 class BatchFeatures:
     matrix: np.ndarray  # (payments x MODEL_FEATURES) float64, in the order the payments were given
     stream_watermark: float | None  # newest event time the feature stream has applied
+    event_ts: np.ndarray | None = None  # the payments' event times (Unix s), when the reader had them
 
     def column(self, name: str) -> np.ndarray | None:
         """One feature's values for the whole batch (None: not a model feature)."""
@@ -388,7 +388,10 @@ class OnlineFeatureStore:
             states, watermark = self.read_states(keys)
         else:
             states, watermark = read.states, read.watermark
-        order = sorted(range(len(transactions)), key=lambda i: event_order(transactions[i]))
+        ts = [t.event_ts for t in transactions]  # once: each is a datetime conversion
+        # event_order (event time, ties by id), with the times already in hand
+        order = sorted(range(len(transactions)), key=lambda i: (ts[i], transactions[i].transaction_id))
+        event_ts = np.array(ts, dtype=np.float64)
         matrix = np.empty((len(transactions), len(MODEL_FEATURES)), dtype=np.float64)
-        matrix[order] = batch_feature_matrix([transactions[i] for i in order], states)
-        return BatchFeatures(matrix, watermark)
+        matrix[order] = batch_feature_matrix([transactions[i] for i in order], states, event_ts=event_ts[order])
+        return BatchFeatures(matrix, watermark, event_ts)

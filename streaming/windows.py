@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
@@ -200,9 +200,12 @@ def _update_plan(resolutions: tuple[tuple[int, int, tuple[str, ...]], ...]) -> n
 LAYOUTS: dict[str, EntityLayout] = {entity: _layout(entity) for entity in ENTITY_KEY_FIELD}
 
 
-def entity_keys(transactions: Iterable[Transaction]) -> set[tuple[str, str]]:
+_KEY_GETTERS = tuple((entity, attrgetter(layout.key_field)) for entity, layout in LAYOUTS.items())
+
+
+def entity_keys(transactions: Sequence[Transaction]) -> set[tuple[str, str]]:
     """The (entity, id) of every entity the transactions touch: the states a batch reads."""
-    return {(entity, layout.key_of(t)) for t in transactions for entity, layout in LAYOUTS.items()}
+    return {(entity, key) for entity, key_of in _KEY_GETTERS for key in map(key_of, transactions)}
 
 
 def apply_transaction(state: EntityState, layout: EntityLayout, txn: Transaction, ts: float | None = None) -> None:

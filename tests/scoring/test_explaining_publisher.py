@@ -68,7 +68,8 @@ def test_a_full_queue_publishes_without_reasons_and_loses_nothing(tmp_path, redi
         return engine.explain(decisions)
 
     inner = DecisionPublisher(make_producer(kafka_bootstrap), topics.decisions, engine.metrics)
-    publisher = ExplainingPublisher(inner, slow_explain, max_pending_batches=1)
+    # collect_s=0: the worker takes one batch at a time, so the second waits and the third overflows
+    publisher = ExplainingPublisher(inner, slow_explain, max_pending_batches=1, collect_s=0.0)
     batches = [engine.decide_batch(_payments(30)[i : i + 10]) for i in range(0, 30, 10)]
     publisher.publish(batches[0])
     wait_for(lambda: publisher._queue.qsize() == 0, 10, "the worker to take the first batch")
@@ -81,3 +82,25 @@ def test_a_full_queue_publishes_without_reasons_and_loses_nothing(tmp_path, redi
     assert sum(d.reasons == [] for d in published) == 10
     skipped = engine.metrics.registry.get_sample_value("fraud_degraded_decisions_total", {"reason": "reasons_skipped"})
     assert skipped == 10
+
+
+def test_flagged_batches_arriving_together_are_explained_in_one_call(tmp_path, redis_client, kafka_bootstrap, topics):
+    """TreeSHAP's cost is mostly per call: batches that arrive within ``collect_s`` of one another
+    are explained together, and each decision still reaches the topic with its own reasons."""
+    engine = _engine(tmp_path, redis_client, inline=False)
+    calls: list[int] = []
+
+    def counting_explain(decisions):
+        calls.append(len(decisions))
+        return engine.explain(decisions)
+
+    inner = DecisionPublisher(make_producer(kafka_bootstrap), topics.decisions, engine.metrics)
+    publisher = ExplainingPublisher(inner, counting_explain, collect_s=2.0, collect_rows=25)
+    batches = [engine.decide_batch(_payments(40)[i : i + 5]) for i in range(0, 40, 5)]
+    for batch in batches:
+        publisher.publish(batch)
+    assert publisher.flush() == 0
+    assert calls == [25, 15]  # five batches up to collect_rows, then the rest when the window closed
+    published = [decode_decision(m.value()) for m in read_topic(kafka_bootstrap, topics.decisions, idle_s=1.0)]
+    assert sorted(d.transaction_id for d in published) == sorted(d.transaction_id for b in batches for d in b)
+    assert all(1 <= len(d.reasons) <= 3 for d in published)

@@ -37,6 +37,12 @@ def event_order(txn: Transaction) -> tuple[float, str]:
     return (txn.event_ts, txn.transaction_id)
 
 
+def in_event_order(transactions: Sequence[Transaction], event_ts: Sequence[float]) -> list[int]:
+    """The indices of ``transactions`` sorted by ``event_order``, given their ``event_ts`` already
+    converted (the conversion is what the sort would otherwise pay once per payment)."""
+    return sorted(range(len(transactions)), key=lambda i: (event_ts[i], transactions[i].transaction_id))
+
+
 def label_entity_ids(label: Label, transaction: Transaction | None) -> dict[str, str]:
     """The entities a label updates: the labelled transaction's merchant (from the label or the log)."""
     merchant = label.merchant_id or (transaction.merchant_id if transaction is not None else None)

@@ -24,6 +24,7 @@ from redis.exceptions import RedisClusterException
 from schema import Transaction
 from streaming.batch_features import COLUMN, batch_feature_matrix
 from streaming.features import MODEL_FEATURES, FeatureRow
+from streaming.offline import in_event_order
 from streaming.packed import pack_state
 from streaming.redis_wire import RedisWire
 from streaming.windows import LAYOUTS, EntityState, entity_keys
@@ -389,8 +390,7 @@ class OnlineFeatureStore:
         else:
             states, watermark = read.states, read.watermark
         ts = [t.event_ts for t in transactions]  # once: each is a datetime conversion
-        # event_order (event time, ties by id), with the times already in hand
-        order = sorted(range(len(transactions)), key=lambda i: (ts[i], transactions[i].transaction_id))
+        order = in_event_order(transactions, ts)
         event_ts = np.array(ts, dtype=np.float64)
         matrix = np.empty((len(transactions), len(MODEL_FEATURES)), dtype=np.float64)
         matrix[order] = batch_feature_matrix([transactions[i] for i in order], states, event_ts=event_ts[order])

@@ -111,3 +111,15 @@ def test_other_cards_do_not_leak_into_a_cards_features():
     other = [txn(i, minutes=i, card="card-999999") for i in range(10)]
     f = OfflineFeatureBuilder().replay([*other, txn(100, minutes=11)])
     assert f["tx-test-000100"]["card_txn_count_1h"] == 1.0
+
+
+def test_in_event_order_sorts_as_event_order_does_ties_by_id():
+    import random
+
+    from streaming.offline import event_order, in_event_order
+    from tests.factories import txn
+
+    rng = random.Random(3)
+    payments = [txn(n, minutes=rng.choice([0.0, 0.5, 1.0])) for n in rng.sample(range(100), 30)]
+    order = in_event_order(payments, [t.event_ts for t in payments])
+    assert [payments[i] for i in order] == sorted(payments, key=event_order)

@@ -539,7 +539,7 @@ def serve(
             settings.key_prefix,
         )
         return
-    service = build_service(settings)
+    service = build_service(settings, kafka_door=kafka)
     _quiet_gc()
     if kafka:
         _serve_kafka(settings, service)

@@ -76,7 +76,9 @@ def redis_client(url: str) -> redis.Redis | RedisCluster:
     return connect_redis(url, socket_timeout=0.25, connect_timeout=0.25)
 
 
-def build_service(settings: Settings):
+def build_service(settings: Settings, kafka_door: bool = False):
+    """The scorer `fraud serve` runs. ``kafka_door``: it will decide from the transactions topic,
+    whose decisions are its replies, so its producer lingers less (``Settings.decision_linger_ms``)."""
     from prometheus_client import start_http_server
 
     from deploy.kafka import make_producer
@@ -105,6 +107,7 @@ def build_service(settings: Settings):
     producer = make_producer(
         settings.require_kafka(),
         delivery_report_only_error=True,
+        linger_ms=settings.decision_linger_ms(kafka_door),
         # bounded memory while the broker is away; past it (or past the timeout) the spill takes over
         queue_buffering_max_kbytes=settings.publish_buffer_kbytes,
         message_timeout_ms=int(settings.publish_timeout_s * 1000),

@@ -32,7 +32,7 @@ from scoring.experiment import ExperimentRouter
 from scoring.proto import fraud_pb2 as pb
 from scoring.proto import fraud_pb2_grpc
 from scoring.publisher import DecisionPublisher
-from scoring.wire import decision_to_proto, transaction_from_proto
+from scoring.wire import decision_to_proto, fill_decision, transaction_from_proto
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,6 @@ class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
         self.publisher.publish([d for d, new in zip(once.decisions, once.new, strict=True) if new])
         return once.decisions
 
-    async def _decide(self, transactions: list[Transaction]) -> list[pb.Decision]:
-        return [decision_to_proto(d) for d in await self.batcher.decide(transactions)]
-
     async def Decide(self, request: pb.Transaction, context: grpc.aio.ServicerContext) -> pb.Decision:  # noqa: N802
         started = time.perf_counter()
         await _refuse_malformed(request, context, self.engine.metrics)
@@ -91,9 +88,9 @@ class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
         except InvalidEvent as exc:
             self.engine.metrics.invalid.inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid transaction: {exc}")
-        (decision,) = await self._decide([txn])
+        (decision,) = await self.batcher.decide([txn])
         self.engine.metrics.observe_stage("total", time.perf_counter() - started)
-        return decision
+        return decision_to_proto(decision)
 
     async def DecideBatch(  # noqa: N802
         self, request: pb.TransactionBatch, context: grpc.aio.ServicerContext
@@ -160,7 +157,7 @@ class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
         # A malformed transaction gets its own error; it must not cost its neighbours a decision.
         # So does a repeated transaction id: the first is decided, a second copy in the same batch
         # would be folded into its card's windows twice.
-        results: list[pb.Decision | None] = []
+        errors: list[tuple[str, str] | None] = []  # per request entry: (id, error), None if valid
         valid: list[Transaction] = []
         seen: set[str] = set()
         now = time.time()
@@ -171,12 +168,19 @@ class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
                 txn = transaction_from_proto(msg, now=now)
                 seen.add(txn.transaction_id)
                 valid.append(txn)
-                results.append(None)
+                errors.append(None)
             except InvalidEvent as exc:
                 self.engine.metrics.invalid.inc()
-                results.append(pb.Decision(transaction_id=msg.transaction_id, error=f"invalid transaction: {exc}"))
-        decided = iter(await self._decide(valid) if valid else [])
-        return pb.DecisionBatch(decisions=[r if r is not None else next(decided) for r in results])
+                errors.append((msg.transaction_id, f"invalid transaction: {exc}"))
+        decided = iter(await self.batcher.decide(valid) if valid else [])
+        reply = pb.DecisionBatch()
+        add = reply.decisions.add
+        for error in errors:
+            if error is None:
+                fill_decision(add(), next(decided))
+            else:
+                add(transaction_id=error[0], error=error[1])
+        return reply
 
 
 def _settled(task: asyncio.Task) -> None:

@@ -48,30 +48,33 @@ def transaction_to_proto(txn: Transaction) -> pb.Transaction:
 
 
 def decision_to_proto(decision: Decision) -> pb.Decision:
-    # Empty fields are left unset (proto3 reads them as their defaults, and the bytes are the
-    # same): most decisions are approvals with no rule hits, reasons or degradation, and each
-    # keyword costs the constructor time (5.9 -> 2.7 µs per decision).
-    optional = {}
-    if decision.rule_hits:
-        optional["rule_hits"] = [
-            pb.RuleHit(rule_id=h.rule_id, action=h.action.value, reason=h.reason, evaluated=h.evaluated)
-            for h in decision.rule_hits
-        ]
-    if decision.reasons:
-        optional["reasons"] = [
-            pb.ReasonCode(feature=r.feature, value=r.value, contribution=r.contribution, text=r.text)
-            for r in decision.reasons
-        ]
-    if decision.degraded_reason:
-        optional["degraded_reason"] = decision.degraded_reason
+    msg = pb.Decision()
+    fill_decision(msg, decision)
+    return msg
+
+
+def fill_decision(msg: pb.Decision, decision: Decision) -> None:
+    """Write ``decision`` into an empty ``msg``: a reply batch's entries are filled where they
+    stand (``DecisionBatch.decisions.add()``), since building a message and then adding it copies
+    it (4.1 -> 1.9 µs per decision at 60 in a batch). Empty fields stay unset (proto3 reads them as
+    their defaults, and the bytes are the same): most decisions are approvals with no rule hits,
+    reasons or degradation."""
+    msg.transaction_id = decision.transaction.transaction_id
+    msg.outcome = decision.outcome.value
     score = decision.score
-    return pb.Decision(
-        transaction_id=decision.transaction.transaction_id,
-        outcome=decision.outcome.value,
-        score=score or 0.0,
-        has_score=score is not None,
-        model_version=decision.model_version,
-        policy_arm=decision.policy_arm,
-        propensity=decision.propensity,
-        **optional,
-    )
+    if score is not None:
+        msg.score = score
+        msg.has_score = True
+    msg.model_version = decision.model_version
+    msg.policy_arm = decision.policy_arm
+    msg.propensity = decision.propensity
+    if decision.rule_hits:
+        add_hit = msg.rule_hits.add
+        for h in decision.rule_hits:
+            add_hit(rule_id=h.rule_id, action=h.action.value, reason=h.reason, evaluated=h.evaluated)
+    if decision.reasons:
+        add_reason = msg.reasons.add
+        for r in decision.reasons:
+            add_reason(feature=r.feature, value=r.value, contribution=r.contribution, text=r.text)
+    if decision.degraded_reason:
+        msg.degraded_reason = decision.degraded_reason

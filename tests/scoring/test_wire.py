@@ -101,3 +101,36 @@ def test_hits_reasons_and_a_degradation_all_reach_the_reply():
     ]
     assert fields["reasons"] == [("card_txn_count_1h", 7.0, 1.5, "7 payments")]
     assert fields["degraded_reason"] == "model_unavailable: RuntimeError"
+
+
+def test_a_batch_reply_filled_in_place_is_the_message_built_whole():
+    """``fill_decision`` writes into ``DecisionBatch.decisions.add()``; the bytes must be those of
+    the same decision built with every field given to the constructor."""
+    from scoring.wire import fill_decision
+
+    plain = _decision()
+    rich = _decision(
+        outcome=Outcome.BLOCK,
+        score=None,
+        rule_hits=[RuleHit(rule_id="blocked_country@1", action=Outcome.BLOCK, reason="KP")],
+        reasons=[ReasonCode(feature="amount", value=9.0, contribution=0.5, text="large")],
+        degraded_reason="shed: queued over 50 ms",
+    )
+    reply = pb.DecisionBatch()
+    for d in (plain, rich):
+        fill_decision(reply.decisions.add(), d)
+    whole = pb.DecisionBatch(
+        decisions=[
+            pb.Decision(
+                transaction_id="tx-test-000005", outcome="approve", score=0.02, has_score=True,
+                model_version="xgb-0007", policy_arm="champion", propensity=0.9,
+            ),
+            pb.Decision(
+                transaction_id="tx-test-000005", outcome="block", model_version="xgb-0007", policy_arm="champion",
+                propensity=0.9, degraded_reason="shed: queued over 50 ms",
+                rule_hits=[pb.RuleHit(rule_id="blocked_country@1", action="block", reason="KP", evaluated=True)],
+                reasons=[pb.ReasonCode(feature="amount", value=9.0, contribution=0.5, text="large")],
+            ),
+        ]
+    )  # fmt: skip
+    assert reply.SerializeToString() == whole.SerializeToString()

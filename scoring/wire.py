@@ -60,7 +60,7 @@ def fill_decision(msg: pb.Decision, decision: Decision) -> None:
     their defaults, and the bytes are the same): most decisions are approvals with no rule hits,
     reasons or degradation."""
     msg.transaction_id = decision.transaction.transaction_id
-    msg.outcome = decision.outcome.value
+    msg.outcome = decision.outcome  # an Outcome is its str value; .value is an enum lookup
     score = decision.score
     if score is not None:
         msg.score = score

@@ -235,8 +235,10 @@ def run_step_measured(step: LoadStep, pids: dict[str, int]) -> dict:
     generator = spawn.Process(target=run_step_in_child, args=(step, out, sending), daemon=True)
     generator.start()
     set_up_s = 600  # generous: spawning, imports and building the messages
-    if not sending.wait(timeout=set_up_s) and not generator.is_alive():
-        raise RuntimeError(f"the load generator exited before sending (exit code {generator.exitcode})")
+    deadline = time.monotonic() + set_up_s
+    while not sending.wait(timeout=0.5) and time.monotonic() < deadline:
+        if not generator.is_alive():  # it sets the event before its first send, so it failed
+            raise RuntimeError(f"the load generator exited before sending (exit code {generator.exitcode})")
     before, started = _cpu(pids), time.monotonic()
     result = out.get(timeout=step.warmup_s + step.duration_s + step.timeout_s + set_up_s)
     elapsed = time.monotonic() - started

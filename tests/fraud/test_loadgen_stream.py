@@ -75,3 +75,15 @@ def test_joined_framed_payments_parse_as_the_batch_request():
     assert parsed.transactions[1].event_time == "2026-11-27T18:00:00.000001Z"
     assert pb.Transaction.FromString(wire.alone[1]) == messages[1]
     assert wire.ids == [m.transaction_id for m in messages]
+
+
+def test_a_generator_that_dies_before_sending_fails_the_step_at_once(tmp_path):
+    """The bench waits for the generator to start sending before it counts anyone's CPU; a
+    generator that fails in its set-up (here: no payments file) must fail the step, not leave the
+    bench waiting out the set-up allowance."""
+    from fraud.bench.run import run_step_measured
+
+    step = LoadStep(mode="batch", rate=10, duration_s=1, warmup_s=0, payments=tmp_path / "missing.jsonl",
+                    target="127.0.0.1:1")  # fmt: skip
+    with pytest.raises(RuntimeError, match="exited before sending"):
+        run_step_measured(step, {})

@@ -1008,7 +1008,7 @@ def bench(
                 settings,
                 bench_services,
                 say=console.print,
-                on_step=lambda step: console.print(_step_line(step), soft_wrap=True),
+                on_step=lambda step: console.print(_step_line(step) + _shed_line(step), soft_wrap=True),
             )
             result["redis"] = "cluster" if redis_masters >= 3 else "single"
             run_path = path if len(counts) == 1 else path.with_name(f"{path.stem}-procs{count}.json")
@@ -1167,6 +1167,15 @@ def _step_line(s: dict) -> str:
         f"{per_decision if per_decision is not None else '-':>14}  {servers} | {s['generator_cpu_pct']:.0f} | "
         f"{redis_cpu} | {cpu.get('broker', 0):.0f}  {rows_per_batch if rows_per_batch else '-'}"
     )
+
+
+def _shed_line(s: dict) -> str:
+    """Where in the step the shedding fell, when there was any: spread, or in a few seconds."""
+    by_second = s.get("shed_by_second") or []
+    if not any(by_second):
+        return ""
+    busy = sum(1 for n in by_second if n)
+    return f"\n          shed in {busy} of {len(by_second)} s; the worst second {max(by_second):,}"
 
 
 def _print_bench_summary(result: dict) -> None:

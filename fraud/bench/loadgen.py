@@ -28,7 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -81,6 +81,9 @@ class StepResult:
     calls: int  # gRPC calls or produced messages
     max_behind_s: float  # worst lag of a send behind its schedule
     generator_cpu_pct: float
+    # When the shedding happened: per second of the measured period (by scheduled arrival), how
+    # many answered payments were shed. Spread evenly it is load; in a few seconds, a stall.
+    shed_by_second: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -474,6 +477,7 @@ def run_step(step: LoadStep, on_start: Callable[[], None] | None = None) -> Step
     # Answered after the timeout counts as a timeout: a client would have given up on it.
     late = (status == OK) & (latencies > step.timeout_s)
     in_time = (status == OK) & ~late
+    shed = tally.shed[measured] & in_time
     return StepResult(
         mode=step.mode,
         offered_rate=step.rate,
@@ -487,11 +491,19 @@ def run_step(step: LoadStep, on_start: Callable[[], None] | None = None) -> Step
         timeouts=int((status == TIMEOUT).sum() + (status == 0).sum() + late.sum()),
         mismatched=int((status == MISMATCHED).sum()),
         degraded=int(tally.degraded[measured][in_time].sum()),
-        shed=int(tally.shed[measured][in_time].sum()),
+        shed=int(shed.sum()),
         calls=tally.calls,
         max_behind_s=round(tally.max_behind, 3),
         generator_cpu_pct=round(cpu_pct, 1),
+        shed_by_second=shed_by_second(offsets[measured] - step.warmup_s, shed, step.duration_s),
     )
+
+
+def shed_by_second(offsets_s: np.ndarray, shed: np.ndarray, duration_s: float) -> list[int]:
+    """Shed payments per whole second of scheduled arrival (``offsets_s`` from the measured
+    period's start), one entry per second of ``duration_s``."""
+    seconds = max(1, int(np.ceil(duration_s)))
+    return np.bincount(offsets_s[shed].astype(np.int64), minlength=seconds)[:seconds].tolist()
 
 
 def run_step_in_child(step: LoadStep, out: object, started: object | None = None) -> None:

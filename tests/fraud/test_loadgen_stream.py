@@ -87,3 +87,14 @@ def test_a_generator_that_dies_before_sending_fails_the_step_at_once(tmp_path):
                     target="127.0.0.1:1")  # fmt: skip
     with pytest.raises(RuntimeError, match="exited before sending"):
         run_step_measured(step, {})
+
+
+def test_shedding_is_told_by_the_second_it_was_scheduled_in():
+    import numpy as np
+
+    from fraud.bench.loadgen import shed_by_second
+
+    offsets = np.array([0.1, 0.5, 1.2, 2.9, 2.95, 3.99])
+    shed = np.array([True, False, True, True, True, False])
+    assert shed_by_second(offsets, shed, duration_s=4) == [1, 1, 2, 0]
+    assert shed_by_second(offsets, np.zeros(6, dtype=bool), duration_s=4) == [0, 0, 0, 0]

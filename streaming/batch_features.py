@@ -48,13 +48,11 @@ import numpy as np
 from schema import Channel, Transaction
 from streaming.features import MERCHANT_CATEGORIES, MODEL_FEATURES, RATIO_FEATURES, Aggregation
 from streaming.packed import BUCKET_WORDS, DISTINCT_WORDS, FIELD_CODE, HEADER_WORDS, MAGIC, value_hash
-from streaming.windows import LAYOUTS, WARM_UP_PAYMENT
+from streaming.windows import ENTITY_KEY_GETTERS, LAYOUTS, WARM_UP_PAYMENT
 
 COLUMN: dict[str, int] = {name: i for i, name in enumerate(MODEL_FEATURES)}
 _CATEGORY_CODE = {name: float(i) for i, name in enumerate(MERCHANT_CATEGORIES)}
-_KINDS: tuple[tuple[str, str], ...] = tuple((entity, layout.key_field) for entity, layout in LAYOUTS.items())
-K = len(_KINDS)
-_ENTITY_KEYS = tuple((entity, attrgetter(field)) for entity, field in _KINDS)
+K = len(ENTITY_KEY_GETTERS)
 _DISTINCT_FIELDS = tuple(attrgetter(field) for field in sorted(FIELD_CODE, key=FIELD_CODE.__getitem__))
 _EVENT_TS, _AMOUNT, _CATEGORY = attrgetter("event_ts"), attrgetter("amount_minor"), attrgetter("merchant_category")
 _AGGREGATION_CODE = {Aggregation.COUNT: 0, Aggregation.SUM: 1, Aggregation.MEAN: 2, Aggregation.MAX: 3}
@@ -175,7 +173,7 @@ def _entities(
     each state's length in bytes (0: no history). Each entity's state is joined once."""
     numbers: list[int] = []
     raws: list[bytes] = []
-    for kind, key_of in _ENTITY_KEYS:
+    for kind, key_of in ENTITY_KEY_GETTERS:
         number: dict[str, int] = {}
         first = len(raws)
         numbers += [first + number.setdefault(key, len(number)) for key in map(key_of, transactions)]

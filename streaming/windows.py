@@ -200,12 +200,14 @@ def _update_plan(resolutions: tuple[tuple[int, int, tuple[str, ...]], ...]) -> n
 LAYOUTS: dict[str, EntityLayout] = {entity: _layout(entity) for entity in ENTITY_KEY_FIELD}
 
 
-_KEY_GETTERS = tuple((entity, attrgetter(layout.key_field)) for entity, layout in LAYOUTS.items())
+# (entity, the getter of a payment's id for it), in LAYOUTS order: what a batch read maps over its
+# payments (an attrgetter per entity, not a method call per entity per payment).
+ENTITY_KEY_GETTERS = tuple((entity, attrgetter(layout.key_field)) for entity, layout in LAYOUTS.items())
 
 
 def entity_keys(transactions: Sequence[Transaction]) -> set[tuple[str, str]]:
     """The (entity, id) of every entity the transactions touch: the states a batch reads."""
-    return {(entity, key) for entity, key_of in _KEY_GETTERS for key in map(key_of, transactions)}
+    return {(entity, key) for entity, key_of in ENTITY_KEY_GETTERS for key in map(key_of, transactions)}
 
 
 def apply_transaction(state: EntityState, layout: EntityLayout, txn: Transaction, ts: float | None = None) -> None:

@@ -9,7 +9,10 @@ what keeps the fixed cost per batch (~0.5 ms of Python, STACK-NOTES) from cappin
 Load shedding: a request that has already waited longer than ``shed_after_s`` when the worker
 reaches it gets an explicit degraded decision (rules only, conservative default: see
 ``DecisionEngine.without_features``) instead of a late one, so an overloaded server answers within
-its latency budget and says so in the decision and the metrics. Never silence.
+its latency budget and says so in the decision and the metrics. Never silence. Shed decisions are
+made on a thread of their own: each costs rules, the idempotency record's round trip to Redis and
+publishing, and made on the event loop, the 2,354 payments shed at once in one stall of a `fraud
+bench` run held the loop for ~140 ms, so the replies of batches already decided waited too.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class DecisionBatcher:
         # One thread: batches are decided one after another, so the decision for a card's second
         # payment always sees the first; the event loop keeps receiving requests meanwhile.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="decide")
+        self._shedder = ThreadPoolExecutor(1, thread_name_prefix="shed")
+        self._shedding: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
         self._worker: asyncio.Task[None] | None = None
         self._row_cost_s = 0.0005  # seconds per decided row, a moving average; starts pessimistic
 
@@ -84,7 +89,9 @@ class DecisionBatcher:
             while self._queue:
                 fresh, stale = self._take()
                 if stale:
-                    self._answer(stale, self._shed, f"shed: queued over {self.config.shed_after_s * 1000:.0f} ms")
+                    task = loop.create_task(self._answer_shed(stale))
+                    self._shedding.add(task)
+                    task.add_done_callback(self._shedding.discard)
                 if fresh:
                     rows = [t for p in fresh for t in p.transactions]
                     started = time.perf_counter()
@@ -92,9 +99,7 @@ class DecisionBatcher:
                         decisions = await loop.run_in_executor(self._executor, self._decide, rows)
                         self._row_cost_s += 0.2 * ((time.perf_counter() - started) / len(rows) - self._row_cost_s)
                     except Exception as exc:  # noqa: BLE001 - every caller must get an answer
-                        for p in fresh:
-                            if not p.future.done():
-                                p.future.set_exception(exc)
+                        _fail(fresh, exc)
                         continue
                     _resolve(fresh, decisions)
 
@@ -115,14 +120,27 @@ class DecisionBatcher:
                 rows += len(p.transactions)
         return fresh, stale
 
-    def _answer(self, pending: list[_Pending], shed: ShedFn, reason: str) -> None:
+    async def _answer_shed(self, pending: list[_Pending]) -> None:
         rows = [t for p in pending for t in p.transactions]
-        _resolve(pending, shed(rows, reason))
+        reason = f"shed: queued over {self.config.shed_after_s * 1000:.0f} ms"
+        try:
+            decisions = await asyncio.get_running_loop().run_in_executor(self._shedder, self._shed, rows, reason)
+        except Exception as exc:  # noqa: BLE001 - every caller must get an answer
+            _fail(pending, exc)
+            return
+        _resolve(pending, decisions)
 
     def close(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
         self._executor.shutdown(wait=True)
+        self._shedder.shutdown(wait=True)
+
+
+def _fail(pending: list[_Pending], exc: Exception) -> None:
+    for p in pending:
+        if not p.future.done():
+            p.future.set_exception(exc)
 
 
 def _resolve(pending: list[_Pending], decisions: list[Decision]) -> None:

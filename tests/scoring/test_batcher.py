@@ -117,3 +117,57 @@ def test_batches_are_cut_to_what_the_worker_decides_within_the_batch_time():
         return rec.batches
 
     assert [len(b) for b in asyncio.run(main())] == [1, 1, 1, 1]
+
+
+def test_a_slow_shed_holds_up_neither_the_loop_nor_the_fresh_requests_behind_it():
+    shed_gate = threading.Event()
+
+    def slow_shed(rows, reason):  # a shed that takes long (say, Redis is slow to record it)
+        shed_gate.wait(3)
+        return [_decision(t, reason) for t in rows]
+
+    async def main():
+        rec = Recorder()
+        batcher = DecisionBatcher(rec.decide, slow_shed, BatchingConfig(shed_after_s=0.05))
+        rec.gate.clear()
+        first = asyncio.create_task(batcher.decide([txn(0)]))
+        await asyncio.sleep(0.02)
+        late = asyncio.create_task(batcher.decide([txn(1)]))
+        await asyncio.sleep(0.2)  # txn 1 is now past the budget
+        fresh = asyncio.create_task(batcher.decide([txn(2)]))
+        await asyncio.sleep(0)  # queued
+        rec.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, fresh), timeout=1.0)
+        late_done_before_shed = late.done()
+        shed_gate.set()
+        shed = await late
+        batcher.close()
+        return late_done_before_shed, fresh.result(), shed
+
+    late_done_before_shed, fresh, shed = asyncio.run(main())
+    assert fresh[0].degraded_reason is None
+    assert not late_done_before_shed  # the fresh request was answered while the shed was still running
+    assert shed[0].degraded_reason.startswith("shed")
+
+
+def test_a_failing_shed_fails_its_callers_and_decisions_go_on():
+    def broken_shed(rows, reason):
+        raise RuntimeError("shed broke")
+
+    async def main():
+        rec = Recorder()
+        batcher = DecisionBatcher(rec.decide, broken_shed, BatchingConfig(shed_after_s=0.05))
+        rec.gate.clear()
+        first = asyncio.create_task(batcher.decide([txn(0)]))
+        await asyncio.sleep(0.02)
+        late = asyncio.create_task(batcher.decide([txn(1)]))
+        await asyncio.sleep(0.2)
+        rec.gate.set()
+        await first
+        with pytest.raises(RuntimeError, match="shed broke"):
+            await asyncio.wait_for(late, timeout=2.0)
+        again = await asyncio.wait_for(batcher.decide([txn(2)]), timeout=2.0)  # the worker is still alive
+        batcher.close()
+        return again
+
+    assert asyncio.run(main())[0].degraded_reason is None

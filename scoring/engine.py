@@ -37,7 +37,7 @@ from schema import (
 )
 from scoring.fallback import CircuitBreaker, FailOpenBudget, FallbackPolicy
 from scoring.idempotency import DECISION_TTL_S, OnceDecided, encode_record, replayed
-from scoring.metrics import ScorerMetrics, observe_many
+from scoring.metrics import ScorerMetrics
 from scoring.reasons import ReasonExplainer, needs_reasons
 from scoring.release import CANARY_ARM, CHAMPION_ARM, SHADOW_ARM, ModelRelease, ServingRelease, canary_mask
 from streaming import STORE_ERRORS, BatchFeatures, OnlineFeatureStore
@@ -283,7 +283,7 @@ class DecisionEngine:
             ts = batch.event_ts if batch.event_ts is not None else np.array([t.event_ts for t in transactions])
             lag = ts - watermark
             staleness = lag.tolist()
-            observe_many(self.metrics.feature_staleness, np.maximum(lag, 0.0))
+            self.metrics.feature_staleness.observe_many(np.maximum(lag, 0.0))
         # the card's hash fixes its arm: only exploration makes an outcome uncertain
         propensity = [1.0] * len(transactions) if explored is None else explored.tolist()
         arms = (_arm(release, False, self.arm), _arm(release, True, self.arm))

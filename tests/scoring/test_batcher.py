@@ -62,15 +62,22 @@ def test_requests_queued_behind_a_running_batch_are_decided_together_in_order():
         assert [d.transaction_id for d in answer] == [f"tx-test-{i:06d}", f"tx-test-{100 + i:06d}"]
 
 
+async def _one_past_the_budget(rec: Recorder, shed):
+    """A batcher whose first batch (txn 0) is held on ``rec``'s gate while txn 1 waits in the queue
+    past the 50 ms budget."""
+    batcher = DecisionBatcher(rec.decide, shed, BatchingConfig(shed_after_s=0.05))
+    rec.gate.clear()
+    first = asyncio.create_task(batcher.decide([txn(0)]))
+    await asyncio.sleep(0.02)
+    late = asyncio.create_task(batcher.decide([txn(1)]))
+    await asyncio.sleep(0.2)  # txn 1 is queued 200 ms > 50 ms budget
+    return batcher, first, late
+
+
 def test_requests_that_waited_past_the_budget_are_shed_with_a_reason_not_dropped():
     async def main():
         rec = Recorder()
-        batcher = DecisionBatcher(rec.decide, rec.shed, BatchingConfig(shed_after_s=0.05))
-        rec.gate.clear()
-        first = asyncio.create_task(batcher.decide([txn(0)]))
-        await asyncio.sleep(0.02)
-        late = asyncio.create_task(batcher.decide([txn(1)]))
-        await asyncio.sleep(0.2)  # txn 1 is queued 200 ms > 50 ms budget
+        batcher, first, late = await _one_past_the_budget(rec, rec.shed)
         rec.gate.set()
         out = await asyncio.gather(first, late)
         batcher.close()
@@ -128,12 +135,7 @@ def test_a_slow_shed_holds_up_neither_the_loop_nor_the_fresh_requests_behind_it(
 
     async def main():
         rec = Recorder()
-        batcher = DecisionBatcher(rec.decide, slow_shed, BatchingConfig(shed_after_s=0.05))
-        rec.gate.clear()
-        first = asyncio.create_task(batcher.decide([txn(0)]))
-        await asyncio.sleep(0.02)
-        late = asyncio.create_task(batcher.decide([txn(1)]))
-        await asyncio.sleep(0.2)  # txn 1 is now past the budget
+        batcher, first, late = await _one_past_the_budget(rec, slow_shed)
         fresh = asyncio.create_task(batcher.decide([txn(2)]))
         await asyncio.sleep(0)  # queued
         rec.gate.set()
@@ -156,12 +158,7 @@ def test_a_failing_shed_fails_its_callers_and_decisions_go_on():
 
     async def main():
         rec = Recorder()
-        batcher = DecisionBatcher(rec.decide, broken_shed, BatchingConfig(shed_after_s=0.05))
-        rec.gate.clear()
-        first = asyncio.create_task(batcher.decide([txn(0)]))
-        await asyncio.sleep(0.02)
-        late = asyncio.create_task(batcher.decide([txn(1)]))
-        await asyncio.sleep(0.2)
+        batcher, first, late = await _one_past_the_budget(rec, broken_shed)
         rec.gate.set()
         await first
         with pytest.raises(RuntimeError, match="shed broke"):

@@ -74,24 +74,20 @@ log = logging.getLogger(__name__)
 
 
 class ExplainingPublisher:
-    """Publishes decisions from a worker thread: approvals as soon as it takes them, flagged and
-    blocked decisions once their reason codes are in.
+    """Publishes approvals at once and flagged/blocked decisions once their reason codes are in.
 
     Reason codes (TreeSHAP) cost about a millisecond per explained row (docs/performance.md,
     section 8); computed inline, every payment batched with a flagged one would wait for them. Here
     the reply goes out first and a worker thread explains and publishes; XGBoost releases the GIL
-    while it computes, so on a second core this overlaps the decision loop. Approvals go through
-    the worker too: encoding a decision record and producing it cost ~20 µs a payment on the
-    decide thread, the thread whose time per payment limits a scorer (docs/performance.md). The
-    queue is bounded: when it is full (a flood of flags) decisions are published at once, without
-    reasons, and counted, never held back and never dropped.
+    while it computes, so on a second core this overlaps the decision loop. The queue is bounded:
+    when it is full (a flood of flags) decisions are published without reasons and counted, never
+    held back and never dropped.
 
     The worker explains the flagged decisions of several batches in one call: after taking a
-    batch with flagged rows it collects what else arrives for up to ``collect_s`` (until
-    ``collect_rows`` flagged rows). XGBoost's TreeSHAP costs ~1.4 ms for one row but ~0.8–1 ms per
-    row in calls of 4–64 (docs/performance.md), and at a 1% flag rate most batches hold one
-    flagged row. The price is that a decision reaches `decisions` up to ``collect_s`` later; the
-    reply never waits.
+    batch it collects what else arrives for up to ``collect_s`` (at most ``collect_rows`` rows).
+    XGBoost's TreeSHAP costs ~1.4 ms for one row but ~0.8–1 ms per row in calls of 4–64
+    (docs/performance.md), and at a 1% flag rate most batches hold one flagged row. The price is
+    that a flagged decision reaches `decisions` up to ``collect_s`` later; the reply never waits.
     """
 
     def __init__(
@@ -112,53 +108,42 @@ class ExplainingPublisher:
         self._worker.start()
 
     def publish(self, decisions: Iterable[Decision]) -> None:
-        batch = list(decisions)
-        if not batch:
-            return
-        try:
-            self._queue.put_nowait(batch)
-        except queue.Full:
-            skipped = sum(map(needs_reasons, batch))
-            if skipped:
-                self.metrics.count_degraded("reasons_skipped", skipped)
-            self.inner.publish(batch)
+        now, later = [], []
+        for d in decisions:
+            (later if needs_reasons(d) else now).append(d)
+        if now:
+            self.inner.publish(now)
+        if later:
+            try:
+                self._queue.put_nowait(later)
+            except queue.Full:
+                self.metrics.count_degraded("reasons_skipped", len(later))
+                self.inner.publish(later)
 
     def _run(self) -> None:
         while True:
             batches = self._collect()
-            now: list[Decision] = []
-            later: list[Decision] = []
-            for d in (d for batch in batches for d in batch):
-                (later if needs_reasons(d) else now).append(d)
+            decisions = [d for batch in batches for d in batch]
             try:
-                if now:
-                    self.inner.publish(now)
-                if later:
-                    self._explain_and_publish(later)
+                self.inner.publish(self.explain(decisions))
+            except Exception:  # noqa: BLE001 - explaining must never lose a decision
+                log.exception("explaining %d decisions failed; published without reasons", len(decisions))
+                self.inner.publish(decisions)
             finally:
                 for _ in batches:
                     self._queue.task_done()
 
-    def _explain_and_publish(self, decisions: list[Decision]) -> None:
-        try:
-            explained = self.explain(decisions)
-        except Exception:  # noqa: BLE001 - explaining must never lose a decision
-            log.exception("explaining %d decisions failed; published without reasons", len(decisions))
-            explained = decisions
-        self.inner.publish(explained)
-
     def _collect(self) -> list[list[Decision]]:
-        """The next batch; if it has rows to explain, also those that arrive within ``collect_s``
-        of it (until ``collect_rows`` rows to explain)."""
+        """The next batch, and those that arrive within ``collect_s`` of it (up to ``collect_rows``)."""
         batches = [self._queue.get()]
-        flagged = sum(map(needs_reasons, batches[0]))
+        rows = len(batches[0])
         deadline = time.monotonic() + self.collect_s
-        while 0 < flagged < self.collect_rows and (left := deadline - time.monotonic()) > 0:
+        while rows < self.collect_rows and (left := deadline - time.monotonic()) > 0:
             try:
                 batches.append(self._queue.get(timeout=left))
             except queue.Empty:
                 break
-            flagged += sum(map(needs_reasons, batches[-1]))
+            rows += len(batches[-1])
         return batches
 
     def flush(self, timeout: float = 10.0) -> int:

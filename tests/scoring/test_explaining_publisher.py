@@ -18,14 +18,13 @@ from tests.factories import register_tiny_model, txn
 pytestmark = pytest.mark.integration
 
 FLAG_MOST = DecisionThresholds(flag=0.0, block=1.0)
-APPROVE_ALL = DecisionThresholds(flag=1.0, block=1.0)
 
 
-def _engine(tmp_path, redis_client, inline, thresholds=FLAG_MOST):
+def _engine(tmp_path, redis_client, inline):
     register_tiny_model(tmp_path, lambda x: x[:, 0] > 1.0)
     model = ModelRegistry(tmp_path).load()
     store = OnlineFeatureStore(redis_client, f"explain-{inline}")
-    return DecisionEngine(load_rules(), model, store, thresholds, ScorerMetrics(), explain_inline=inline)
+    return DecisionEngine(load_rules(), model, store, FLAG_MOST, ScorerMetrics(), explain_inline=inline)
 
 
 def _payments(n):
@@ -105,28 +104,3 @@ def test_flagged_batches_arriving_together_are_explained_in_one_call(tmp_path, r
     published = [decode_decision(m.value()) for m in read_topic(kafka_bootstrap, topics.decisions, idle_s=1.0)]
     assert sorted(d.transaction_id for d in published) == sorted(d.transaction_id for b in batches for d in b)
     assert all(1 <= len(d.reasons) <= 3 for d in published)
-
-
-def test_approvals_are_published_by_the_worker_at_once_not_on_the_callers_thread(
-    tmp_path, redis_client, kafka_bootstrap, topics
-):
-    """The caller is the decide thread, whose time per payment limits a scorer: encoding and
-    producing its decisions is the worker's job. A batch with nothing to explain does not wait for
-    the collect window (30 s here)."""
-    engine = _engine(tmp_path, redis_client, inline=False, thresholds=APPROVE_ALL)
-    replies = engine.decide_batch(_payments(20))
-    assert all(d.outcome is Outcome.APPROVE for d in replies)
-    inner = DecisionPublisher(make_producer(kafka_bootstrap), topics.decisions, engine.metrics)
-    publishing_threads = []
-    publish = inner.publish
-    inner.publish = lambda decisions: (publishing_threads.append(threading.current_thread().name), publish(decisions))
-    publisher = ExplainingPublisher(inner, engine.explain, collect_s=30.0)
-
-    publisher.publish(replies)
-
-    def published() -> list[str]:
-        return [m.key().decode() for m in read_topic(kafka_bootstrap, topics.decisions, idle_s=0.5)]
-
-    wait_for(lambda: sorted(published()) == sorted(d.transaction_id for d in replies), 10, "the approvals on the topic")
-    assert publishing_threads == ["explain-publish"]
-    assert publisher.flush() == 0

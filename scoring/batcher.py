@@ -62,6 +62,8 @@ class DecisionBatcher:
         # One thread: batches are decided one after another, so the decision for a card's second
         # payment always sees the first; the event loop keeps receiving requests meanwhile.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="decide")
+        # Sheds run beside the decide thread (the engine's shared parts are thread-safe, and both
+        # paths record first writer wins, so a payment shed and retried at once gets one answer).
         self._shedder = ThreadPoolExecutor(1, thread_name_prefix="shed")
         self._shedding: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references
         self._worker: asyncio.Task[None] | None = None

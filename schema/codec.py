@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from schema.types import (
+    COUNTRY_FIELDS,
     CURRENCIES,
     EARLIEST_EVENT_TIME,
     ID_FIELDS,
@@ -108,7 +109,8 @@ def transaction_from_fields(
 
 def check_transaction(txn: Transaction, *, now: float | None = None) -> Transaction:
     """The input limits the field types cannot say (schema.types): printable ids, a known currency,
-    an event time in range and, given the door's clock ``now``, not too far ahead of it.
+    country codes of capitals A-Z, an event time in range and, given the door's clock ``now``, not
+    too far ahead of it.
     Returns ``txn``; raises InvalidEvent naming the field in msgspec's style (``- at `$.field```)."""
     for name in ID_FIELDS:
         if not getattr(txn, name).isprintable():
@@ -117,6 +119,10 @@ def check_transaction(txn: Transaction, *, now: float | None = None) -> Transact
             )
     if txn.currency not in CURRENCIES:
         raise InvalidEvent(f"Unknown currency {txn.currency!r} (not an ISO 4217 payment currency) - at `$.currency`")
+    for name in COUNTRY_FIELDS:
+        code = getattr(txn, name)  # two characters, by its type
+        if not (code.isascii() and code.isalpha() and code.isupper()):
+            raise InvalidEvent(f"Expected `str` matching regex '^[A-Z]{{2}}$' - at `$.{name}`")
     at = txn.event_time
     if not EARLIEST_EVENT_TIME <= at < LATEST_EVENT_TIME:
         raise InvalidEvent(

@@ -23,8 +23,12 @@ FeatureVector = dict[str, float]
 FeatureValues = Mapping[str, float]
 
 NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-CountryCode = Annotated[str, msgspec.Meta(pattern="^[A-Z]{2}$")]
-CurrencyCode = Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
+# Two and three characters; that they are capitals A-Z (and the currency a real one) is checked by
+# ``schema.check_transaction``: a msgspec ``pattern`` runs Python's ``re`` for each field, ~1 µs
+# apiece, which made these three fields 3 of the ~5 µs that decoding a payment cost at every door
+# and in the feature stream.
+CountryCode = Annotated[str, msgspec.Meta(min_length=2, max_length=2)]
+CurrencyCode = Annotated[str, msgspec.Meta(min_length=3, max_length=3)]
 PositiveMinorUnits = Annotated[int, msgspec.Meta(gt=0, le=10**12)]
 Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 # RFC 3339 with Z or an offset; a naive time is rejected rather than guessed.
@@ -52,6 +56,8 @@ MAX_AHEAD_S = 86_400.0
 # (str.isprintable: no control, format, line-separator, surrogate or unassigned characters). Any
 # script is fine; a NUL, a newline or a bidi override in an id breaks logs, keys and review pages.
 ID_FIELDS = ("transaction_id", "card_id", "customer_id", "merchant_id", "merchant_category", "device_id")
+# ISO 3166 alpha-2 country codes: two capitals A-Z (the payment's country and the card's).
+COUNTRY_FIELDS = ("country", "card_country")
 # ISO 4217 currencies a card payment can be in: the active ones plus those withdrawn since 2008
 # (for replays of older logs); fund, metal, bond-unit, test (XTS) and no-currency (XXX) codes are not.
 _ISO_4217 = """

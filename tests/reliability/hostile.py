@@ -96,6 +96,15 @@ def hostile_event(draw: st.DrawFn, n: int = 0, kind: str | None = None) -> Hosti
             )
         )
         return _event(kind, data, _at("currency"))
+    if kind == "bad country code":  # two capitals A-Z, nothing else (not lower case, not Ä)
+        field = draw(st.sampled_from(["country", "card_country"]))
+        data[field] = draw(
+            st.one_of(
+                st.sampled_from(["de", "De", "D", "DEU", "D1", "ÄB", "ΑΒ", "", "  ", "D\n"]),
+                st.text(min_size=2, max_size=2).filter(lambda c: not (c.isascii() and c.isalpha() and c.isupper())),
+            )
+        )
+        return _event(kind, data, _at(field))
     if kind == "event time out of range":
         data["event_time"] = draw(
             st.sampled_from(
@@ -172,6 +181,7 @@ KINDS = (
     "amount huge or fractional",
     "amount in range",
     "unknown currency",
+    "bad country code",
     "event time out of range",
     "event time ahead of the clock",
     "event time garbage",

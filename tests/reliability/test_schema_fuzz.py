@@ -4,6 +4,7 @@ round-trips and keeps the input limits, or an InvalidEvent naming the field. Not
 
 from __future__ import annotations
 
+import re
 import time
 
 import msgspec
@@ -21,7 +22,7 @@ def assert_invariants(t: Transaction, now: float) -> None:
     """What every accepted transaction satisfies, whichever door it came through."""
     assert type(t.amount_minor) is int and 0 < t.amount_minor <= 10**12
     assert t.currency in CURRENCIES
-    assert len(t.country) == len(t.card_country) == 2 and (t.country + t.card_country).isupper()
+    assert all(re.fullmatch("[A-Z]{2}", code) for code in (t.country, t.card_country))
     for name in ID_FIELDS:
         value = getattr(t, name)
         assert 1 <= len(value) <= 128 and value.isprintable(), name

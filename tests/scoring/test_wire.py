@@ -32,6 +32,7 @@ def test_an_empty_channel_means_the_default():
         ("card_id", "", "$.card_id"),
         ("amount_minor", 0, "$.amount_minor"),
         ("country", "de", "$.country"),
+        ("card_country", "ÄB", "$.card_country"),  # capitals, but not A-Z
         ("currency", "ZZZ", "$.currency"),
         ("event_time", "2026-11-27T12:00:00", "$.event_time"),  # no offset
         ("device_id", "dev\n1", "$.device_id"),

@@ -23,7 +23,7 @@ import zstandard
 
 from schema import Label, Transaction
 from streaming.admission import Admission, CardAdmission, admit
-from streaming.windows import LAYOUTS, EntityState, apply_label, apply_transaction
+from streaming.windows import ENTITY_KEY_GETTERS, LAYOUTS, EntityState, apply_label, apply_transaction
 
 # (state key "entity:id", entity, event, its time in Unix seconds: the event time of a transaction,
 # the known_at of a label). The time travels with the event so that it is computed once per
@@ -43,13 +43,10 @@ def state_key(entity: str, entity_id: str) -> str:
     return f"{entity}:{entity_id}"
 
 
-_KEY_FIELDS = tuple((entity, layout.key_field) for entity, layout in LAYOUTS.items())
-
-
 def entity_events(txn: Transaction) -> list[EntityEvent]:
     """The transaction as an event of each entity it touches, keyed once for routing and state."""
     ts = txn.event_ts
-    return [(state_key(entity, getattr(txn, field)), entity, txn, ts) for entity, field in _KEY_FIELDS]
+    return [(state_key(entity, key_of(txn)), entity, txn, ts) for entity, key_of in ENTITY_KEY_GETTERS]
 
 
 class _Shard(Generic[S]):

@@ -201,7 +201,8 @@ LAYOUTS: dict[str, EntityLayout] = {entity: _layout(entity) for entity in ENTITY
 
 
 # (entity, the getter of a payment's id for it), in LAYOUTS order: what a batch read maps over its
-# payments (an attrgetter per entity, not a method call per entity per payment).
+# payments and what the stream routes each payment by (an attrgetter per entity, not a method call
+# per entity per payment).
 ENTITY_KEY_GETTERS = tuple((entity, attrgetter(layout.key_field)) for entity, layout in LAYOUTS.items())
 
 

@@ -130,7 +130,7 @@ def run_once(raws: list[bytes], redis_url: str, snapshot_every: int, gc_like_the
             t6 = clock()
             size = sum(len(logic.snapshot()) for logic in (*admission.values(), *entities.values()))
             snapshot_s += clock() - t6
-            last_snapshot = (sum(len(e.shard.entries) for e in entities.values()), size, clock() - t6)
+            last_snapshot = (sum(len(e.shard) for e in entities.values()), size, clock() - t6)
     _forget(sink.store.client, config.key_prefix)
     sink.close()
     gc.unfreeze()

@@ -54,13 +54,12 @@ from prometheus_client import Counter
 from deploy.lag import ConsumerLag, ProcessedOffsetsLag
 from schema import InvalidEvent, Label, Transaction, dead_letter, decode_label, decode_transaction, encode
 from streaming.admission import DEFAULT_ALLOWED_LATENESS_S, Admission, late_reason
+from streaming.entity_table import warm_up
 from streaming.metrics import StreamMetrics
 from streaming.offline import label_entity_ids
 from streaming.online import STATE_TTL_S, STORE_ERRORS, OnlineFeatureStore, connect_redis
-from streaming.packed import pack_state
 from streaming.recovery_registry import PartitionRegistry
 from streaming.shards import AdmissionShard, EntityEvent, EntityShard, entity_events, shard_of, state_key
-from streaming.windows import EntityState, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +264,7 @@ class _AdmissionLogic(_ShardLogic):
 
 
 class ShardUpdate(NamedTuple):
-    states: dict[str, EntityState]  # "entity:id" -> state after the batch
+    states: dict[str, bytes]  # "entity:id" -> its state after the batch, packed (``pack_state``)
     event_times: list[float]  # of the transactions applied (each once, by its card)
     labels: int
 
@@ -298,12 +297,14 @@ class _EntityLogic(_ShardLogic):
         changed = self.shard.apply(events, time.time())
         if self._generation != self.resync.generation:
             self._generation = self.resync.generation
-            changed = dict(self.shard.states)
-        # The states themselves go downstream, not copies: the sink encodes each key's newest state
-        # once per batch, which is all Redis needs.
+            packed = self.shard.pack_all()
+        else:
+            # Packed here, as of this batch: the next batch changes the shard in place while the
+            # sink is still sending these.
+            packed = self.shard.pack(changed)
         event_times = [e[3] for e in events if e[1] == "card" and isinstance(e[2], Transaction)]
         labels = sum(1 for e in events if isinstance(e[2], Label))
-        return [ShardUpdate(changed, event_times, labels)], StatefulBatchLogic.RETAIN
+        return [ShardUpdate(packed, event_times, labels)], StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime:
         # Woken every few seconds as well as for the hourly sweep, so a shard that sees no events
@@ -314,7 +315,7 @@ class _EntityLogic(_ShardLogic):
         out: list[Any] = []
         if self._generation != self.resync.generation:
             self._generation = self.resync.generation
-            out = [ShardUpdate(dict(self.shard.states), [], 0)]
+            out = [ShardUpdate(self.shard.pack_all(), [], 0)]
         if datetime.now(UTC) >= self._next_sweep:
             super().on_notify()
         return out, StatefulBatchLogic.RETAIN
@@ -326,9 +327,9 @@ RESYNC_POLL_S = 5.0
 class _RedisStatePartition(StatelessSinkPartition[tuple[str, ShardUpdate]]):
     """Writes whole entity states; waits out a Redis outage instead of crashing the flow.
 
-    The states are packed here, on the flow's thread (the next batch changes them), and sent by a
-    writer thread (``_BackgroundWrites``), so the flow computes the next batch while Redis applies
-    this one: waiting for Redis took ~20% of a worker that was falling behind at 8,000/s (`fraud
+    The states arrive packed (by the shards, on the flow's thread) and are sent by a writer thread
+    (``_BackgroundWrites``), so the flow computes the next batch while Redis applies this one:
+    waiting for Redis took ~20% of a worker that was falling behind at 8,000/s (`fraud
     bench-stream`). At most ``WRITES_IN_FLIGHT`` batches wait; beyond that the flow waits too.
 
     While Redis is away the write is retried with backoff (the flow stalls, Kafka keeps the input,
@@ -351,14 +352,14 @@ class _RedisStatePartition(StatelessSinkPartition[tuple[str, ShardUpdate]]):
         if self._last_batch_at is not None:
             self.metrics.batch_intervals.observe(now - self._last_batch_at)
         self._last_batch_at = now
-        latest: dict[str, EntityState] = {}
+        latest: dict[str, bytes] = {}
         event_times: list[float] = []
         labels = 0
         for _, update in items:
             latest.update(update.states)
             event_times.extend(update.event_times)
             labels += update.labels
-        packed = [(*key.split(":", 1), pack_state(state)) for key, state in latest.items()]
+        packed = [(*key.split(":", 1), raw) for key, raw in latest.items()]
         self._writes.submit((packed, event_times, labels))
 
     def flush(self) -> None:
@@ -540,8 +541,8 @@ _INPUTS = ("kafka_bootstrap", "transactions_topic", "labels_topic", "shards")
 # The encoding of the shards' snapshots (``streaming.shards``): a store written in another cannot
 # be decoded, so it is made afresh like one of other inputs. Raise it when ``EntityState`` or
 # ``CardAdmission`` changes shape. 2: bucket and distinct rows as one byte string each; 3: admission
-# without ``oldest_recent_ts``; 4: zstd-compressed.
-SNAPSHOT_FORMAT = 4
+# without ``oldest_recent_ts``; 4: zstd-compressed; 5: entity states as tables (``streaming.entity_table``).
+SNAPSHOT_FORMAT = 5
 
 
 def _start_over(also: str = "") -> str:

@@ -4,8 +4,9 @@ Why shards rather than one dataflow key per card: bytewax's cost is per item and
 touches, and each payment touches four entities (card, customer, merchant, device). Keyed per
 entity, the flow spent most of its time in the engine (~2k payments/s per process, measured by
 `fraud bench-stream`). Grouping each input batch by shard turns thousands of items into a few
-dozen, and the state code runs in plain Python loops. The price: a snapshot writes a touched
-shard whole, not just the entities that changed (see docs/features.md).
+dozen. Within a shard each entity kind's states are one ``EntityTable``: arrays updated by one
+compiled call per batch. The price: a snapshot writes a touched shard whole, not just the entities
+that changed (see docs/features.md).
 
 Everything here is plain Python so that it can be tested without a dataflow; `streaming.dataflow`
 adapts it to bytewax.
@@ -19,11 +20,13 @@ from collections.abc import Iterable
 from typing import Generic, Self, TypeVar
 
 import msgspec
+import numpy as np
 import zstandard
 
 from schema import Label, Transaction
 from streaming.admission import Admission, CardAdmission, admit
-from streaming.windows import ENTITY_KEY_GETTERS, LAYOUTS, EntityState, apply_label, apply_transaction
+from streaming.entity_table import EntityTable, TableSnapshot
+from streaming.windows import ENTITY_KEY_GETTERS, LAYOUTS
 
 # (state key "entity:id", entity, event, its time in Unix seconds: the event time of a transaction,
 # the known_at of a label). The time travels with the event so that it is computed once per
@@ -100,26 +103,63 @@ class AdmissionShard(_Shard[CardAdmission]):
         return self.entries[card_id]
 
 
-class EntityShard(_Shard[EntityState]):
-    """The window state of the entities (of every kind) in one shard, keyed ``entity:id``."""
+class EntityShard:
+    """The window state of the entities (of every kind) in one shard: an ``EntityTable`` per kind,
+    keyed ``entity:id``; snapshots are the tables' msgpack, zstd-compressed."""
 
-    _decoder = msgspec.msgpack.Decoder(dict[str, EntityState])
+    _encoder = msgspec.msgpack.Encoder()
+    _decoder = msgspec.msgpack.Decoder(dict[str, TableSnapshot])
 
-    @property
-    def states(self) -> dict[str, EntityState]:
-        return self.entries
+    def __init__(self, tables: dict[str, EntityTable] | None = None) -> None:
+        self.tables = tables or {entity: EntityTable(layout) for entity, layout in LAYOUTS.items()}
 
-    def apply(self, events: Iterable[EntityEvent], now: float) -> dict[str, EntityState]:
-        """Apply events in the given order; returns the states they changed, by key."""
-        changed: dict[str, EntityState] = {}
-        for key, entity, event, ts in events:
-            state = self.entries.get(key)
-            if state is None:
-                state = self.entries[key] = EntityState()
-            if isinstance(event, Transaction):
-                apply_transaction(state, LAYOUTS[entity], event, ts)
+    def __len__(self) -> int:
+        return sum(len(table) for table in self.tables.values())
+
+    def apply(self, events: Iterable[EntityEvent], now: float) -> dict[str, np.ndarray]:
+        """Apply events in the given order; returns the slots they changed, per entity kind.
+
+        Each kind's transactions are applied together, labels after them: a state's
+        transaction and label parts do not depend on each other."""
+        payments: dict[str, tuple[list[str], list[Transaction], list[float]]] = {}
+        labels: list[EntityEvent] = []
+        for event in events:
+            key, entity, item, ts = event
+            if isinstance(item, Transaction):
+                batch = payments.get(entity)
+                if batch is None:
+                    batch = payments[entity] = ([], [], [])
+                batch[0].append(key)
+                batch[1].append(item)
+                batch[2].append(ts)
             else:
-                apply_label(state, LAYOUTS[entity], event)
-            self.touched[key] = now
-            changed[key] = state
+                labels.append(event)
+        changed = {
+            entity: self.tables[entity].apply(keys, txns, event_ts, now)
+            for entity, (keys, txns, event_ts) in payments.items()
+        }
+        for key, entity, label, _ in labels:
+            slot = self.tables[entity].apply_label(key, label, now)  # type: ignore[arg-type]
+            changed[entity] = np.union1d(changed.get(entity, np.empty(0, dtype=np.int64)), [slot])
         return changed
+
+    def pack(self, changed: dict[str, np.ndarray]) -> dict[str, bytes]:
+        """The ``pack_state`` bytes of the changed states, by key."""
+        return {key: raw for entity, slots in changed.items() for key, raw in self.tables[entity].pack(slots)}
+
+    def pack_all(self) -> dict[str, bytes]:
+        return self.pack({entity: table.live_slots() for entity, table in self.tables.items()})
+
+    def forget_idle(self, idle_ttl_s: float, now: float | None = None) -> list[str]:
+        horizon = (now if now is not None else time.time()) - idle_ttl_s
+        return [key for table in self.tables.values() for key in table.forget_idle(horizon)]
+
+    def encode(self) -> bytes:
+        snapshot = {entity: table.snapshot() for entity, table in self.tables.items()}
+        # A compressor per call: zstandard's are not thread-safe, and one costs microseconds.
+        return zstandard.ZstdCompressor(level=SNAPSHOT_ZSTD_LEVEL).compress(self._encoder.encode(snapshot))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> EntityShard:
+        snapshot = cls._decoder.decode(zstandard.ZstdDecompressor().decompress(raw))
+        return cls({entity: EntityTable.restore(LAYOUTS[entity], snapshot[entity]) for entity in LAYOUTS})

@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit
 
 BUCKET, DISTINCT = 5, 4  # words per row
+HEADER = 6  # words before a packed state's rows (``streaming.packed``)
 # Columns of the plan, one row per bucket size of an entity (``EntityLayout.plan``).
 RESOLUTION, RETENTION, FIRST_FIELD, FIELDS = range(4)
 
@@ -38,8 +39,14 @@ def update_rows(buckets, distinct, second, previous, amount, plan, codes, hashes
     b = np.frombuffer(buckets, dtype=np.int64)
     d = np.frombuffer(distinct, dtype=np.int64)
     h = np.frombuffer(hashes, dtype=np.int64)
-    used_b = len(b) - BUCKET * plan.shape[0]
-    used_d = len(d) - DISTINCT * len(h)
+    return _update(
+        b, d, len(b) - BUCKET * plan.shape[0], len(d) - DISTINCT * len(h), second, previous, amount, plan, codes, h
+    )
+
+
+@njit(cache=True, nogil=True)
+def _update(b, d, used_b, used_d, second, previous, amount, plan, codes, h):  # pragma: no cover - compiled
+    """``update_rows`` on int64 views with the words in use given (room for one payment after them)."""
     lo = 0  # the first word of this resolution's rows
     for i in range(plan.shape[0]):
         resolution, retention = plan[i, RESOLUTION], plan[i, RETENTION]
@@ -141,3 +148,127 @@ def _add_distinct(d, used, resolution, code, start, value):  # pragma: no cover 
         d[w + DISTINCT] = d[w]
     d[at], d[at + 1], d[at + 2], d[at + 3] = resolution, code, start, value
     return used + DISTINCT
+
+
+@njit(cache=True, nogil=True)
+def move_rows(source, target, first, used, slots, to, column):  # pragma: no cover - compiled
+    """Copy each slot's words in use (``first``/``used`` column ``column``) from ``source`` to
+    ``target`` at ``to[k]``, and make that its first word. ``target`` may be ``source`` when the
+    new places do not overlap any slot's words in use."""
+    for k in range(len(slots)):
+        s = slots[k]
+        start, at = first[s, column], to[k]
+        for w in range(used[s, column]):
+            target[at + w] = source[start + w]
+        first[s, column] = at
+
+
+@njit(cache=True, nogil=True)
+def pack_rows(
+    buckets, distinct, first, used, newest_bits, events, n_fraud, slots, magic
+):  # pragma: no cover - compiled
+    """The packed states (``streaming.packed``) of ``slots``, end to end, without their fraud
+    times (``n_fraud`` of them per slot, appended by the caller); returns (words, each one's end)."""
+    total = 0
+    for k in range(len(slots)):
+        total += HEADER + used[slots[k], 0] + used[slots[k], 1]
+    out = np.empty(total, dtype=np.int64)
+    ends = np.empty(len(slots), dtype=np.int64)
+    at = 0
+    for k in range(len(slots)):
+        s = slots[k]
+        nb, nd = used[s, 0], used[s, 1]
+        out[at], out[at + 1], out[at + 2] = magic, newest_bits[s], events[s]
+        out[at + 3], out[at + 4], out[at + 5] = nb // BUCKET, nd // DISTINCT, n_fraud[k]
+        at += HEADER
+        start = first[s, 0]
+        for w in range(nb):
+            out[at + w] = buckets[start + w]
+        at += nb
+        start = first[s, 1]
+        for w in range(nd):
+            out[at + w] = distinct[start + w]
+        at += nd
+        ends[k] = at
+    return out, ends
+
+
+@njit(cache=True, nogil=True)
+def apply_payments(
+    buckets,
+    distinct,
+    end,
+    first,
+    used,
+    room,
+    newest_ts,
+    events,
+    touched,
+    mark,
+    token,
+    slots,
+    event_ts,
+    amounts,
+    plan,
+    codes,
+    hashes,
+    spare,
+    now,
+    changed,
+):  # pragma: no cover - compiled
+    """``update_rows`` for payments of many entities kept in shared arrays (``EntityTable``), in
+    order: payment i to slot ``slots[i]``, making room as it goes.
+
+    A slot without room after its rows for one more payment's (``spare``: words of bucket and
+    distinct rows) moves to ``end`` with twice what it needs. Also kept per slot: the newest event
+    time, the payment count, ``touched`` (set to ``now``), and ``mark``: a slot first changed by
+    this call (``mark`` != ``token``) is appended to ``changed``. Returns (payments applied,
+    slots appended); fewer than all when a slot must move and its array is full: the caller
+    makes space and calls again with the rest.
+    """
+    n_changed = 0
+    for i in range(len(slots)):
+        s = slots[i]
+        if used[s, 0] + spare[0] > room[s, 0] and not _move_to_end(buckets, end, first, used, room, s, 0, spare[0]):
+            return i, n_changed
+        if used[s, 1] + spare[1] > room[s, 1] and not _move_to_end(distinct, end, first, used, room, s, 1, spare[1]):
+            return i, n_changed
+        ts = event_ts[i]
+        used[s, 0], used[s, 1] = _update(
+            buckets[first[s, 0] :],
+            distinct[first[s, 1] :],
+            used[s, 0],
+            used[s, 1],
+            int(ts),  # truncates as Python's int() does for the one-payment update's callers
+            int(newest_ts[s]),
+            amounts[i],
+            plan,
+            codes,
+            hashes[i],
+        )
+        if ts > newest_ts[s]:
+            newest_ts[s] = ts
+        events[s] += 1
+        touched[s] = now
+        if mark[s] != token:
+            mark[s] = token
+            changed[n_changed] = s
+            n_changed += 1
+    return len(slots), n_changed
+
+
+@njit(cache=True, nogil=True)
+def _move_to_end(words, end, first, used, room, s, column, spare):  # pragma: no cover - compiled
+    """Move slot ``s``'s rows to the end of ``words`` with room for twice what it needs; False if
+    they do not fit."""
+    size = 2 * (used[s, column] + spare)
+    at = end[column]
+    if at + size > len(words):
+        return False
+    start = first[s, column]
+    for w in range(used[s, column]):
+        words[at + w] = words[start + w]
+    first[s, column] = at
+    room[s, column] = size
+    end[column] = at + size
+    return True

@@ -10,7 +10,6 @@ import redis
 from streaming.dataflow import RedisStateSink, ShardUpdate, StoreResync, _BackgroundWrites, _EntityLogic
 from streaming.metrics import StreamMetrics
 from streaming.online import OnlineFeatureStore
-from streaming.packed import pack_state
 from streaming.shards import EntityShard, entity_events
 from tests.factories import txn
 
@@ -28,14 +27,14 @@ def test_batches_reach_redis_in_order_and_flush_waits_for_them(redis_url):
     sink = RedisStateSink(redis_url, prefix, metrics, StoreResync()).build("online_store", 0, 1)
     first, second = txn(1), txn(2, minutes=1, amount_minor=9_999)
     shard = shard_after(first)
-    earlier = {key: pack_state(state) for key, state in shard.states.items()}
-    sink.write_batch([("s0", ShardUpdate(dict(shard.states), [first.event_ts], 0))])
+    earlier = shard.pack_all()
+    sink.write_batch([("s0", ShardUpdate(earlier, [first.event_ts], 0))])
     shard.apply(entity_events(second), now=0.0)  # the flow goes on while the first batch is sent
-    sink.write_batch([("s0", ShardUpdate(dict(shard.states), [second.event_ts], 0))])
+    sink.write_batch([("s0", ShardUpdate(shard.pack_all(), [second.event_ts], 0))])
     sink.flush()
     store = OnlineFeatureStore(redis.Redis.from_url(redis_url), prefix)
     card = store.client.get(store.key("card", first.card_id))
-    assert card == pack_state(shard.states[f"card:{first.card_id}"]) != earlier[f"card:{first.card_id}"]
+    assert card == shard.pack_all()[f"card:{first.card_id}"] != earlier[f"card:{first.card_id}"]
     assert store.counts()["events"] == 2 and store.watermark() == second.event_ts
     sink.close()
 
@@ -45,7 +44,7 @@ def test_the_gaps_between_batches_are_measured(redis_url):
     sink = RedisStateSink(redis_url, f"sink{time.time_ns()}", metrics, StoreResync()).build("online_store", 0, 1)
     shard = shard_after(txn(1))
     for _ in range(3):
-        sink.write_batch([("s0", ShardUpdate(dict(shard.states), [], 0))])
+        sink.write_batch([("s0", ShardUpdate(shard.pack_all(), [], 0))])
         time.sleep(0.12)
     sink.flush()
     intervals = metrics.registry.get_sample_value
@@ -59,12 +58,12 @@ def test_a_batch_packed_before_the_flow_changes_its_states_is_written_as_it_was(
     prefix = f"sink{time.time_ns()}"
     sink = RedisStateSink(redis_url, prefix, StreamMetrics(), StoreResync()).build("online_store", 0, 1)
     shard = shard_after(txn(1))
-    handed_over = pack_state(shard.states["card:card-000001"])
-    sink.write_batch([("s0", ShardUpdate(dict(shard.states), [txn(1).event_ts], 0))])
+    handed_over = shard.pack_all()
+    sink.write_batch([("s0", ShardUpdate(handed_over, [txn(1).event_ts], 0))])
     shard.apply(entity_events(txn(2, minutes=1)), now=0.0)  # changed, but not handed to the sink
     sink.flush()
     store = OnlineFeatureStore(redis.Redis.from_url(redis_url), prefix)
-    assert store.client.get(store.key("card", "card-000001")) == handed_over
+    assert store.client.get(store.key("card", "card-000001")) == handed_over["card:card-000001"]
     sink.close()
 
 
@@ -94,7 +93,7 @@ def test_a_resumed_shard_writes_every_state_again_on_its_first_batch():
     resync = StoreResync()
     resumed = _EntityLogic(shard.encode(), resync)
     [update], _ = resumed.on_batch([[]])
-    assert set(update.states) == set(shard.states)  # all of them, though nothing new arrived
+    assert update.states == shard.pack_all()  # all of them, though nothing new arrived
     [update], _ = resumed.on_batch([list(entity_events(txn(3, minutes=1)))])
     assert set(update.states) == {
         "card:card-000001",

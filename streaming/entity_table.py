@@ -1,0 +1,273 @@
+"""One entity kind's window states in one shard, kept in shared arrays: the stream's form of
+``EntityState``.
+
+Why: with an ``EntityState`` object per entity, the stream paid Python work per entity and
+payment at every step that touched it: ~7 µs to update (numba's dispatch, growing and cutting the
+rows), ~4 µs to pack for Redis, and more to encode in a snapshot (``fraud bench-stream
+--steps-only``). Here every state of one kind lives in a few numpy arrays, so a batch is one
+compiled update (``update_many``), one compiled pack (``pack_rows``), and a snapshot a few array
+copies. The rows and the update are those of ``EntityState`` and ``apply_transaction`` (the same
+kernel), and the packed bytes those of ``pack_state``: the tests hold the two byte for byte.
+
+Each entity has a slot. Its rows live in ``rows[0]`` (buckets) and ``rows[1]`` (distinct values)
+from ``first`` for ``used`` words, with ``room`` words set aside there. A slot whose payments need
+more room moves to the end of the array; the arrays are compacted when they would have to grow.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from functools import lru_cache
+
+import msgspec
+import numpy as np
+
+from schema import Label, Transaction
+from streaming.packed import MAGIC
+from streaming.state_kernel import apply_payments, move_rows, pack_rows
+from streaming.windows import LAYOUTS, WARM_UP_PAYMENT, EntityLayout, EntityState, apply_label, value_hash
+
+_INITIAL_SLOTS = 64
+_INITIAL_WORDS = 4096
+
+
+@lru_cache(maxsize=1024)
+def _floats(n: int) -> struct.Struct:
+    return struct.Struct(f"<{n}d")
+
+
+class TableSnapshot(msgspec.Struct, array_like=True):
+    """An ``EntityTable`` as its snapshot stores it: the live slots in slot order, rows end to end."""
+
+    keys: list[str]
+    newest_ts: bytes  # float64 per slot
+    events: bytes  # int64 per slot
+    used: bytes  # int64 (slots, 2): words of buckets and distinct rows
+    buckets: bytes  # int64 words
+    distinct: bytes
+    labels: dict[str, tuple[dict[str, float], float]]  # key -> (fraud_known, labels_newest_ts)
+
+
+class EntityTable:
+    """The states of one entity kind in a shard, keyed ``entity:id`` (see the module docstring)."""
+
+    def __init__(self, layout: EntityLayout) -> None:
+        self.layout = layout
+        self.slot_of: dict[str, int] = {}
+        self.keys: list[str | None] = []  # slot -> key; None: a free slot
+        self._free: list[int] = []
+        self.first = np.zeros((_INITIAL_SLOTS, 2), dtype=np.int64)
+        self.used = np.zeros((_INITIAL_SLOTS, 2), dtype=np.int64)
+        self.room = np.zeros((_INITIAL_SLOTS, 2), dtype=np.int64)
+        self.newest_ts = np.zeros(_INITIAL_SLOTS)
+        self.events = np.zeros(_INITIAL_SLOTS, dtype=np.int64)
+        self.touched = np.zeros(_INITIAL_SLOTS)  # wall clock of the last event, for forget_idle
+        self.rows = [np.zeros(_INITIAL_WORDS, dtype=np.int64), np.zeros(_INITIAL_WORDS, dtype=np.int64)]
+        self.end = np.zeros(2, dtype=np.int64)  # words handed out in each of ``rows``
+        self.mark = np.zeros(_INITIAL_SLOTS, dtype=np.int64)  # see ``apply_payments``
+        self._token = 0
+        self.labels: dict[int, EntityState] = {}  # slot -> its label-rate part (fraud_known)
+        self._spare = np.array([len(layout.spare_buckets), len(layout.spare_distinct)], dtype=np.int64) // 8
+
+    def __len__(self) -> int:
+        return len(self.slot_of)
+
+    def apply(self, keys: list[str], transactions: list[Transaction], event_ts: list[float], now: float) -> np.ndarray:
+        """Add payments, in order, to the states of ``keys``; returns the slots they changed."""
+        n = len(transactions)
+        slots = np.array(self._slots_for(keys), dtype=np.int64)
+        if self.layout.distinct_fields:
+            values = self.layout.distinct_values
+            hashes = np.array([value_hash(v) for t in transactions for v in values(t)], dtype=np.int64).reshape(n, -1)
+        else:
+            hashes = np.empty((n, 0), dtype=np.int64)
+        ts = np.array(event_ts, dtype=np.float64)
+        amounts = np.fromiter((t.amount_minor for t in transactions), dtype=np.int64, count=n)
+        changed = np.empty(n, dtype=np.int64)
+        self._token += 1
+        done = n_changed = 0
+        while True:
+            applied, marked = apply_payments(
+                *self.rows,
+                self.end,
+                self.first,
+                self.used,
+                self.room,
+                self.newest_ts,
+                self.events,
+                self.touched,
+                self.mark,
+                self._token,
+                slots[done:],
+                ts[done:],
+                amounts[done:],
+                self.layout.plan,
+                self.layout.distinct_codes,
+                hashes[done:],
+                self._spare,
+                now,
+                changed[n_changed:],
+            )
+            done, n_changed = done + applied, n_changed + marked
+            if done == n:
+                return changed[:n_changed]
+            self._compact(n - done)  # a slot had to move and there was no space left
+
+    def apply_label(self, key: str, label: Label, now: float) -> int:
+        """Record a label for the state of ``key``; returns its slot."""
+        [slot] = self._slots_for([key])
+        state = self.labels.get(slot)
+        if state is None:
+            state = self.labels[slot] = EntityState()
+        apply_label(state, self.layout, label)
+        self.touched[slot] = now
+        return slot
+
+    def pack(self, slots: np.ndarray) -> list[tuple[str, bytes]]:
+        """(key, ``pack_state`` bytes) of each slot."""
+        if not len(slots):
+            return []
+        labels = self.labels
+        n_fraud = np.zeros(len(slots), dtype=np.int64)
+        if labels:
+            n_fraud[:] = [len(labels[s].fraud_known) if s in labels else 0 for s in slots.tolist()]
+        rows, first, used = self.rows, self.first, self.used
+        words, ends = pack_rows(
+            rows[0], rows[1], first, used, self.newest_ts.view(np.int64), self.events, n_fraud, slots, MAGIC
+        )
+        raw = words.tobytes()
+        keys = self.keys
+        out: list[tuple[str, bytes]] = []
+        start = 0
+        for slot, end in zip(slots.tolist(), (ends * 8).tolist(), strict=True):
+            packed = raw[start:end]
+            start = end
+            if slot in labels and labels[slot].fraud_known:
+                fraud = sorted(labels[slot].fraud_known.values())
+                packed += _floats(len(fraud)).pack(*fraud)
+            out.append((keys[slot], packed))  # type: ignore[arg-type]
+        return out
+
+    def live_slots(self) -> np.ndarray:
+        return np.fromiter(self.slot_of.values(), dtype=np.int64, count=len(self.slot_of))
+
+    def forget_idle(self, horizon: float) -> list[str]:
+        """Free the slots untouched since ``horizon`` (wall clock); returns their keys."""
+        live = self.live_slots()
+        idle = live[self.touched[live] < horizon]
+        forgotten = []
+        for slot in idle.tolist():
+            key = self.keys[slot]
+            forgotten.append(key)
+            del self.slot_of[key]
+            self.keys[slot] = None
+            self.labels.pop(slot, None)
+            self._free.append(slot)
+        for array in (self.first, self.used, self.room):
+            array[idle] = 0
+        self.newest_ts[idle] = 0.0
+        self.events[idle] = 0
+        return forgotten  # type: ignore[return-value]
+
+    def snapshot(self) -> TableSnapshot:
+        live = np.sort(self.live_slots())
+        used = self.used[live]
+        gathered = []
+        for column in (0, 1):
+            out = np.empty(int(used[:, column].sum()), dtype=np.int64)
+            to = np.cumsum(used[:, column]) - used[:, column]
+            move_rows(self.rows[column], out, self.first.copy(), self.used, live, to, column)
+            gathered.append(out.tobytes())
+        return TableSnapshot(
+            keys=[self.keys[s] for s in live.tolist()],  # type: ignore[misc]
+            newest_ts=self.newest_ts[live].tobytes(),
+            events=self.events[live].tobytes(),
+            used=used.tobytes(),
+            buckets=gathered[0],
+            distinct=gathered[1],
+            labels={
+                self.keys[s]: (state.fraud_known, state.labels_newest_ts)  # type: ignore[misc]
+                for s, state in self.labels.items()
+            },
+        )
+
+    @classmethod
+    def restore(cls, layout: EntityLayout, snap: TableSnapshot) -> EntityTable:
+        table = cls(layout)
+        n = len(snap.keys)
+        table._grow_slots(n)
+        table.keys = list(snap.keys)
+        table.slot_of = {key: slot for slot, key in enumerate(snap.keys)}
+        table.newest_ts[:n] = np.frombuffer(snap.newest_ts, dtype=np.float64)
+        table.events[:n] = np.frombuffer(snap.events, dtype=np.int64)
+        used = np.frombuffer(snap.used, dtype=np.int64).reshape(n, 2)
+        table.used[:n] = used
+        table.room[:n] = used
+        table.first[:n] = np.cumsum(used, axis=0) - used
+        table.touched[:n] = time.time()
+        for column, raw in enumerate((snap.buckets, snap.distinct)):
+            words = np.frombuffer(raw, dtype=np.int64)
+            table.rows[column] = np.concatenate([words, np.zeros(max(len(words), _INITIAL_WORDS), dtype=np.int64)])
+            table.end[column] = len(words)
+        for key, (fraud_known, newest) in snap.labels.items():
+            table.labels[table.slot_of[key]] = EntityState(fraud_known=fraud_known, labels_newest_ts=newest)
+        return table
+
+    def _slots_for(self, keys: list[str]) -> list[int]:
+        """The slot of each key, opening one for a key not seen before."""
+        get = self.slot_of.get
+        slots = [get(key) for key in keys]
+        if None in slots:
+            for i, slot in enumerate(slots):
+                if slot is None:
+                    slot = get(keys[i])  # opened earlier in this batch
+                    slots[i] = slot if slot is not None else self._open(keys[i])
+        return slots  # type: ignore[return-value]
+
+    def _open(self, key: str) -> int:
+        if self._free:
+            slot = self._free.pop()
+            self.keys[slot] = key
+        else:
+            slot = len(self.keys)
+            if slot == len(self.events):
+                self._grow_slots(2 * slot)
+            self.keys.append(key)
+        self.slot_of[key] = slot
+        return slot
+
+    def _grow_slots(self, n: int) -> None:
+        if n <= len(self.events):
+            return
+
+        def grown(a: np.ndarray) -> np.ndarray:
+            out = np.zeros((n, *a.shape[1:]), dtype=a.dtype)
+            out[: len(a)] = a
+            return out
+
+        self.first, self.used, self.room = grown(self.first), grown(self.used), grown(self.room)
+        self.newest_ts, self.events, self.touched = grown(self.newest_ts), grown(self.events), grown(self.touched)
+        self.mark = grown(self.mark)
+
+    def _compact(self, payments: int) -> None:
+        """Lay the live slots' rows end to end in new arrays, with space after them for the most
+        that ``payments`` more payments can need (a slot moving takes twice what it needs)."""
+        live = self.live_slots()
+        for column in (0, 1):
+            room = self.room[live, column]
+            kept = int(room.sum())
+            more = int(self._spare[column]) * payments + int(self.used[live, column].max(initial=0))
+            rows = np.zeros(max(2 * kept + 4 * more, _INITIAL_WORDS), dtype=np.int64)
+            move_rows(self.rows[column], rows, self.first, self.used, live, np.cumsum(room) - room, column)
+            self.rows[column] = rows
+            self.end[column] = kept
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's disk cache) the table's kernels now, before the first batch."""
+    for layout in LAYOUTS.values():
+        table = EntityTable(layout)
+        slots = table.apply(["warm-up"], [WARM_UP_PAYMENT], [WARM_UP_PAYMENT.event_ts], 0.0)
+        table.pack(slots)
+        EntityTable.restore(layout, table.snapshot())

@@ -38,15 +38,16 @@ def _floats(n: int) -> struct.Struct:
 
 
 class TableSnapshot(msgspec.Struct, array_like=True):
-    """An ``EntityTable`` as its snapshot stores it: the live slots in slot order, rows end to end."""
+    """An ``EntityTable`` as its snapshot stores it: every slot (a free one has no key and no
+    rows), its rows end to end in slot order."""
 
-    keys: list[str]
+    keys: list[str | None]
     newest_ts: bytes  # float64 per slot
     events: bytes  # int64 per slot
     used: bytes  # int64 (slots, 2): words of buckets and distinct rows
     buckets: bytes  # int64 words
     distinct: bytes
-    labels: dict[str, tuple[dict[str, float], float]]  # key -> (fraud_known, labels_newest_ts)
+    labels: dict[int, tuple[dict[str, float], float]]  # slot -> (fraud_known, labels_newest_ts)
 
 
 class EntityTable:
@@ -171,25 +172,22 @@ class EntityTable:
         return forgotten  # type: ignore[return-value]
 
     def snapshot(self) -> TableSnapshot:
-        live = np.sort(self.live_slots())
-        used = self.used[live]
+        n = len(self.keys)
+        used = self.used[:n]
         gathered = []
         for column in (0, 1):
             out = np.empty(int(used[:, column].sum()), dtype=np.int64)
             to = np.cumsum(used[:, column]) - used[:, column]
-            move_rows(self.rows[column], out, self.first.copy(), self.used, live, to, column)
+            move_rows(self.rows[column], out, self.first[:n].copy(), used, np.arange(n), to, column)
             gathered.append(out.tobytes())
         return TableSnapshot(
-            keys=[self.keys[s] for s in live.tolist()],  # type: ignore[misc]
-            newest_ts=self.newest_ts[live].tobytes(),
-            events=self.events[live].tobytes(),
+            keys=self.keys,
+            newest_ts=self.newest_ts[:n].tobytes(),
+            events=self.events[:n].tobytes(),
             used=used.tobytes(),
             buckets=gathered[0],
             distinct=gathered[1],
-            labels={
-                self.keys[s]: (state.fraud_known, state.labels_newest_ts)  # type: ignore[misc]
-                for s, state in self.labels.items()
-            },
+            labels={slot: (state.fraud_known, state.labels_newest_ts) for slot, state in self.labels.items()},
         )
 
     @classmethod
@@ -198,7 +196,8 @@ class EntityTable:
         n = len(snap.keys)
         table._grow_slots(n)
         table.keys = list(snap.keys)
-        table.slot_of = {key: slot for slot, key in enumerate(snap.keys)}
+        table.slot_of = {key: slot for slot, key in enumerate(snap.keys) if key is not None}
+        table._free = [slot for slot, key in enumerate(snap.keys) if key is None]
         table.newest_ts[:n] = np.frombuffer(snap.newest_ts, dtype=np.float64)
         table.events[:n] = np.frombuffer(snap.events, dtype=np.int64)
         used = np.frombuffer(snap.used, dtype=np.int64).reshape(n, 2)
@@ -208,10 +207,10 @@ class EntityTable:
         table.touched[:n] = time.time()
         for column, raw in enumerate((snap.buckets, snap.distinct)):
             words = np.frombuffer(raw, dtype=np.int64)
-            table.rows[column] = np.concatenate([words, np.zeros(max(len(words), _INITIAL_WORDS), dtype=np.int64)])
+            table.rows[column] = np.concatenate([words, np.zeros(max(len(words) // 2, _INITIAL_WORDS), dtype=np.int64)])
             table.end[column] = len(words)
-        for key, (fraud_known, newest) in snap.labels.items():
-            table.labels[table.slot_of[key]] = EntityState(fraud_known=fraud_known, labels_newest_ts=newest)
+        for slot, (fraud_known, newest) in snap.labels.items():
+            table.labels[slot] = EntityState(fraud_known=fraud_known, labels_newest_ts=newest)
         return table
 
     def _slots_for(self, keys: list[str]) -> list[int]:
@@ -252,13 +251,14 @@ class EntityTable:
 
     def _compact(self, payments: int) -> None:
         """Lay the live slots' rows end to end in new arrays, with space after them for the most
-        that ``payments`` more payments can need (a slot moving takes twice what it needs)."""
+        that ``payments`` more payments can need (``_move_to_end``) and for half as many words
+        again, to move into before the next compaction."""
         live = self.live_slots()
         for column in (0, 1):
             room = self.room[live, column]
             kept = int(room.sum())
             more = int(self._spare[column]) * payments + int(self.used[live, column].max(initial=0))
-            rows = np.zeros(max(2 * kept + 4 * more, _INITIAL_WORDS), dtype=np.int64)
+            rows = np.zeros(max(kept + kept // 2 + 4 * more, _INITIAL_WORDS), dtype=np.int64)
             move_rows(self.rows[column], rows, self.first, self.used, live, np.cumsum(room) - room, column)
             self.rows[column] = rows
             self.end[column] = kept

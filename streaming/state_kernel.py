@@ -220,7 +220,7 @@ def apply_payments(
     order: payment i to slot ``slots[i]``, making room as it goes.
 
     A slot without room after its rows for one more payment's (``spare``: words of bucket and
-    distinct rows) moves to ``end`` with twice what it needs. Also kept per slot: the newest event
+    distinct rows) moves to ``end`` (``_move_to_end``). Also kept per slot: the newest event
     time, the payment count, ``touched`` (set to ``now``), and ``mark``: a slot first changed by
     this call (``mark`` != ``token``) is appended to ``changed``. Returns (payments applied,
     slots appended); fewer than all when a slot must move and its array is full: the caller
@@ -259,9 +259,9 @@ def apply_payments(
 
 @njit(cache=True, nogil=True)
 def _move_to_end(words, end, first, used, room, s, column, spare):  # pragma: no cover - compiled
-    """Move slot ``s``'s rows to the end of ``words`` with room for twice what it needs; False if
-    they do not fit."""
-    size = 2 * (used[s, column] + spare)
+    """Move slot ``s``'s rows to the end of ``words``, with room to grow by half (at least two
+    payments' worth) so that a growing state moves rarely; False if they do not fit."""
+    size = used[s, column] + spare + max(used[s, column] // 2, spare)
     at = end[column]
     if at + size > len(words):
         return False

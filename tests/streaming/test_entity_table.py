@@ -101,6 +101,7 @@ def test_forgotten_entities_free_their_slots_and_the_rest_are_untouched():
         table.apply([k for k, _ in items], [t for _, t in items], [t.event_ts for _, t in items], now)
     assert sorted(table.forget_idle(horizon=3000.0)) == sorted(k for k, _ in old)
     assert len(table) == 50
+    table = EntityTable.restore(layout, table.snapshot())  # the free slots survive a snapshot
     again = [(f"again{k}", txn(200 + k, card=f"again{k}")) for k in range(50)]  # reuses the freed slots
     table.apply([k for k, _ in again], [t for _, t in again], [t.event_ts for _, t in again], 6000.0)
     assert len(table.keys) == 100

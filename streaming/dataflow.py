@@ -80,7 +80,7 @@ class StreamConfig:
     # The stream's own consumer settings; offsets live in bytewax recovery state, not Kafka.
     kafka_batch_size: int = 1000
     fetch_min_bytes: int = 1_000_000
-    fetch_wait_ms: int = 200
+    fetch_wait_ms: int = 50
     # State shards (see streaming.shards); fixed for the life of a recovery store.
     shards: int = 16
     # How often fraud_kafka_consumer_lag{consumer="feature-stream"} asks the broker for high watermarks.
@@ -485,7 +485,9 @@ def build_flow(config: StreamConfig, metrics: StreamMetrics | None = None) -> Da
         "batch_size": config.kafka_batch_size,
         # Fetch in chunks rather than message by message: the broker's cost is per fetch request
         # (tansu: ~75% of a core to serve 4k msg/s to a tailing consumer with librdkafka's defaults,
-        # ~23% with these), for at most fetch_wait_ms of added freshness lag when traffic is thin.
+        # ~23% with these). Each partition's fetch returns after fetch_wait_ms unless 1 MB is
+        # waiting, so a payment waits up to that long to be read: at 10,000/s over 4 partitions,
+        # 200 ms made freshness p50 0.49 s, 50 ms 0.23 s, for ~8% more of a core in the broker.
         "add_config": {"fetch.min.bytes": str(config.fetch_min_bytes), "fetch.wait.max.ms": str(config.fetch_wait_ms)},
     }
 

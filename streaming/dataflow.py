@@ -59,7 +59,8 @@ from streaming.metrics import StreamMetrics
 from streaming.offline import label_entity_ids
 from streaming.online import STATE_TTL_S, STORE_ERRORS, OnlineFeatureStore, connect_redis
 from streaming.recovery_registry import PartitionRegistry
-from streaming.shards import AdmissionShard, EntityEvent, EntityShard, entity_events, shard_of, state_key
+from streaming.shards import AdmissionShard, EntityShard, Payments, ShardInput, shard_of, state_key
+from streaming.windows import ENTITY_KEY_GETTERS
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,8 @@ class _Steps:
         self.lag = ProcessedOffsetsLag(
             ConsumerLag(metrics.consumer_lag, "feature-stream"), config.kafka_bootstrap, config.lag_refresh_s
         )
-        self._shard_of_key: dict[str, str] = {}
+        self._card_shards: dict[str, str] = {}  # card id -> its admission shard
+        self._entity_shards: dict[str, dict[str, str]] = {entity: {} for entity, _ in ENTITY_KEY_GETTERS}
 
     def _note_offsets(self, topic: str, msgs: list[RawMessage]) -> None:
         """The newest offset per partition of a batch read from ``topic`` (one dict store per
@@ -164,16 +166,16 @@ class _Steps:
         for msg in msgs:
             item = self.validate_transaction(msg)
             if isinstance(item, Sourced):
-                groups.setdefault(self._shard(item.txn.card_id), []).append(item)
+                groups.setdefault(self._shard(self._card_shards, item.txn.card_id, item.txn.card_id), []).append(item)
             else:
                 out.append(item)
         out.extend(groups.items())
         return out
 
-    def labels_by_entity_shard(self, msgs: list[RawMessage]) -> list[Letter | tuple[str, list[EntityEvent]]]:
+    def labels_by_entity_shard(self, msgs: list[RawMessage]) -> list[Letter | tuple[str, ShardInput]]:
         self._note_offsets(self.config.labels_topic, msgs)
-        out: list[Letter | tuple[str, list[EntityEvent]]] = []
-        groups: dict[str, list[EntityEvent]] = {}
+        out: list[Letter | tuple[str, ShardInput]] = []
+        groups: dict[str, ShardInput] = {}
         for msg in msgs:
             label = self._decode(msg, decode_label, self.metrics.labels)
             if not isinstance(label, Label):
@@ -181,32 +183,47 @@ class _Steps:
                 continue
             entities = label_entity_ids(label, None)
             self.metrics.labels.labels("applied" if entities else "unattributed").inc()
-            known = label.known_at.timestamp()
             for entity, entity_id in entities.items():
-                key = state_key(entity, entity_id)
-                groups.setdefault(self._shard(key), []).append((key, entity, label, known))
+                shard = self._shard(self._entity_shards[entity], entity_id, state_key(entity, entity_id))
+                groups.setdefault(shard, ShardInput({}, [])).labels.append((entity, entity_id, label))
         out.extend(groups.items())
         return out
 
     def admitted_by_entity_shard(
         self, keyed: tuple[str, tuple[list[Transaction], list[Letter]]]
-    ) -> list[Letter | tuple[str, list[EntityEvent]]]:
+    ) -> list[Letter | tuple[str, ShardInput]]:
+        """Each admitted payment to the shard of each entity it touches, as per-kind lists."""
         _, (admitted, letters) = keyed
-        groups: dict[str, list[EntityEvent]] = {}
-        for txn in admitted:
-            for event in entity_events(txn):
-                groups.setdefault(self._shard(event[0]), []).append(event)
-        return [*letters, *groups.items()]
+        times = [txn.event_ts for txn in admitted]
+        inputs: dict[str, ShardInput] = {}
+        for entity, key_of in ENTITY_KEY_GETTERS:
+            shards = self._entity_shards[entity]
+            by_shard: Payments = {}
+            for txn, ts in zip(admitted, times, strict=True):
+                entity_id = key_of(txn)
+                shard = shards.get(entity_id) or self._shard(shards, entity_id, state_key(entity, entity_id))
+                lists = by_shard.get(shard)
+                if lists is None:
+                    lists = by_shard[shard] = ([], [], [])
+                lists[0].append(entity_id)
+                lists[1].append(txn)
+                lists[2].append(ts)
+            for shard, lists in by_shard.items():
+                item = inputs.get(shard)
+                if item is None:
+                    item = inputs[shard] = ShardInput({}, [])
+                item.payments[entity] = lists
+        return [*letters, *inputs.items()]
 
-    def _shard(self, key: str) -> str:
-        """``shard_of(key)``, remembered: a dict hit is ~0.1 µs where hashing the key is ~0.7, and
-        every payment is routed by five keys (its card, then its four entities). The key strings
-        are the ones the shards keep anyway; the cache starts over rather than grow without end."""
-        shard = self._shard_of_key.get(key)
+    def _shard(self, cache: dict[str, str], entity_id: str, key: str) -> str:
+        """``shard_of(key)``, remembered by entity id in ``cache``: a dict hit is ~0.1 µs where
+        hashing the key is ~0.7, and every payment is routed five times (its card, then its four
+        entities). The caches start over rather than grow without end."""
+        shard = cache.get(entity_id)
         if shard is None:
-            if len(self._shard_of_key) >= SHARD_CACHE_KEYS:
-                self._shard_of_key.clear()
-            shard = self._shard_of_key[key] = sys.intern(shard_of(key, self.config.shards))
+            if len(cache) >= SHARD_CACHE_KEYS:
+                cache.clear()
+            shard = cache[entity_id] = sys.intern(shard_of(key, self.config.shards))
         return shard
 
 
@@ -264,7 +281,7 @@ class _AdmissionLogic(_ShardLogic):
 
 
 class ShardUpdate(NamedTuple):
-    states: dict[str, bytes]  # "entity:id" -> its state after the batch, packed (``pack_state``)
+    states: list[tuple[str, str, bytes]]  # (entity, id, its state after the batch, packed: ``pack_state``)
     event_times: list[float]  # of the transactions applied (each once, by its card)
     labels: int
 
@@ -292,9 +309,8 @@ class _EntityLogic(_ShardLogic):
         # a crash may have been counted in the snapshot without reaching Redis.
         self._generation = resync.generation if resume is None else -1
 
-    def on_batch(self, groups: list[list[EntityEvent]]) -> tuple[list[Any], bool]:
-        events = [event for group in groups for event in group]
-        changed = self.shard.apply(events, time.time())
+    def on_batch(self, groups: list[ShardInput]) -> tuple[list[Any], bool]:
+        changed = self.shard.apply(groups, time.time())
         if self._generation != self.resync.generation:
             self._generation = self.resync.generation
             packed = self.shard.pack_all()
@@ -302,8 +318,11 @@ class _EntityLogic(_ShardLogic):
             # Packed here, as of this batch: the next batch changes the shard in place while the
             # sink is still sending these.
             packed = self.shard.pack(changed)
-        event_times = [e[3] for e in events if e[1] == "card" and isinstance(e[2], Transaction)]
-        labels = sum(1 for e in events if isinstance(e[2], Label))
+        event_times: list[float] = []  # each payment once, by its card
+        for group in groups:
+            if "card" in group.payments:
+                event_times += group.payments["card"][2]
+        labels = sum(len(group.labels) for group in groups)
         return [ShardUpdate(packed, event_times, labels)], StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime:
@@ -352,14 +371,13 @@ class _RedisStatePartition(StatelessSinkPartition[tuple[str, ShardUpdate]]):
         if self._last_batch_at is not None:
             self.metrics.batch_intervals.observe(now - self._last_batch_at)
         self._last_batch_at = now
-        latest: dict[str, bytes] = {}
+        packed: list[tuple[str, str, bytes]] = []
         event_times: list[float] = []
         labels = 0
         for _, update in items:
-            latest.update(update.states)
-            event_times.extend(update.event_times)
+            packed += update.states  # a later state of a key is written after, and wins
+            event_times += update.event_times
             labels += update.labels
-        packed = [(*key.split(":", 1), raw) for key, raw in latest.items()]
         self._writes.submit((packed, event_times, labels))
 
     def flush(self) -> None:
@@ -543,8 +561,9 @@ _INPUTS = ("kafka_bootstrap", "transactions_topic", "labels_topic", "shards")
 # The encoding of the shards' snapshots (``streaming.shards``): a store written in another cannot
 # be decoded, so it is made afresh like one of other inputs. Raise it when ``EntityState`` or
 # ``CardAdmission`` changes shape. 2: bucket and distinct rows as one byte string each; 3: admission
-# without ``oldest_recent_ts``; 4: zstd-compressed; 5: entity states as tables (``streaming.entity_table``).
-SNAPSHOT_FORMAT = 5
+# without ``oldest_recent_ts``; 4: zstd-compressed; 5: entity states as tables (``streaming.entity_table``);
+# 6: the tables keyed by entity id.
+SNAPSHOT_FORMAT = 6
 
 
 def _start_over(also: str = "") -> str:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Iterable
-from typing import Generic, Self, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Generic, NamedTuple, Self, TypeVar
 
 import msgspec
 import numpy as np
@@ -28,12 +28,20 @@ from streaming.admission import Admission, CardAdmission, admit
 from streaming.entity_table import EntityTable, TableSnapshot
 from streaming.windows import ENTITY_KEY_GETTERS, LAYOUTS
 
-# (state key "entity:id", entity, event, its time in Unix seconds: the event time of a transaction,
-# the known_at of a label). The time travels with the event so that it is computed once per
-# payment, not once per entity (``Transaction.event_ts`` costs ~0.6 µs).
-EntityEvent = tuple[str, str, Transaction | Label, float]
 S = TypeVar("S")
 SNAPSHOT_ZSTD_LEVEL = 1
+# Per entity kind, the payments one batch brings a shard, as parallel lists: the entity's id in
+# each, the payment, and its event time (computed once per payment, not once per entity:
+# ``Transaction.event_ts`` costs ~0.6 µs).
+Payments = dict[str, tuple[list[str], list[Transaction], list[float]]]
+
+
+class ShardInput(NamedTuple):
+    """What one batch brings an entity shard: payments per entity kind, and labels as
+    (entity, entity id, label)."""
+
+    payments: Payments
+    labels: list[tuple[str, str, Label]]
 
 
 def shard_of(key: str, shards: int) -> str:
@@ -42,14 +50,17 @@ def shard_of(key: str, shards: int) -> str:
 
 
 def state_key(entity: str, entity_id: str) -> str:
-    """The key of an entity's state in its shard, and what its shard is chosen by."""
+    """What an entity's shard is chosen by."""
     return f"{entity}:{entity_id}"
 
 
-def entity_events(txn: Transaction) -> list[EntityEvent]:
-    """The transaction as an event of each entity it touches, keyed once for routing and state."""
-    ts = txn.event_ts
-    return [(state_key(entity, key_of(txn)), entity, txn, ts) for entity, key_of in ENTITY_KEY_GETTERS]
+def shard_input(transactions: Sequence[Transaction]) -> ShardInput:
+    """The payments as the input of one shard that holds every entity they touch (tests)."""
+    times = [t.event_ts for t in transactions]
+    payments = {
+        entity: (list(map(key_of, transactions)), list(transactions), times) for entity, key_of in ENTITY_KEY_GETTERS
+    }
+    return ShardInput(payments, [])
 
 
 class _Shard(Generic[S]):
@@ -105,7 +116,7 @@ class AdmissionShard(_Shard[CardAdmission]):
 
 class EntityShard:
     """The window state of the entities (of every kind) in one shard: an ``EntityTable`` per kind,
-    keyed ``entity:id``; snapshots are the tables' msgpack, zstd-compressed."""
+    keyed by entity id; snapshots are the tables' msgpack, zstd-compressed."""
 
     _encoder = msgspec.msgpack.Encoder()
     _decoder = msgspec.msgpack.Decoder(dict[str, TableSnapshot])
@@ -116,43 +127,39 @@ class EntityShard:
     def __len__(self) -> int:
         return sum(len(table) for table in self.tables.values())
 
-    def apply(self, events: Iterable[EntityEvent], now: float) -> dict[str, np.ndarray]:
-        """Apply events in the given order; returns the slots they changed, per entity kind.
+    def apply(self, inputs: Iterable[ShardInput], now: float) -> dict[str, np.ndarray]:
+        """Apply a batch's inputs, payments in order; returns the slots they changed, per entity kind.
 
-        Each kind's transactions are applied together, labels after them: a state's
-        transaction and label parts do not depend on each other."""
-        payments: dict[str, tuple[list[str], list[Transaction], list[float]]] = {}
-        labels: list[EntityEvent] = []
-        for event in events:
-            key, entity, item, ts = event
-            if isinstance(item, Transaction):
-                batch = payments.get(entity)
-                if batch is None:
-                    batch = payments[entity] = ([], [], [])
-                batch[0].append(key)
-                batch[1].append(item)
-                batch[2].append(ts)
-            else:
-                labels.append(event)
+        Each kind's payments are applied together, labels after them: a state's payment and label
+        parts do not depend on each other."""
+        payments: Payments = {}
+        for item in inputs:
+            for entity, batch in item.payments.items():
+                have = payments.get(entity)
+                payments[entity] = (
+                    batch if have is None else (have[0] + batch[0], have[1] + batch[1], have[2] + batch[2])
+                )
         changed = {
-            entity: self.tables[entity].apply(keys, txns, event_ts, now)
-            for entity, (keys, txns, event_ts) in payments.items()
+            entity: self.tables[entity].apply(ids, txns, event_ts, now)
+            for entity, (ids, txns, event_ts) in payments.items()
         }
-        for key, entity, label, _ in labels:
-            slot = self.tables[entity].apply_label(key, label, now)  # type: ignore[arg-type]
-            changed[entity] = np.union1d(changed.get(entity, np.empty(0, dtype=np.int64)), [slot])
+        for item in inputs:
+            for entity, entity_id, label in item.labels:
+                slot = self.tables[entity].apply_label(entity_id, label, now)
+                changed[entity] = np.union1d(changed.get(entity, np.empty(0, dtype=np.int64)), [slot])
         return changed
 
-    def pack(self, changed: dict[str, np.ndarray]) -> dict[str, bytes]:
-        """The ``pack_state`` bytes of the changed states, by key."""
-        return {key: raw for entity, slots in changed.items() for key, raw in self.tables[entity].pack(slots)}
+    def pack(self, changed: dict[str, np.ndarray]) -> list[tuple[str, str, bytes]]:
+        """(entity, entity id, ``pack_state`` bytes) of the changed states."""
+        return [(entity, *packed) for entity, slots in changed.items() for packed in self.tables[entity].pack(slots)]
 
-    def pack_all(self) -> dict[str, bytes]:
+    def pack_all(self) -> list[tuple[str, str, bytes]]:
         return self.pack({entity: table.live_slots() for entity, table in self.tables.items()})
 
     def forget_idle(self, idle_ttl_s: float, now: float | None = None) -> list[str]:
+        """Forget the states untouched for ``idle_ttl_s`` (wall clock); returns them as ``entity:id``."""
         horizon = (now if now is not None else time.time()) - idle_ttl_s
-        return [key for table in self.tables.values() for key in table.forget_idle(horizon)]
+        return [state_key(entity, key) for entity, table in self.tables.items() for key in table.forget_idle(horizon)]
 
     def encode(self) -> bytes:
         snapshot = {entity: table.snapshot() for entity, table in self.tables.items()}

@@ -1,15 +1,25 @@
-"""Routing admitted payments to entity shards: every entity event to the shard of its state key."""
+"""Routing admitted payments to entity shards: every payment to the shard of each entity's state key,
+in arrival order."""
 
 from streaming import dataflow
 from streaming.dataflow import StreamConfig, _Steps
 from streaming.metrics import StreamMetrics
 from streaming.shards import shard_of
+from streaming.windows import ENTITY_KEY_GETTERS
 from tests.factories import txn
 
 
 def routed(steps: _Steps, payments) -> dict[str, set[str]]:
+    """Per shard, the state keys it was sent; each shard's payments of a kind stay in arrival order."""
     out = steps.admitted_by_entity_shard(("s0", (payments, [])))
-    return {shard: {event[0] for event in events} for shard, events in out}
+    groups: dict[str, set[str]] = {}
+    for shard, item in out:
+        for entity, (ids, txns, times) in item.payments.items():
+            assert txns == sorted(txns, key=payments.index)
+            assert times == [t.event_ts for t in txns]
+            assert ids == [dict(ENTITY_KEY_GETTERS)[entity](t) for t in txns]
+            groups.setdefault(shard, set()).update(f"{entity}:{entity_id}" for entity_id in ids)
+    return groups
 
 
 def test_each_entity_event_goes_to_the_shard_of_its_key_also_once_the_cache_starts_over(monkeypatch):
@@ -26,4 +36,4 @@ def test_each_entity_event_goes_to_the_shard_of_its_key_also_once_the_cache_star
             "merchant",
             "device",
         }
-    assert len(steps._shard_of_key) <= 5
+    assert all(len(cache) <= 5 for cache in steps._entity_shards.values())

@@ -3,7 +3,7 @@
 from streaming import OfflineFeatureBuilder
 from streaming.admission import Admission
 from streaming.packed import pack_state
-from streaming.shards import AdmissionShard, EntityShard, entity_events, shard_of
+from streaming.shards import AdmissionShard, EntityShard, shard_input, shard_of
 from tests.factories import txn
 
 
@@ -14,7 +14,11 @@ def test_shard_names_are_stable_and_spread():
 
 
 def packed(builder):
-    return {f"{entity}:{entity_id}": pack_state(state) for (entity, entity_id), state in builder.states.items()}
+    return {key: pack_state(state) for key, state in builder.states.items()}
+
+
+def by_key(packed_states):
+    return {(entity, entity_id): raw for entity, entity_id, raw in packed_states}
 
 
 def test_entity_shard_builds_the_same_states_as_the_offline_builder():
@@ -22,36 +26,41 @@ def test_entity_shard_builds_the_same_states_as_the_offline_builder():
     shard = EntityShard()
     changed = {}
     for t in history:
-        changed.update(shard.pack(shard.apply(entity_events(t), now=0.0)))
+        changed.update(by_key(shard.pack(shard.apply([shard_input([t])], now=0.0))))
     builder = OfflineFeatureBuilder()
     builder.replay(history)
-    assert shard.pack_all() == packed(builder) == changed
+    assert by_key(shard.pack_all()) == packed(builder) == changed
 
 
 def test_snapshots_round_trip_and_idle_keys_are_forgotten():
     shard = EntityShard()
-    shard.apply(entity_events(txn(1)), now=1000.0)
-    shard.apply(entity_events(txn(2, card="card-2", device="d2")), now=5000.0)
+    shard.apply([shard_input([txn(1)])], now=1000.0)
+    shard.apply([shard_input([txn(2, card="card-2", device="d2")])], now=5000.0)
     restored = EntityShard.decode(shard.encode())
-    assert restored.pack_all() == shard.pack_all()
+    assert by_key(restored.pack_all()) == by_key(shard.pack_all())
     forgotten = shard.forget_idle(idle_ttl_s=2000.0, now=6000.0)
     assert forgotten == ["card:card-000001", "device:dev-0000001"]
-    assert set(shard.pack_all()) == {"card:card-2", "customer:cust-000001", "merchant:merch-0001", "device:d2"}
+    assert set(by_key(shard.pack_all())) == {
+        ("card", "card-2"),
+        ("customer", "cust-000001"),
+        ("merchant", "merch-0001"),
+        ("device", "d2"),
+    }
 
 
 def test_a_shard_resumed_from_its_snapshot_goes_on_as_the_original():
     history = [txn(i, minutes=i * 2.5, card=f"c{i % 3}", merchant=f"m{i % 4}", device=f"d{i % 2}") for i in range(40)]
     original = EntityShard()
     for t in history[:25]:
-        original.apply(entity_events(t), now=0.0)
+        original.apply([shard_input([t])], now=0.0)
     resumed = EntityShard.decode(original.encode())
     for t in history[25:]:  # updated in place after the restore, late ones included
-        original.apply(entity_events(t), now=0.0)
-        resumed.apply(entity_events(t), now=0.0)
+        original.apply([shard_input([t])], now=0.0)
+        resumed.apply([shard_input([t])], now=0.0)
     late = txn(99, minutes=55, card="c1", merchant="m-late")  # behind the newest buckets
-    original.apply(entity_events(late), now=0.0)
-    resumed.apply(entity_events(late), now=0.0)
-    assert resumed.pack_all() == original.pack_all()
+    original.apply([shard_input([late])], now=0.0)
+    resumed.apply([shard_input([late])], now=0.0)
+    assert by_key(resumed.pack_all()) == by_key(original.pack_all())
 
 
 def test_admission_shard_round_trips_and_keeps_judging_the_same_way():

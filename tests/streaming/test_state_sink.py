@@ -10,14 +10,19 @@ import redis
 from streaming.dataflow import RedisStateSink, ShardUpdate, StoreResync, _BackgroundWrites, _EntityLogic
 from streaming.metrics import StreamMetrics
 from streaming.online import OnlineFeatureStore
-from streaming.shards import EntityShard, entity_events
+from streaming.shards import EntityShard, shard_input
 from tests.factories import txn
+
+
+def states(packed, entity="card"):
+    """The packed states of one entity kind, by id."""
+    return {entity_id: raw for kind, entity_id, raw in packed if kind == entity}
 
 
 def shard_after(*payments):
     shard = EntityShard()
     for t in payments:
-        shard.apply(entity_events(t), now=0.0)
+        shard.apply([shard_input([t])], now=0.0)
     return shard
 
 
@@ -29,12 +34,12 @@ def test_batches_reach_redis_in_order_and_flush_waits_for_them(redis_url):
     shard = shard_after(first)
     earlier = shard.pack_all()
     sink.write_batch([("s0", ShardUpdate(earlier, [first.event_ts], 0))])
-    shard.apply(entity_events(second), now=0.0)  # the flow goes on while the first batch is sent
+    shard.apply([shard_input([second])], now=0.0)  # the flow goes on while the first batch is sent
     sink.write_batch([("s0", ShardUpdate(shard.pack_all(), [second.event_ts], 0))])
     sink.flush()
     store = OnlineFeatureStore(redis.Redis.from_url(redis_url), prefix)
     card = store.client.get(store.key("card", first.card_id))
-    assert card == shard.pack_all()[f"card:{first.card_id}"] != earlier[f"card:{first.card_id}"]
+    assert card == states(shard.pack_all())[first.card_id] != states(earlier)[first.card_id]
     assert store.counts()["events"] == 2 and store.watermark() == second.event_ts
     sink.close()
 
@@ -60,10 +65,10 @@ def test_a_batch_packed_before_the_flow_changes_its_states_is_written_as_it_was(
     shard = shard_after(txn(1))
     handed_over = shard.pack_all()
     sink.write_batch([("s0", ShardUpdate(handed_over, [txn(1).event_ts], 0))])
-    shard.apply(entity_events(txn(2, minutes=1)), now=0.0)  # changed, but not handed to the sink
+    shard.apply([shard_input([txn(2, minutes=1)])], now=0.0)  # changed, but not handed to the sink
     sink.flush()
     store = OnlineFeatureStore(redis.Redis.from_url(redis_url), prefix)
-    assert store.client.get(store.key("card", "card-000001")) == handed_over["card:card-000001"]
+    assert store.client.get(store.key("card", "card-000001")) == states(handed_over)["card-000001"]
     sink.close()
 
 
@@ -92,16 +97,16 @@ def test_a_resumed_shard_writes_every_state_again_on_its_first_batch():
     shard = shard_after(txn(1), txn(2, card="card-2", device="d2"))
     resync = StoreResync()
     resumed = _EntityLogic(shard.encode(), resync)
-    [update], _ = resumed.on_batch([[]])
-    assert update.states == shard.pack_all()  # all of them, though nothing new arrived
-    [update], _ = resumed.on_batch([list(entity_events(txn(3, minutes=1)))])
-    assert set(update.states) == {
-        "card:card-000001",
-        "customer:cust-000001",
-        "merchant:merch-0001",
-        "device:dev-0000001",
+    [update], _ = resumed.on_batch([])
+    assert sorted(update.states) == sorted(shard.pack_all())  # all of them, though nothing new arrived
+    [update], _ = resumed.on_batch([shard_input([txn(3, minutes=1)])])
+    assert {(entity, entity_id) for entity, entity_id, _ in update.states} == {
+        ("card", "card-000001"),
+        ("customer", "cust-000001"),
+        ("merchant", "merch-0001"),
+        ("device", "dev-0000001"),
     }
 
     fresh = _EntityLogic(None, resync)
-    [update], _ = fresh.on_batch([list(entity_events(txn(4)))])
+    [update], _ = fresh.on_batch([shard_input([txn(4)])])
     assert len(update.states) == 4

@@ -30,7 +30,6 @@ import json
 import logging
 import queue
 import shutil
-import sys
 import threading
 import time
 import uuid
@@ -59,8 +58,7 @@ from streaming.metrics import StreamMetrics
 from streaming.offline import label_entity_ids
 from streaming.online import STATE_TTL_S, STORE_ERRORS, OnlineFeatureStore, connect_redis
 from streaming.recovery_registry import PartitionRegistry
-from streaming.shards import AdmissionShard, EntityShard, Payments, ShardInput, shard_of, state_key
-from streaming.windows import ENTITY_KEY_GETTERS
+from streaming.shards import AdmissionShard, EntityShard, ShardInput, ShardRouter
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +109,6 @@ def _or(value: int | None) -> int:
     return value if value is not None else -1
 
 
-SHARD_CACHE_KEYS = 500_000  # tens of MB at most: a dict entry per key (the shards hold the strings), names interned
-
-
 class _Steps:
     """The per-batch logic of the flow, with the metrics it counts."""
 
@@ -125,8 +120,7 @@ class _Steps:
         self.lag = ProcessedOffsetsLag(
             ConsumerLag(metrics.consumer_lag, "feature-stream"), config.kafka_bootstrap, config.lag_refresh_s
         )
-        self._card_shards: dict[str, str] = {}  # card id -> its admission shard
-        self._entity_shards: dict[str, dict[str, str]] = {entity: {} for entity, _ in ENTITY_KEY_GETTERS}
+        self.router = ShardRouter(config.shards)
 
     def _note_offsets(self, topic: str, msgs: list[RawMessage]) -> None:
         """The newest offset per partition of a batch read from ``topic`` (one dict store per
@@ -166,7 +160,7 @@ class _Steps:
         for msg in msgs:
             item = self.validate_transaction(msg)
             if isinstance(item, Sourced):
-                groups.setdefault(self._shard(self._card_shards, item.txn.card_id, item.txn.card_id), []).append(item)
+                groups.setdefault(self.router.card(item.txn.card_id), []).append(item)
             else:
                 out.append(item)
         out.extend(groups.items())
@@ -184,7 +178,7 @@ class _Steps:
             entities = label_entity_ids(label, None)
             self.metrics.labels.labels("applied" if entities else "unattributed").inc()
             for entity, entity_id in entities.items():
-                shard = self._shard(self._entity_shards[entity], entity_id, state_key(entity, entity_id))
+                shard = self.router.entity(entity, entity_id)
                 groups.setdefault(shard, ShardInput({}, [])).labels.append((entity, entity_id, label))
         out.extend(groups.items())
         return out
@@ -192,39 +186,9 @@ class _Steps:
     def admitted_by_entity_shard(
         self, keyed: tuple[str, tuple[list[Transaction], list[Letter]]]
     ) -> list[Letter | tuple[str, ShardInput]]:
-        """Each admitted payment to the shard of each entity it touches, as per-kind lists."""
+        """Each admitted payment to the shard of each entity it touches (``ShardRouter.route_payments``)."""
         _, (admitted, letters) = keyed
-        times = [txn.event_ts for txn in admitted]
-        inputs: dict[str, ShardInput] = {}
-        for entity, key_of in ENTITY_KEY_GETTERS:
-            shards = self._entity_shards[entity]
-            by_shard: Payments = {}
-            for txn, ts in zip(admitted, times, strict=True):
-                entity_id = key_of(txn)
-                shard = shards.get(entity_id) or self._shard(shards, entity_id, state_key(entity, entity_id))
-                lists = by_shard.get(shard)
-                if lists is None:
-                    lists = by_shard[shard] = ([], [], [])
-                lists[0].append(entity_id)
-                lists[1].append(txn)
-                lists[2].append(ts)
-            for shard, lists in by_shard.items():
-                item = inputs.get(shard)
-                if item is None:
-                    item = inputs[shard] = ShardInput({}, [])
-                item.payments[entity] = lists
-        return [*letters, *inputs.items()]
-
-    def _shard(self, cache: dict[str, str], entity_id: str, key: str) -> str:
-        """``shard_of(key)``, remembered by entity id in ``cache``: a dict hit is ~0.1 µs where
-        hashing the key is ~0.7, and every payment is routed five times (its card, then its four
-        entities). The caches start over rather than grow without end."""
-        shard = cache.get(entity_id)
-        if shard is None:
-            if len(cache) >= SHARD_CACHE_KEYS:
-                cache.clear()
-            shard = cache[entity_id] = sys.intern(shard_of(key, self.config.shards))
-        return shard
+        return [*letters, *self.router.route_payments(admitted).items()]
 
 
 # The worker forgets a key after as long without events as Redis keeps it: by then every window of
@@ -321,7 +285,7 @@ class _EntityLogic(_ShardLogic):
         event_times: list[float] = []  # each payment once, by its card
         for group in groups:
             if "card" in group.payments:
-                event_times += group.payments["card"][2]
+                event_times += group.payments["card"].event_ts
         labels = sum(len(group.labels) for group in groups)
         return [ShardUpdate(packed, event_times, labels)], StatefulBatchLogic.RETAIN
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 import struct
 import time
 from functools import lru_cache
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
 
-from schema import Label, Transaction
+from schema import Label
 from streaming.packed import MAGIC
 from streaming.state_kernel import apply_payments, move_rows, pack_rows
 from streaming.windows import LAYOUTS, WARM_UP_PAYMENT, EntityLayout, EntityState, apply_label, value_hash
@@ -35,6 +36,23 @@ _INITIAL_WORDS = 4096
 @lru_cache(maxsize=1024)
 def _floats(n: int) -> struct.Struct:
     return struct.Struct(f"<{n}d")
+
+
+class EntityPayments(NamedTuple):
+    """One entity kind's payments in a batch, as the table applies them: parallel columns of the
+    entity's id in each payment, its amount and event time, and (for a kind with distinct-value
+    features) the payment's value hashes of the layout's ``distinct_fields``, one after another.
+
+    Columns of plain values rather than the transactions: they are what crosses between stream
+    processes, and pickling a ``Transaction`` there and back costs ~9.5 µs, these ~0.3 µs."""
+
+    ids: list[str]
+    amounts: list[int]
+    event_ts: list[float]
+    hashes: list[int]
+
+    def __add__(self, other: EntityPayments) -> EntityPayments:  # type: ignore[override]
+        return EntityPayments(*(mine + theirs for mine, theirs in zip(self, other, strict=True)))
 
 
 class TableSnapshot(msgspec.Struct, array_like=True):
@@ -74,17 +92,13 @@ class EntityTable:
     def __len__(self) -> int:
         return len(self.slot_of)
 
-    def apply(self, keys: list[str], transactions: list[Transaction], event_ts: list[float], now: float) -> np.ndarray:
-        """Add payments, in order, to the states of ``keys``; returns the slots they changed."""
-        n = len(transactions)
-        slots = np.array(self._slots_for(keys), dtype=np.int64)
-        if self.layout.distinct_fields:
-            values = self.layout.distinct_values
-            hashes = np.array([value_hash(v) for t in transactions for v in values(t)], dtype=np.int64).reshape(n, -1)
-        else:
-            hashes = np.empty((n, 0), dtype=np.int64)
-        ts = np.array(event_ts, dtype=np.float64)
-        amounts = np.fromiter((t.amount_minor for t in transactions), dtype=np.int64, count=n)
+    def apply(self, payments: EntityPayments, now: float) -> np.ndarray:
+        """Add payments, in order, to the states of their entity ids; returns the slots they changed."""
+        n = len(payments.ids)
+        slots = np.array(self._slots_for(payments.ids), dtype=np.int64)
+        hashes = np.array(payments.hashes, dtype=np.int64).reshape(n, len(self.layout.distinct_fields))
+        ts = np.array(payments.event_ts, dtype=np.float64)
+        amounts = np.array(payments.amounts, dtype=np.int64)
         changed = np.empty(n, dtype=np.int64)
         self._token += 1
         done = n_changed = 0
@@ -268,6 +282,7 @@ def warm_up() -> None:
     """Compile (or load from numba's disk cache) the table's kernels now, before the first batch."""
     for layout in LAYOUTS.values():
         table = EntityTable(layout)
-        slots = table.apply(["warm-up"], [WARM_UP_PAYMENT], [WARM_UP_PAYMENT.event_ts], 0.0)
+        hashes = [value_hash(v) for v in layout.distinct_values(WARM_UP_PAYMENT)] if layout.distinct_fields else []
+        slots = table.apply(EntityPayments(["warm-up"], [1], [WARM_UP_PAYMENT.event_ts], hashes), 0.0)
         table.pack(slots)
         EntityTable.restore(layout, table.snapshot())

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from streaming.entity_table import EntityTable
+from streaming.entity_table import EntityPayments, EntityTable
 from streaming.packed import pack_state
-from streaming.windows import LAYOUTS, EntityState, apply_label, apply_transaction
+from streaming.windows import LAYOUTS, EntityState, apply_label, apply_transaction, value_hash
 from tests.factories import txn
 from tests.streaming.test_feature_catalogue import fraud_label
 from tests.streaming.test_state_kernel import random_history
@@ -33,6 +33,13 @@ def interleaved(seed, entities=12):
     return items
 
 
+def columns(layout, items):
+    """(entity id, payment) pairs as the table's input."""
+    txns = [t for _, t in items]
+    hashes = [value_hash(v) for t in txns for v in layout.distinct_values(t)] if layout.distinct_fields else []
+    return EntityPayments([k for k, _ in items], [t.amount_minor for t in txns], [t.event_ts for t in txns], hashes)
+
+
 def apply_in_batches(table, items, rng, now=0.0):
     changed = set()
     at = 0
@@ -40,7 +47,7 @@ def apply_in_batches(table, items, rng, now=0.0):
         size = rng.choice([1, 3, 17, 80])
         batch = items[at : at + size]
         at += size
-        slots = table.apply([k for k, _ in batch], [t for _, t in batch], [t.event_ts for _, t in batch], now)
+        slots = table.apply(columns(table.layout, batch), now)
         changed |= {table.keys[s] for s in slots.tolist()}
     return changed
 
@@ -83,7 +90,7 @@ def test_labels_are_packed_after_the_rows_and_survive_a_snapshot():
     table = EntityTable(layout)
     for key, item in items:
         if hasattr(item, "amount_minor"):
-            table.apply([key], [item], [item.event_ts], 0.0)
+            table.apply(columns(layout, [(key, item)]), 0.0)
         else:
             table.apply_label(key, item, 0.0)
     expected = expected_packed(layout, items)
@@ -98,12 +105,12 @@ def test_forgotten_entities_free_their_slots_and_the_rest_are_untouched():
     old = [(f"old{k}", txn(k, card=f"old{k}")) for k in range(50)]
     new = [(f"new{k}", txn(100 + k, card=f"new{k}", minutes=k)) for k in range(50)]
     for now, items in ((1000.0, old), (5000.0, new)):
-        table.apply([k for k, _ in items], [t for _, t in items], [t.event_ts for _, t in items], now)
+        table.apply(columns(layout, items), now)
     assert sorted(table.forget_idle(horizon=3000.0)) == sorted(k for k, _ in old)
     assert len(table) == 50
     table = EntityTable.restore(layout, table.snapshot())  # the free slots survive a snapshot
     again = [(f"again{k}", txn(200 + k, card=f"again{k}")) for k in range(50)]  # reuses the freed slots
-    table.apply([k for k, _ in again], [t for _, t in again], [t.event_ts for _, t in again], 6000.0)
+    table.apply(columns(layout, again), 6000.0)
     assert len(table.keys) == 100
     assert dict(table.pack(table.live_slots())) == expected_packed(layout, new + again)
 
@@ -117,7 +124,7 @@ def test_rows_that_outgrow_their_room_move_and_the_arrays_compact_without_losing
     grown = []
     for at in range(0, len(items), 40):
         batch = items[at : at + 40]
-        table.apply([k for k, _ in batch], [t for _, t in batch], [t.event_ts for _, t in batch], 0.0)
+        table.apply(columns(layout, batch), 0.0)
         grown.append(len(table.rows[0]))
     assert grown[-1] > grown[0]  # it had to grow, so it compacted on the way
     assert dict(table.pack(table.live_slots())) == expected_packed(layout, items)

@@ -30,6 +30,10 @@ from streaming.entity_table import EntityPayments, EntityTable, TableSnapshot
 from streaming.windows import ENTITY_KEY_GETTERS, LAYOUTS, value_hash
 
 S = TypeVar("S")
+# Why compress snapshots: bytewax writes each to its SQLite store on the flow's thread (~10 ms per
+# MB here), and the flow waits. After 300,000 payments at 10,000/s the entity states took 65 MB
+# and held the flow up to ~1.1 s every snapshot; zstd's level 1 makes them 13 MB for ~0.2 s more
+# CPU, and the pause fell to ~0.8 s (docs/features.md, section 7).
 SNAPSHOT_ZSTD_LEVEL = 1
 
 
@@ -79,17 +83,8 @@ class ShardRouter:
         inputs: dict[str, ShardInput] = {}
         for entity, key_of in ENTITY_KEY_GETTERS:
             ids = list(map(key_of, transactions))
-            cache, miss = self.caches[entity], self._miss
-            where: dict[str, list[int]] = {}
-            for n, entity_id in enumerate(ids):
-                shard = cache.get(entity_id) or miss(entity, entity_id, state_key(entity, entity_id))
-                at = where.get(shard)
-                if at is None:
-                    where[shard] = [n]
-                else:
-                    at.append(n)
             layout = LAYOUTS[entity]
-            for shard, at in where.items():
+            for shard, at in self._by_shard(entity, ids).items():
                 hashes = []
                 if layout.distinct_fields:
                     values = layout.distinct_values
@@ -100,6 +95,19 @@ class ShardRouter:
                     item = inputs[shard] = ShardInput({}, [])
                 item.payments[entity] = columns
         return inputs
+
+    def _by_shard(self, entity: str, ids: list[str]) -> dict[str, list[int]]:
+        """The positions of ``ids`` by the shard of their entity, in order."""
+        cache, miss = self.caches[entity], self._miss
+        where: dict[str, list[int]] = {}
+        for n, entity_id in enumerate(ids):
+            shard = cache.get(entity_id) or miss(entity, entity_id, state_key(entity, entity_id))
+            at = where.get(shard)
+            if at is None:
+                where[shard] = [n]
+            else:
+                at.append(n)
+        return where
 
     def _miss(self, kind: str, entity_id: str, key: str) -> str:
         cache = self.caches[kind]
@@ -116,14 +124,9 @@ def shard_input(transactions: Sequence[Transaction]) -> ShardInput:
 
 
 class _Shard(Generic[S]):
-    """Keyed state of one shard, with the wall-clock last use of each key so that keys idle
-    longer than their TTL can be forgotten; snapshots are the msgpack of the whole mapping,
-    zstd-compressed.
-
-    Why compress: bytewax writes each snapshot to its SQLite store on the flow's thread, and the
-    flow waits for it. After 300,000 payments at 10,000/s, 142,679 entities took 65 MB and held the
-    flow up to ~1.1 s every snapshot; zstd's level 1 makes them 13 MB for ~0.2 s more CPU, and the
-    pause fell to ~0.8 s (docs/features.md, section 7).
+    """Keyed state of one shard (admission's), with the wall-clock last use of each key so that
+    keys idle longer than their TTL can be forgotten; snapshots are the msgpack of the whole
+    mapping, zstd-compressed.
     """
 
     _encoder = msgspec.msgpack.Encoder()

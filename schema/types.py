@@ -7,7 +7,7 @@ a missing field or a constraint violation raises an error naming the field (``$.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
@@ -103,6 +103,20 @@ class Transaction(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     def amount(self) -> float:
         """Amount in major units (for features only; money is stored as minor units)."""
         return self.amount_minor / 100.0
+
+    def __reduce__(self) -> tuple[Callable[[bytes], Transaction], tuple[bytes]]:
+        """Pickled as its JSON: stream processes hand transactions to each other pickled, and
+        msgspec's default (field by field, the datetime and the enum as objects) took ~10 µs there
+        and back, the JSON ~2.3. JSON keeps the event time's UTC offset as given."""
+        return _transaction_from_json, (_JSON.encode(self),)
+
+
+_JSON = msgspec.json.Encoder()
+_JSON_TRANSACTION = msgspec.json.Decoder(Transaction)
+
+
+def _transaction_from_json(raw: bytes) -> Transaction:
+    return _JSON_TRANSACTION.decode(raw)
 
 
 class Outcome(StrEnum):

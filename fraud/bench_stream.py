@@ -73,6 +73,9 @@ class Sample:
     # The longest gap between two batches leaving the flow in the interval, to the bucket bound
     # (streaming.metrics): under load, how long the flow stood still, e.g. for a recovery snapshot.
     longest_batch_interval_s: float | None = None
+    # Seconds the stream processes spent encoding recovery snapshots in the interval (the flow
+    # stands still for them, and for bytewax's write of what they return).
+    snapshot_encode_s: float | None = None
 
 
 @dataclass
@@ -223,6 +226,18 @@ def _histograms(ports: list[int]) -> Histograms:
             if name in total:
                 bound = float("inf") if le == "+Inf" else float(le)
                 total[name][bound] = total[name].get(bound, 0.0) + float(count)
+    return total
+
+
+_SNAPSHOT_SECONDS = re.compile(r'^fraud_stream_snapshot_seconds_total\{step="[^"]+"\} (\S+)$', re.M)
+
+
+def _snapshot_seconds(ports: list[int]) -> float:
+    """Seconds spent encoding recovery snapshots so far, summed over steps and stream processes."""
+    total = 0.0
+    for port in ports:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        total += sum(float(v) for v in _SNAPSHOT_SECONDS.findall(text))
     return total
 
 
@@ -384,6 +399,7 @@ def run_bench(
             started = time.monotonic()
             generator.start()
         previous = (started, 0, _histograms(ports), [_proc_stats(p.proc.pid)[1] for p in procs])
+        snapshot_s = first_snapshot_s = _snapshot_seconds(ports)
         broker_cpu = _proc_stats(broker_pid)[1] if broker_pid else 0.0
         steady_from: tuple[float, int, Histograms] | None = (started, 0, previous[2]) if config.warmup_s <= 0 else None
         while True:
@@ -394,6 +410,7 @@ def run_bench(
             buckets = _histograms(ports)
             stats = [_proc_stats(p.proc.pid) for p in procs]
             interval = _delta(buckets, previous[2])
+            snapshot_s, snapshot_before = _snapshot_seconds(ports), snapshot_s
             sample = Sample(
                 elapsed_s=round(now - started, 1),
                 produced=int(produced.value),
@@ -402,6 +419,7 @@ def run_bench(
                 freshness_p50_s=_round(histogram_quantile(0.5, interval[FRESHNESS])) if _timely(config) else None,
                 freshness_p99_s=_round(histogram_quantile(0.99, interval[FRESHNESS])) if _timely(config) else None,
                 longest_batch_interval_s=longest_observed(interval[BATCH_INTERVAL]),
+                snapshot_encode_s=round(snapshot_s - snapshot_before, 3),
                 redis_used_mb=round(store.memory_used_bytes() / 2**20, 1),
                 worker_rss_mb=[round(rss, 1) for rss, _ in stats],
                 worker_cpu_pct=[
@@ -444,6 +462,7 @@ def run_bench(
         },
         # The flow's longest standstill (to the histogram's bucket bound), e.g. a recovery snapshot.
         "longest_batch_interval_s": longest_observed(steady_hist[BATCH_INTERVAL]),
+        "snapshot_encode_s_total": round(snapshot_s - first_snapshot_s, 3),
         "redis_used_mb_last": result.samples[-1].redis_used_mb,
         "worker_rss_mb_last": result.samples[-1].worker_rss_mb,
         "broker_cpu_pct_mean": (

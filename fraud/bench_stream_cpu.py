@@ -103,7 +103,7 @@ def run_once(raws: list[bytes], redis_url: str, snapshot_every: int, gc_like_the
     # The shards' logics, made once per shard as the dataflow makes them (not once per batch).
     for shard in (f"s{n}" for n in range(config.shards)):
         admission[shard] = _AdmissionLogic(steps, None)
-        entities[shard] = _EntityLogic(None, resync)
+        entities[shard] = _EntityLogic(None, resync, metrics)
     for batch in kafka_batches(raws, config.transactions_topic):
         t0 = clock()
         checked = steps.transactions_by_card_shard(batch)

@@ -1270,7 +1270,7 @@ def bench_stream(
         console.print(f"broker {services.kafka_bootstrap}, redis {services.redis_url}")
         table_header = (
             "elapsed  produced   applied  applied/s  fresh p50  fresh p99  redis MB  worker RSS MB  CPU %  broker CPU %"
-            "  longest pause"
+            "  longest pause  snapshot ms"
         )
         console.print(table_header, soft_wrap=True)
 
@@ -1280,7 +1280,7 @@ def bench_stream(
                 f"{_fmt_s(s.freshness_p50_s):>10} {_fmt_s(s.freshness_p99_s):>10} {s.redis_used_mb:>9.1f} "
                 f"{'/'.join(f'{r:.0f}' for r in s.worker_rss_mb):>14} "
                 f"{'/'.join(f'{c:.0f}' for c in s.worker_cpu_pct):>6} {_fmt_pct(s.broker_cpu_pct):>12} "
-                f"{_fmt_pause(s.longest_batch_interval_s):>14}",
+                f"{_fmt_pause(s.longest_batch_interval_s):>14} {_fmt_ms(s.snapshot_encode_s):>12}",
                 soft_wrap=True,  # one line per sample, whatever the terminal width
             )
 
@@ -1289,6 +1289,10 @@ def bench_stream(
     console.print(f"machine: {result.machine}")
     console.print(json.dumps(result.summary, indent=2))
     console.print(f"written to {path}")
+
+
+def _fmt_ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f}"
 
 
 def _fmt_pause(bound: float | None) -> str:

@@ -200,9 +200,11 @@ IDLE_SWEEP_S = 3600.0
 class _ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
     """bytewax adapter for a shard: snapshots as msgpack bytes, sweeps idle keys hourly."""
 
-    def __init__(self, shard: AdmissionShard | EntityShard) -> None:
+    def __init__(self, shard: AdmissionShard | EntityShard, metrics: StreamMetrics, step: str) -> None:
         self.shard = shard
         self._next_sweep = datetime.now(UTC) + timedelta(seconds=IDLE_SWEEP_S)
+        self._snapshot_seconds = metrics.snapshot_seconds.labels(step)
+        self._snapshot_bytes = metrics.snapshot_bytes.labels(step)
 
     def on_notify(self) -> tuple[list[Any], bool]:
         self.shard.forget_idle(WORKER_IDLE_TTL_S)
@@ -213,12 +215,17 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
         return self._next_sweep
 
     def snapshot(self) -> bytes:
-        return self.shard.encode()
+        started = time.perf_counter()
+        raw = self.shard.encode()
+        self._snapshot_seconds.inc(time.perf_counter() - started)
+        self._snapshot_bytes.inc(len(raw))
+        return raw
 
 
 class _AdmissionLogic(_ShardLogic):
     def __init__(self, steps: _Steps, resume: bytes | None) -> None:
-        super().__init__(AdmissionShard.decode(resume) if resume is not None else AdmissionShard())
+        shard = AdmissionShard.decode(resume) if resume is not None else AdmissionShard()
+        super().__init__(shard, steps.metrics, "admission")
         self.steps = steps
 
     def on_batch(self, groups: list[list[Sourced]]) -> tuple[list[Any], bool]:
@@ -265,8 +272,9 @@ class StoreResync:
 
 
 class _EntityLogic(_ShardLogic):
-    def __init__(self, resume: bytes | None, resync: StoreResync) -> None:
-        super().__init__(EntityShard.decode(resume) if resume is not None else EntityShard())
+    def __init__(self, resume: bytes | None, resync: StoreResync, metrics: StreamMetrics) -> None:
+        shard = EntityShard.decode(resume) if resume is not None else EntityShard()
+        super().__init__(shard, metrics, "entity_state")
         self.resync = resync
         # Resumed from a snapshot: every state is written again on the first batch (or within
         # RESYNC_POLL_S), because the sink writes behind the flow and the batches still waiting at
@@ -489,7 +497,7 @@ def build_flow(config: StreamConfig, metrics: StreamMetrics | None = None) -> Da
     kop.output("dead_letters", dead, brokers=[config.kafka_bootstrap], topic=config.dead_letter_topic)
     entity_events = op.merge("entity_events", routed.falses, label_checked.falses)
     resync = StoreResync()
-    states = op.stateful_batch("entity_state", entity_events, lambda resume: _EntityLogic(resume, resync))
+    states = op.stateful_batch("entity_state", entity_events, lambda resume: _EntityLogic(resume, resync, metrics))
     op.output("online_store", states, RedisStateSink(config.redis_url, config.key_prefix, metrics, resync))
     return flow
 

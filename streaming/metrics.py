@@ -74,6 +74,18 @@ class StreamMetrics:
             buckets=BATCH_INTERVAL_BUCKETS,
             **kw,
         )
+        # bytewax calls each shard's snapshot() on the flow's thread and writes what it returns
+        # before the flow moves on: these say how much of each standstill is our encoding, and
+        # how it grows with the state (docs/features.md, section 7).
+        self.snapshot_seconds = Counter(
+            "fraud_stream_snapshot_seconds",
+            "Seconds spent encoding recovery snapshots of the state, by step (admission, entity_state).",
+            ["step"],
+            **kw,
+        )
+        self.snapshot_bytes = Counter(
+            "fraud_stream_snapshot_bytes", "Bytes of recovery snapshots encoded, by step.", ["step"], **kw
+        )
         self.store_retries = Counter(
             "fraud_stream_store_retries", "Writes to Redis retried while it was unavailable", **kw
         )

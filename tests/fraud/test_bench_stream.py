@@ -41,7 +41,7 @@ def test_a_preloaded_bench_on_two_processes_and_a_redis_cluster_times_the_drain(
 @pytest.mark.integration
 @pytest.mark.slow
 def test_a_short_bench_applies_every_event_and_reports_freshness(kafka_bootstrap, redis_url):
-    config = BenchConfig(events=6000, rate=1500, cards=500, merchants=50, interval_s=1.0, warmup_s=1.0, snapshot_s=5)
+    config = BenchConfig(events=6000, rate=1500, cards=500, merchants=50, interval_s=1.0, warmup_s=1.0, snapshot_s=1)
     samples = []
     result = run_bench(config, kafka_bootstrap, redis_url, samples.append)
     assert result.summary["events"] == 6000
@@ -49,6 +49,10 @@ def test_a_short_bench_applies_every_event_and_reports_freshness(kafka_bootstrap
     fresh = result.summary["freshness_s"]
     assert fresh["p50"] is not None and 0 < fresh["p50"] <= fresh["p99"]
     assert 0 < result.summary["longest_batch_interval_s"] <= 30  # batches kept leaving the flow
+    assert result.summary["snapshot_encode_s_total"] > 0  # a snapshot a second, each one timed
+    assert result.summary["snapshot_encode_s_total"] == pytest.approx(
+        sum(s.snapshot_encode_s for s in result.samples), abs=0.002
+    )
     assert result.samples[-1].redis_used_mb > 0 and result.samples[-1].worker_rss_mb[0] > 0
     assert result.machine["cores"] and result.machine["bytewax"]
     assert result.summary["broker_cpu_pct_mean"] is None  # the fixture's broker: not ours to account

@@ -96,7 +96,7 @@ def test_a_failed_batch_is_raised_in_the_flow_and_nothing_after_it_is_sent():
 def test_a_resumed_shard_writes_every_state_again_on_its_first_batch():
     shard = shard_after(txn(1), txn(2, card="card-2", device="d2"))
     resync = StoreResync()
-    resumed = _EntityLogic(shard.encode(), resync)
+    resumed = _EntityLogic(shard.encode(), resync, StreamMetrics())
     [update], _ = resumed.on_batch([])
     assert sorted(update.states) == sorted(shard.pack_all())  # all of them, though nothing new arrived
     [update], _ = resumed.on_batch([shard_input([txn(3, minutes=1)])])
@@ -107,6 +107,16 @@ def test_a_resumed_shard_writes_every_state_again_on_its_first_batch():
         ("device", "dev-0000001"),
     }
 
-    fresh = _EntityLogic(None, resync)
+    fresh = _EntityLogic(None, resync, StreamMetrics())
     [update], _ = fresh.on_batch([shard_input([txn(4)])])
     assert len(update.states) == 4
+
+
+def test_each_snapshot_is_counted_in_seconds_and_bytes_of_its_step():
+    metrics = StreamMetrics()
+    logic = _EntityLogic(shard_after(txn(1), txn(2, card="card-2")).encode(), StoreResync(), metrics)
+    raw = logic.snapshot()
+    sample = metrics.registry.get_sample_value
+    assert sample("fraud_stream_snapshot_bytes_total", {"step": "entity_state"}) == len(raw)
+    assert sample("fraud_stream_snapshot_seconds_total", {"step": "entity_state"}) > 0
+    assert sample("fraud_stream_snapshot_bytes_total", {"step": "admission"}) is None

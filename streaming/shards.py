@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Generic, NamedTuple, Self, TypeVar
 
 import msgspec
@@ -182,7 +182,7 @@ class EntityShard:
     def __len__(self) -> int:
         return sum(len(table) for table in self.tables.values())
 
-    def apply(self, inputs: Iterable[ShardInput], now: float) -> dict[str, np.ndarray]:
+    def apply(self, inputs: Sequence[ShardInput], now: float) -> dict[str, np.ndarray]:
         """Apply a batch's inputs, payments in order; returns the slots they changed, per entity kind.
 
         Each kind's payments are applied together, labels after them: a state's payment and label

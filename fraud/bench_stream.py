@@ -216,12 +216,16 @@ def _drained(store: OnlineFeatureStore, produced: int) -> bool:
 Histograms = dict[str, dict[float, float]]
 
 
-def _histograms(ports: list[int]) -> Histograms:
+def _scrape(ports: list[int]) -> list[str]:
+    """Each stream process's metrics, as Prometheus text (one request each per sample)."""
+    return [urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode() for port in ports]
+
+
+def _histograms(texts: list[str]) -> Histograms:
     """The stream's freshness and batch-interval histograms, each summed over the stream
     processes: name -> cumulative {upper bound: count}."""
     total: Histograms = {FRESHNESS: {}, BATCH_INTERVAL: {}}
-    for port in ports:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for text in texts:
         for name, le, count in _BUCKET.findall(text):
             if name in total:
                 bound = float("inf") if le == "+Inf" else float(le)
@@ -232,13 +236,9 @@ def _histograms(ports: list[int]) -> Histograms:
 _SNAPSHOT_SECONDS = re.compile(r'^fraud_stream_snapshot_seconds_total\{step="[^"]+"\} (\S+)$', re.M)
 
 
-def _snapshot_seconds(ports: list[int]) -> float:
+def _snapshot_seconds(texts: list[str]) -> float:
     """Seconds spent encoding recovery snapshots so far, summed over steps and stream processes."""
-    total = 0.0
-    for port in ports:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        total += sum(float(v) for v in _SNAPSHOT_SECONDS.findall(text))
-    return total
+    return sum(float(v) for text in texts for v in _SNAPSHOT_SECONDS.findall(text))
 
 
 def longest_observed(cumulative: dict[float, float]) -> float | None:
@@ -387,7 +387,7 @@ def run_bench(
 
         def serving() -> bool:
             try:
-                _histograms(ports)
+                _scrape(ports)
                 return True
             except OSError:
                 return False
@@ -398,8 +398,9 @@ def run_bench(
             time.sleep(2.0)  # let the Kafka sources get their partitions
             started = time.monotonic()
             generator.start()
-        previous = (started, 0, _histograms(ports), [_proc_stats(p.proc.pid)[1] for p in procs])
-        snapshot_s = first_snapshot_s = _snapshot_seconds(ports)
+        texts = _scrape(ports)
+        previous = (started, 0, _histograms(texts), [_proc_stats(p.proc.pid)[1] for p in procs])
+        snapshot_s = first_snapshot_s = _snapshot_seconds(texts)
         broker_cpu = _proc_stats(broker_pid)[1] if broker_pid else 0.0
         steady_from: tuple[float, int, Histograms] | None = (started, 0, previous[2]) if config.warmup_s <= 0 else None
         while True:
@@ -407,10 +408,11 @@ def run_bench(
             alive()
             now = time.monotonic()
             applied = store.counts().get("events", 0)
-            buckets = _histograms(ports)
+            texts = _scrape(ports)
+            buckets = _histograms(texts)
             stats = [_proc_stats(p.proc.pid) for p in procs]
             interval = _delta(buckets, previous[2])
-            snapshot_s, snapshot_before = _snapshot_seconds(ports), snapshot_s
+            snapshot_s, snapshot_before = _snapshot_seconds(texts), snapshot_s
             sample = Sample(
                 elapsed_s=round(now - started, 1),
                 produced=int(produced.value),

@@ -30,6 +30,7 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from fraud.bench_stream import activity_weights, bench_payment, draw_payments, machine_info
 from streaming.dataflow import RedisStateSink, StoreResync, StreamConfig, _AdmissionLogic, _EntityLogic, _Steps
 from streaming.metrics import StreamMetrics
+from streaming.shards import shard_name
 
 STAGES = ("validate", "admission", "route", "apply", "sink")
 KAFKA_BATCH = 1000  # StreamConfig.kafka_batch_size: what one poll of a partition hands the flow
@@ -101,7 +102,7 @@ def run_once(raws: list[bytes], redis_url: str, snapshot_every: int, gc_like_the
         gc.freeze()
         gc.set_threshold(100_000, 1_000_000, 1_000_000)
     # The shards' logics, made once per shard as the dataflow makes them (not once per batch).
-    for shard in (f"s{n}" for n in range(config.shards)):
+    for shard in map(shard_name, range(config.shards)):
         admission[shard] = _AdmissionLogic(steps, None)
         entities[shard] = _EntityLogic(None, resync, metrics)
     for batch in kafka_batches(raws, config.transactions_topic):

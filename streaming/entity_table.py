@@ -16,26 +16,19 @@ more room moves to the end of the array; the arrays are compacted when they woul
 
 from __future__ import annotations
 
-import struct
 import time
-from functools import lru_cache
 from typing import NamedTuple
 
 import msgspec
 import numpy as np
 
 from schema import Label
-from streaming.packed import MAGIC
+from streaming.packed import MAGIC, pack_fraud_times
 from streaming.state_kernel import apply_payments, move_rows, pack_rows
 from streaming.windows import LAYOUTS, WARM_UP_PAYMENT, EntityLayout, EntityState, apply_label, value_hash
 
 _INITIAL_SLOTS = 64
 _INITIAL_WORDS = 4096
-
-
-@lru_cache(maxsize=1024)
-def _floats(n: int) -> struct.Struct:
-    return struct.Struct(f"<{n}d")
 
 
 class EntityPayments(NamedTuple):
@@ -159,8 +152,7 @@ class EntityTable:
             packed = raw[start:end]
             start = end
             if slot in labels and labels[slot].fraud_known:
-                fraud = sorted(labels[slot].fraud_known.values())
-                packed += _floats(len(fraud)).pack(*fraud)
+                packed += pack_fraud_times(labels[slot].fraud_known)
             out.append((keys[slot], packed))  # type: ignore[arg-type]
         return out
 

@@ -59,8 +59,13 @@ def pack_state(state: EntityState) -> bytes:
     header = _HEADER.pack(MAGIC, state.newest_ts, state.events, n_buckets, n_distinct, len(state.fraud_known))
     if not state.fraud_known:  # most entities have no labels
         return b"".join((header, state.buckets, state.distinct))
-    fraud = sorted(state.fraud_known.values())
-    return b"".join((header, state.buckets, state.distinct, _floats(len(fraud)).pack(*fraud)))
+    return b"".join((header, state.buckets, state.distinct, pack_fraud_times(state.fraud_known)))
+
+
+def pack_fraud_times(fraud_known: dict[str, float]) -> bytes:
+    """The layout's last part: when each fraud became known, sorted (empty without labels)."""
+    fraud = sorted(fraud_known.values())
+    return _floats(len(fraud)).pack(*fraud)
 
 
 EMPTY_STATE = pack_state(EntityState())

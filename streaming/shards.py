@@ -47,7 +47,11 @@ class ShardInput(NamedTuple):
 
 def shard_of(key: str, shards: int) -> str:
     """A stable shard name for a key: the same in every process and after every restart."""
-    return f"s{zlib.crc32(key.encode()) % shards}"
+    return shard_name(zlib.crc32(key.encode()) % shards)
+
+
+def shard_name(index: int) -> str:
+    return f"s{index}"
 
 
 def state_key(entity: str, entity_id: str) -> str:

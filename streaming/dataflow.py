@@ -53,6 +53,7 @@ from prometheus_client import Counter
 from deploy.lag import ConsumerLag, ProcessedOffsetsLag
 from schema import InvalidEvent, Label, Transaction, dead_letter, decode_label, decode_transaction, encode
 from streaming.admission import DEFAULT_ALLOWED_LATENESS_S, Admission, late_reason
+from streaming.checkpoints import BASES_DIR, BaseFiles, ShardLog, restore
 from streaming.entity_table import warm_up
 from streaming.metrics import StreamMetrics
 from streaming.offline import label_entity_ids
@@ -179,7 +180,7 @@ class _Steps:
             self.metrics.labels.labels("applied" if entities else "unattributed").inc()
             for entity, entity_id in entities.items():
                 shard = self.router.entity(entity, entity_id)
-                groups.setdefault(shard, ShardInput({}, [])).labels.append((entity, entity_id, label))
+                groups.setdefault(shard, ShardInput(shard, {}, [])).labels.append((entity, entity_id, label))
         out.extend(groups.items())
         return out
 
@@ -214,9 +215,12 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
     def notify_at(self) -> datetime:
         return self._next_sweep
 
+    def encode(self) -> bytes:
+        return self.shard.encode()
+
     def snapshot(self) -> bytes:
         started = time.perf_counter()
-        raw = self.shard.encode()
+        raw = self.encode()
         self._snapshot_seconds.inc(time.perf_counter() - started)
         self._snapshot_bytes.inc(len(raw))
         return raw
@@ -272,9 +276,23 @@ class StoreResync:
 
 
 class _EntityLogic(_ShardLogic):
-    def __init__(self, resume: bytes | None, resync: StoreResync, metrics: StreamMetrics) -> None:
-        shard = EntityShard.decode(resume) if resume is not None else EntityShard()
+    """An entity shard: applies batches, hands the changed states packed to the sink. Its snapshots
+    are incremental (``streaming.checkpoints``) when ``bases`` says where base files go; without it
+    (recovery off: bytewax still asks for snapshots, and nothing keeps them) they are empty."""
+
+    def __init__(
+        self, resume: bytes | None, resync: StoreResync, metrics: StreamMetrics, bases: BaseFiles | None
+    ) -> None:
+        log: ShardLog | None = None
+        if resume is not None:
+            if bases is None:
+                raise ValueError("resuming an entity shard needs its base files (recovery directory)")
+            shard, log = restore(bases, resume, time.time())
+        else:
+            shard = EntityShard()
+            log = ShardLog(bases) if bases is not None else None
         super().__init__(shard, metrics, "entity_state")
+        self.log = log
         self.resync = resync
         # Resumed from a snapshot: every state is written again on the first batch (or within
         # RESYNC_POLL_S), because the sink writes behind the flow and the batches still waiting at
@@ -283,6 +301,8 @@ class _EntityLogic(_ShardLogic):
 
     def on_batch(self, groups: list[ShardInput]) -> tuple[list[Any], bool]:
         changed = self.shard.apply(groups, time.time())
+        if self.log is not None:
+            self.log.record(groups)
         if self._generation != self.resync.generation:
             self._generation = self.resync.generation
             packed = self.shard.pack_all()
@@ -308,8 +328,14 @@ class _EntityLogic(_ShardLogic):
             self._generation = self.resync.generation
             out = [ShardUpdate(self.shard.pack_all(), [], 0)]
         if datetime.now(UTC) >= self._next_sweep:
-            super().on_notify()
+            forgotten = self.shard.forget_idle(WORKER_IDLE_TTL_S)
+            if self.log is not None:
+                self.log.record([], forgotten)
+            self._next_sweep = datetime.now(UTC) + timedelta(seconds=IDLE_SWEEP_S)
         return out, StatefulBatchLogic.RETAIN
+
+    def encode(self) -> bytes:
+        return self.log.snapshot(self.shard) if self.log is not None else b""
 
 
 RESYNC_POLL_S = 5.0
@@ -464,8 +490,11 @@ def _is_letter(item: object) -> bool:
     return isinstance(item, KafkaSinkMessage)
 
 
-def build_flow(config: StreamConfig, metrics: StreamMetrics | None = None) -> Dataflow:
-    """The feature dataflow for ``config``; run it with ``run_flow``."""
+def build_flow(
+    config: StreamConfig, metrics: StreamMetrics | None = None, recovery_dir: Path | None = None
+) -> Dataflow:
+    """The feature dataflow for ``config``; run it with ``run_flow`` (with the recovery of
+    ``recovery_dir``, where the entity shards keep their snapshots' base files)."""
     metrics = metrics or StreamMetrics()
     steps = _Steps(config, metrics)
     flow = Dataflow("fraud-features")
@@ -497,7 +526,10 @@ def build_flow(config: StreamConfig, metrics: StreamMetrics | None = None) -> Da
     kop.output("dead_letters", dead, brokers=[config.kafka_bootstrap], topic=config.dead_letter_topic)
     entity_events = op.merge("entity_events", routed.falses, label_checked.falses)
     resync = StoreResync()
-    states = op.stateful_batch("entity_state", entity_events, lambda resume: _EntityLogic(resume, resync, metrics))
+    bases = BaseFiles(recovery_dir / BASES_DIR) if recovery_dir is not None else None
+    states = op.stateful_batch(
+        "entity_state", entity_events, lambda resume: _EntityLogic(resume, resync, metrics, bases)
+    )
     op.output("online_store", states, RedisStateSink(config.redis_url, config.key_prefix, metrics, resync))
     return flow
 
@@ -534,8 +566,8 @@ _INPUTS = ("kafka_bootstrap", "transactions_topic", "labels_topic", "shards")
 # be decoded, so it is made afresh like one of other inputs. Raise it when ``EntityState`` or
 # ``CardAdmission`` changes shape. 2: bucket and distinct rows as one byte string each; 3: admission
 # without ``oldest_recent_ts``; 4: zstd-compressed; 5: entity states as tables (``streaming.entity_table``);
-# 6: the tables keyed by entity id.
-SNAPSHOT_FORMAT = 6
+# 6: the tables keyed by entity id; 7: entity shards as incremental checkpoints (``streaming.checkpoints``).
+SNAPSHOT_FORMAT = 7
 
 
 def _start_over(also: str = "") -> str:

@@ -163,19 +163,37 @@ class EntityTable:
         """Free the slots untouched since ``horizon`` (wall clock); returns their keys."""
         live = self.live_slots()
         idle = live[self.touched[live] < horizon]
-        forgotten = []
-        for slot in idle.tolist():
-            key = self.keys[slot]
-            forgotten.append(key)
-            del self.slot_of[key]
+        forgotten = [self.keys[slot] for slot in idle.tolist()]
+        self.forget(forgotten)  # type: ignore[arg-type]
+        return forgotten  # type: ignore[return-value]
+
+    def forget(self, keys: list[str]) -> None:
+        """Free the slots of ``keys`` (those it has)."""
+        slots = [self.slot_of.pop(key) for key in keys if key in self.slot_of]
+        for slot in slots:
             self.keys[slot] = None
             self.labels.pop(slot, None)
             self._free.append(slot)
         for array in (self.first, self.used, self.room):
-            array[idle] = 0
-        self.newest_ts[idle] = 0.0
-        self.events[idle] = 0
-        return forgotten  # type: ignore[return-value]
+            array[slots] = 0
+        self.newest_ts[slots] = 0.0
+        self.events[slots] = 0
+
+    def frozen(self) -> EntityTable:
+        """A copy of what ``snapshot`` reads, to snapshot off the flow's thread while this table
+        goes on changing: array copies (a memcpy of the rows), no per-entity work but the labels'."""
+        n = len(self.keys)
+        copy = EntityTable.__new__(EntityTable)
+        copy.layout = self.layout
+        copy.keys = list(self.keys)
+        copy.used, copy.first = self.used[:n].copy(), self.first[:n].copy()
+        copy.newest_ts, copy.events = self.newest_ts[:n].copy(), self.events[:n].copy()
+        copy.rows = [rows[:end].copy() for rows, end in zip(self.rows, self.end.tolist(), strict=True)]
+        copy.labels = {
+            slot: EntityState(fraud_known=dict(state.fraud_known), labels_newest_ts=state.labels_newest_ts)
+            for slot, state in self.labels.items()
+        }
+        return copy
 
     def snapshot(self) -> TableSnapshot:
         n = len(self.keys)

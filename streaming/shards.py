@@ -38,9 +38,10 @@ SNAPSHOT_ZSTD_LEVEL = 1
 
 
 class ShardInput(NamedTuple):
-    """What one batch brings an entity shard: payments per entity kind, and labels as
-    (entity, entity id, label)."""
+    """What one batch brings an entity shard (named ``shard``): payments per entity kind, and labels
+    as (entity, entity id, label)."""
 
+    shard: str
     payments: dict[str, EntityPayments]
     labels: list[tuple[str, str, Label]]
 
@@ -96,7 +97,7 @@ class ShardRouter:
                 columns = EntityPayments([ids[n] for n in at], [amounts[n] for n in at], [times[n] for n in at], hashes)
                 item = inputs.get(shard)
                 if item is None:
-                    item = inputs[shard] = ShardInput({}, [])
+                    item = inputs[shard] = ShardInput(shard, {}, [])
                 item.payments[entity] = columns
         return inputs
 
@@ -124,7 +125,7 @@ class ShardRouter:
 def shard_input(transactions: Sequence[Transaction]) -> ShardInput:
     """The payments as the input of one shard that holds every entity they touch (tests)."""
     whole = ShardRouter(1).route_payments(transactions)
-    return next(iter(whole.values()), ShardInput({}, []))
+    return next(iter(whole.values()), ShardInput(shard_name(0), {}, []))
 
 
 class _Shard(Generic[S]):
@@ -210,10 +211,20 @@ class EntityShard:
     def pack_all(self) -> list[tuple[str, str, bytes]]:
         return self.pack({entity: table.live_slots() for entity, table in self.tables.items()})
 
-    def forget_idle(self, idle_ttl_s: float, now: float | None = None) -> list[str]:
-        """Forget the states untouched for ``idle_ttl_s`` (wall clock); returns them as ``entity:id``."""
+    def forget_idle(self, idle_ttl_s: float, now: float | None = None) -> dict[str, list[str]]:
+        """Forget the states untouched for ``idle_ttl_s`` (wall clock); returns their ids by entity kind."""
         horizon = (now if now is not None else time.time()) - idle_ttl_s
-        return [state_key(entity, key) for entity, table in self.tables.items() for key in table.forget_idle(horizon)]
+        forgotten = {entity: table.forget_idle(horizon) for entity, table in self.tables.items()}
+        return {entity: ids for entity, ids in forgotten.items() if ids}
+
+    def forget(self, forgotten: dict[str, list[str]]) -> None:
+        """Forget these states (ids by entity kind): what ``forget_idle`` did, done again on replay."""
+        for entity, ids in forgotten.items():
+            self.tables[entity].forget(ids)
+
+    def frozen(self) -> EntityShard:
+        """A copy to encode off the flow's thread (``EntityTable.frozen``)."""
+        return EntityShard({entity: table.frozen() for entity, table in self.tables.items()})
 
     def encode(self) -> bytes:
         snapshot = {entity: table.snapshot() for entity, table in self.tables.items()}

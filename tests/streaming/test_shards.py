@@ -39,7 +39,7 @@ def test_snapshots_round_trip_and_idle_keys_are_forgotten():
     restored = EntityShard.decode(shard.encode())
     assert by_key(restored.pack_all()) == by_key(shard.pack_all())
     forgotten = shard.forget_idle(idle_ttl_s=2000.0, now=6000.0)
-    assert forgotten == ["card:card-000001", "device:dev-0000001"]
+    assert forgotten == {"card": ["card-000001"], "device": ["dev-0000001"]}
     assert set(by_key(shard.pack_all())) == {
         ("card", "card-2"),
         ("customer", "cust-000001"),

@@ -7,6 +7,7 @@ import time
 import pytest
 import redis
 
+from streaming.checkpoints import BaseFiles
 from streaming.dataflow import RedisStateSink, ShardUpdate, StoreResync, _BackgroundWrites, _EntityLogic
 from streaming.metrics import StreamMetrics
 from streaming.online import OnlineFeatureStore
@@ -93,12 +94,21 @@ def test_a_failed_batch_is_raised_in_the_flow_and_nothing_after_it_is_sent():
     assert sent == ["one"]
 
 
-def test_a_resumed_shard_writes_every_state_again_on_its_first_batch():
-    shard = shard_after(txn(1), txn(2, card="card-2", device="d2"))
+def logic_after(bases, *payments):
+    """An entity shard's logic that has applied ``payments`` and checkpointed, and its snapshot."""
+    logic = _EntityLogic(None, StoreResync(), StreamMetrics(), bases)
+    for t in payments:
+        logic.on_batch([shard_input([t])])
+    return logic, logic.snapshot()
+
+
+def test_a_resumed_shard_writes_every_state_again_on_its_first_batch(tmp_path):
+    bases = BaseFiles(tmp_path)
+    logic, snapshot = logic_after(bases, txn(1), txn(2, card="card-2", device="d2"))
     resync = StoreResync()
-    resumed = _EntityLogic(shard.encode(), resync, StreamMetrics())
+    resumed = _EntityLogic(snapshot, resync, StreamMetrics(), bases)
     [update], _ = resumed.on_batch([])
-    assert sorted(update.states) == sorted(shard.pack_all())  # all of them, though nothing new arrived
+    assert sorted(update.states) == sorted(logic.shard.pack_all())  # all of them, though nothing new arrived
     [update], _ = resumed.on_batch([shard_input([txn(3, minutes=1)])])
     assert {(entity, entity_id) for entity, entity_id, _ in update.states} == {
         ("card", "card-000001"),
@@ -107,14 +117,15 @@ def test_a_resumed_shard_writes_every_state_again_on_its_first_batch():
         ("device", "dev-0000001"),
     }
 
-    fresh = _EntityLogic(None, resync, StreamMetrics())
+    fresh = _EntityLogic(None, resync, StreamMetrics(), bases)
     [update], _ = fresh.on_batch([shard_input([txn(4)])])
     assert len(update.states) == 4
 
 
-def test_each_snapshot_is_counted_in_seconds_and_bytes_of_its_step():
+def test_each_snapshot_is_counted_in_seconds_and_bytes_of_its_step(tmp_path):
     metrics = StreamMetrics()
-    logic = _EntityLogic(shard_after(txn(1), txn(2, card="card-2")).encode(), StoreResync(), metrics)
+    logic = _EntityLogic(None, StoreResync(), metrics, BaseFiles(tmp_path))
+    logic.on_batch([shard_input([txn(1), txn(2, card="card-2")])])
     raw = logic.snapshot()
     sample = metrics.registry.get_sample_value
     assert sample("fraud_stream_snapshot_bytes_total", {"step": "entity_state"}) == len(raw)

@@ -1,0 +1,155 @@
+"""Incremental checkpoints of an entity shard: resumed from any snapshot, a shard is the one that
+took it, whether its base was written or still being written, and old bases are cleaned up."""
+
+import random
+import shutil
+import threading
+
+import pytest
+
+from streaming.checkpoints import KEEP_BASES, BaseFiles, restore
+from streaming.dataflow import StoreResync, _EntityLogic
+from streaming.metrics import StreamMetrics
+from streaming.shards import shard_input
+from tests.factories import txn
+
+
+def history(n, seed=7):
+    rng = random.Random(seed)
+    return [
+        txn(
+            i,
+            minutes=i * rng.uniform(0.5, 3.0) - rng.uniform(0, 4),  # out of order within minutes
+            card=f"c{rng.randrange(6)}",
+            merchant=f"m{rng.randrange(4)}",
+            device=f"d{rng.randrange(5)}",
+            amount_minor=rng.randrange(100, 90_000),
+        )
+        for i in range(n)
+    ]
+
+
+def logic(bases, resume=None):
+    return _EntityLogic(resume, StoreResync(), StreamMetrics(), bases)
+
+
+def feed(target, payments, rng):
+    """In batches of random sizes."""
+    at = 0
+    while at < len(payments):
+        size = rng.randrange(1, 6)
+        target.on_batch([shard_input(payments[at : at + size])])
+        at += size
+
+
+def same_states(a, b):
+    assert sorted(a.shard.pack_all()) == sorted(b.shard.pack_all())
+
+
+class SlowBases(BaseFiles):
+    """Base files whose writes wait until released: a base still being written at a snapshot."""
+
+    def __init__(self, directory):
+        super().__init__(directory)
+        self.release = threading.Event()
+
+    def write(self, shard, seq, data):
+        self.release.wait(timeout=30)
+        super().write(shard, seq, data)
+
+
+def test_resumed_from_any_snapshot_a_shard_is_the_one_that_took_it_and_goes_on_alike(tmp_path):
+    rng = random.Random(1)
+    payments = history(120)
+    bases = BaseFiles(tmp_path)
+    original = logic(bases)
+    taken = []
+    for chunk in range(6):
+        feed(original, payments[chunk * 15 : (chunk + 1) * 15], rng)
+        taken.append((chunk, original.snapshot()))
+        if chunk % 2:
+            original.log.wait()  # the base lands before the next snapshot: it names the new base
+    last_chunk, last = taken[-1]
+    resumed = logic(bases, last)
+    same_states(resumed, original)
+    rest = payments[(last_chunk + 1) * 15 :]
+    feed(original, rest, random.Random(2))
+    feed(resumed, rest, random.Random(3))
+    same_states(resumed, original)
+
+
+def test_a_snapshot_names_only_a_base_that_is_on_disk(tmp_path):
+    bases = SlowBases(tmp_path)
+    original = logic(bases)
+    payments = history(40)
+    feed(original, payments[:20], random.Random(4))
+    first = original.snapshot()  # starts base 1, which is not written yet
+    feed(original, payments[20:], random.Random(5))
+    second = original.snapshot()  # still being written: this names no base, and logs everything
+    assert not list(tmp_path.glob("*.zst"))
+    resumed = logic(BaseFiles(tmp_path), second)
+    same_states(resumed, original)
+    bases.release.set()
+    original.log.wait()
+    assert [p.name for p in tmp_path.glob("*.zst")] == ["s0.1.zst"]
+    third = original.snapshot()
+    resumed = logic(BaseFiles(tmp_path), third)  # from base 1 and the log since its copy
+    same_states(resumed, original)
+    assert len(third) < len(second)
+    assert logic(BaseFiles(tmp_path), first).shard.pack_all() != original.shard.pack_all()
+
+
+def test_old_bases_are_deleted_and_the_last_snapshots_can_all_be_resumed(tmp_path):
+    bases = BaseFiles(tmp_path)
+    original = logic(bases)
+    payments = history(200)
+    rng = random.Random(6)
+    taken = []
+    for chunk in range(10):
+        feed(original, payments[chunk * 20 : (chunk + 1) * 20], rng)
+        taken.append((original.snapshot(), sorted(original.shard.pack_all())))
+        original.log.wait()
+    files = sorted(tmp_path.glob("*.zst"))
+    assert len(files) <= KEEP_BASES + 1
+    for n, (raw, states) in enumerate(taken[-KEEP_BASES:]):  # each in a copy: a resume deletes the bases after its own
+        copy = shutil.copytree(tmp_path, tmp_path.with_name(f"{tmp_path.name}-{n}"))
+        shard, _ = restore(BaseFiles(copy), raw, now=0.0)
+        assert sorted(shard.pack_all()) == states
+    for path in tmp_path.glob("*.zst"):
+        assert path.name.startswith("s0.")
+
+
+def test_resuming_deletes_the_bases_written_after_its_snapshot(tmp_path):
+    bases = BaseFiles(tmp_path)
+    original = logic(bases)
+    feed(original, history(30), random.Random(8))
+    resume_from = original.snapshot()
+    original.log.wait()
+    original.on_batch([shard_input([txn(500)])])
+    original.snapshot()
+    original.log.wait()
+    assert len(list(tmp_path.glob("*.zst"))) == 2  # bases 1 and 2
+    logic(bases, resume_from)  # names no base: what the crashed run wrote after it is gone
+    assert not list(tmp_path.glob("*"))
+
+
+def test_forgotten_states_stay_forgotten_after_a_resume(tmp_path):
+    bases = BaseFiles(tmp_path)
+    original = logic(bases)
+    feed(original, history(30), random.Random(9))
+    original.snapshot()
+    original.log.wait()
+    forgotten = original.shard.forget_idle(idle_ttl_s=0.0, now=float("inf"))
+    original.log.record([], forgotten)
+    assert forgotten and not original.shard.pack_all()
+    original.on_batch([shard_input([txn(900, card="c-new")])])
+    resumed = logic(bases, original.snapshot())
+    same_states(resumed, original)
+
+
+def test_without_a_recovery_directory_snapshots_are_empty_and_a_resume_is_refused():
+    quiet = logic(None)
+    quiet.on_batch([shard_input([txn(1)])])
+    assert quiet.snapshot() == b""
+    with pytest.raises(ValueError, match="base files"):
+        logic(None, b"anything")

@@ -411,6 +411,7 @@ def stream(
                 registry.client.close()
         console.print(f"recovery {'resumed from' if resumed else 'started in'} {snapshots.directory} ({layout})")
     console.print(f"streaming features from {config.kafka_bootstrap} into {config.redis_url}")
+    logging.getLogger("streaming.checkpoints").setLevel(logging.INFO)  # a line per shard restored
     run_flow(build_flow(config, metrics, snapshots.directory if snapshots else None), snapshots, cluster)
 
 

@@ -23,6 +23,7 @@ are kept, since bytewax may resume from a snapshot an epoch or two older than th
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -36,6 +37,8 @@ import zstandard
 from schema import Label
 from streaming.entity_table import EntityPayments
 from streaming.shards import EntityShard, ShardInput
+
+log = logging.getLogger(__name__)
 
 BASES_DIR = "entity-bases"  # inside the recovery directory
 KEEP_BASES = 3  # bases named by a shard's last snapshots, kept for a resume from any of them
@@ -182,6 +185,7 @@ class ShardLog:
 
 def restore(files: BaseFiles, raw: bytes, now: float) -> tuple[EntityShard, ShardLog]:
     """The shard a checkpoint describes (its base, the log replayed), and its log to go on with."""
+    started = time.perf_counter()
     checkpoint = _checkpoint_decoder.decode(raw)
     if not checkpoint.shard:
         return EntityShard(), ShardLog(files)
@@ -194,4 +198,11 @@ def restore(files: BaseFiles, raw: bytes, now: float) -> tuple[EntityShard, Shar
         shard.forget(inputs.forgotten)
     # Bases after this one were written by a run that did not get to commit a snapshot naming them.
     files.keep_only(checkpoint.shard, {base} if base is not None else set())
+    log.info(
+        "entity shard %s restored from base %s and %d logged batches in %.2f s",
+        checkpoint.shard,
+        base,
+        len(checkpoint.log),
+        time.perf_counter() - started,
+    )
     return shard, ShardLog(files, checkpoint.shard, base, list(checkpoint.log))

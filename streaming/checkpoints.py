@@ -28,6 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,7 +36,7 @@ import msgspec
 import zstandard
 
 from schema import Label
-from streaming.entity_table import EntityPayments
+from streaming.entity_table import EntityPayments, TableImage
 from streaming.shards import EntityShard, ShardInput
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,28 @@ _encoder = msgspec.msgpack.Encoder()
 
 
 class BaseFiles:
-    """The base files of the entity shards in one directory, ``SHARD.SEQ.zst``."""
+    """The base files of the entity shards in one directory, ``SHARD.SEQ.zst``, and the thread
+    that writes them: one per process, so bases are written one at a time, at a lower CPU priority
+    than the flow (``os.setpriority`` on Linux), taking at most a core from it."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
+        self._writer: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, shard: str, seq: int, image: dict[str, TableImage]) -> Future[float]:
+        """Encode and write base ``seq`` of ``shard`` in the writer thread; the future's result is
+        the seconds it took."""
+        with self._lock:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, "entity-bases", initializer=_lower_priority)
+        return self._writer.submit(self._encode_and_write, shard, seq, image)
+
+    def _encode_and_write(self, shard: str, seq: int, image: dict[str, TableImage]) -> float:
+        started = time.perf_counter()
+        self.write(shard, seq, EntityShard.encode_image(image))
+        return time.perf_counter() - started
 
     def path(self, shard: str, seq: int) -> Path:
         return self.directory / f"{shard}.{seq}.zst"
@@ -103,33 +121,15 @@ class BaseFiles:
                 path.unlink(missing_ok=True)
 
 
-class _BaseWrite:
-    """A base being encoded and written by a thread of its own."""
+def _lower_priority() -> None:
+    if hasattr(os, "setpriority"):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)  # this thread only, on Linux
 
-    def __init__(self, files: BaseFiles, shard: str, seq: int, frozen: EntityShard, cut: int) -> None:
-        self.seq = seq
-        self.cut = cut  # the log entries that the base holds
-        self.seconds = 0.0
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._run, args=(files, shard, frozen), name=f"base-{shard}", daemon=True
-        )
-        self._thread.start()
 
-    def _run(self, files: BaseFiles, shard: str, frozen: EntityShard) -> None:
-        started = time.perf_counter()
-        try:
-            files.write(shard, self.seq, frozen.encode())
-        except BaseException as exc:  # noqa: BLE001 - raised in the flow's thread by ``done``
-            self.error = exc
-        self.seconds = time.perf_counter() - started
-
-    def done(self) -> bool:
-        if self._thread.is_alive():
-            return False
-        if self.error is not None:
-            raise RuntimeError(f"writing entity base {self.seq} failed") from self.error
-        return True
+class _BaseWrite(NamedTuple):
+    seq: int
+    cut: int  # the log entries that the base holds
+    future: Future[float]
 
 
 class ShardLog:
@@ -163,9 +163,9 @@ class ShardLog:
 
     def snapshot(self, shard: EntityShard) -> bytes:
         """The checkpoint of ``shard`` now; starts writing a new base unless one is under way."""
-        if self._writing is not None and self._writing.done():
+        if self._writing is not None and self._writing.future.done():
+            self.base_seconds += self._writing.future.result()  # raises what the writer raised
             self.base, self.log = self._writing.seq, self.log[self._writing.cut :]
-            self.base_seconds += self._writing.seconds
             self._writing = None
         if self.shard is None:  # nothing ever arrived: the empty shard
             return _encoder.encode(Checkpoint("", None, []))
@@ -174,13 +174,13 @@ class ShardLog:
         if self._writing is None and self.log:
             seq = (self.base or 0) + 1
             self.files.keep_only(self.shard, {s for s in self._recent if s is not None})
-            self._writing = _BaseWrite(self.files, self.shard, seq, shard.frozen(), len(self.log))
+            self._writing = _BaseWrite(seq, len(self.log), self.files.submit(self.shard, seq, shard.image()))
         return checkpoint
 
     def wait(self) -> None:
         """Until the base under way is written (tests, shutdown)."""
         if self._writing is not None:
-            self._writing._thread.join()
+            self._writing.future.result()
 
 
 def restore(files: BaseFiles, raw: bytes, now: float) -> tuple[EntityShard, ShardLog]:

@@ -26,15 +26,10 @@ import zstandard
 
 from schema import Label, Transaction
 from streaming.admission import Admission, CardAdmission, admit
-from streaming.entity_table import EntityPayments, EntityTable, TableSnapshot
+from streaming.entity_table import SNAPSHOT_ZSTD_LEVEL, EntityPayments, EntityTable, TableImage, TableSnapshot
 from streaming.windows import ENTITY_KEY_GETTERS, LAYOUTS, value_hash
 
 S = TypeVar("S")
-# Why compress snapshots: bytewax writes each to its SQLite store on the flow's thread (~10 ms per
-# MB here), and the flow waits. After 300,000 payments at 10,000/s the entity states took 65 MB
-# and held the flow up to ~1.1 s every snapshot; zstd's level 1 makes them 13 MB for ~0.2 s more
-# CPU, and the pause fell to ~0.8 s (docs/features.md, section 7).
-SNAPSHOT_ZSTD_LEVEL = 1
 
 
 class ShardInput(NamedTuple):
@@ -176,7 +171,7 @@ class AdmissionShard(_Shard[CardAdmission]):
 
 class EntityShard:
     """The window state of the entities (of every kind) in one shard: an ``EntityTable`` per kind,
-    keyed by entity id; snapshots are the tables' msgpack, zstd-compressed."""
+    keyed by entity id; snapshots are the tables' ``TableSnapshot``, in msgpack."""
 
     _encoder = msgspec.msgpack.Encoder()
     _decoder = msgspec.msgpack.Decoder(dict[str, TableSnapshot])
@@ -222,16 +217,19 @@ class EntityShard:
         for entity, ids in forgotten.items():
             self.tables[entity].forget(ids)
 
-    def frozen(self) -> EntityShard:
-        """A copy to encode off the flow's thread (``EntityTable.frozen``)."""
-        return EntityShard({entity: table.frozen() for entity, table in self.tables.items()})
+    def image(self) -> dict[str, TableImage]:
+        """Every table gathered into copies, to encode off the flow's thread (``encode_image``)."""
+        return {entity: table.image() for entity, table in self.tables.items()}
+
+    @classmethod
+    def encode_image(cls, image: dict[str, TableImage]) -> bytes:
+        # Each table's parts are compressed on their own (``TableImage.encode``), not the whole.
+        return cls._encoder.encode({entity: table.encode() for entity, table in image.items()})
 
     def encode(self) -> bytes:
-        snapshot = {entity: table.snapshot() for entity, table in self.tables.items()}
-        # A compressor per call: zstandard's are not thread-safe, and one costs microseconds.
-        return zstandard.ZstdCompressor(level=SNAPSHOT_ZSTD_LEVEL).compress(self._encoder.encode(snapshot))
+        return self.encode_image(self.image())
 
     @classmethod
     def decode(cls, raw: bytes) -> EntityShard:
-        snapshot = cls._decoder.decode(zstandard.ZstdDecompressor().decompress(raw))
+        snapshot = cls._decoder.decode(raw)
         return cls({entity: EntityTable.restore(LAYOUTS[entity], snapshot[entity]) for entity in LAYOUTS})

@@ -28,6 +28,7 @@ import numpy as np
 from bytewax.connectors.kafka import KafkaSourceMessage
 
 from fraud.bench_stream import activity_weights, bench_payment, draw_payments, machine_info
+from streaming.checkpoints import BaseFiles
 from streaming.dataflow import RedisStateSink, StoreResync, StreamConfig, _AdmissionLogic, _EntityLogic, _Steps
 from streaming.metrics import StreamMetrics
 from streaming.shards import shard_name
@@ -82,8 +83,12 @@ class Run:
         return sum(self.us_per_event(s) for s in STAGES)
 
 
-def run_once(raws: list[bytes], redis_url: str, snapshot_every: int, gc_like_the_stream: bool = True) -> Run:
-    """Every step of the dataflow over the payments, one Kafka batch at a time, timed per stage."""
+def run_once(
+    raws: list[bytes], redis_url: str, snapshot_every: int, bases: Path, gc_like_the_stream: bool = True
+) -> Run:
+    """Every step of the dataflow over the payments, one Kafka batch at a time, timed per stage;
+    snapshots as the stream takes them, their bases written to ``bases`` by the writer threads
+    (process CPU: their work counts in the stages it overlaps)."""
     config = StreamConfig(kafka_bootstrap="unused:9092", redis_url=redis_url, key_prefix=f"cpu{time.time_ns()}")
     metrics = StreamMetrics()
     steps = _Steps(config, metrics)
@@ -103,8 +108,8 @@ def run_once(raws: list[bytes], redis_url: str, snapshot_every: int, gc_like_the
         gc.set_threshold(100_000, 1_000_000, 1_000_000)
     # The shards' logics, made once per shard as the dataflow makes them (not once per batch).
     for shard in map(shard_name, range(config.shards)):
-        admission[shard] = _AdmissionLogic(steps, None)
-        entities[shard] = _EntityLogic(None, resync, metrics)
+        admission[shard] = _AdmissionLogic(steps, None, BaseFiles(bases / "admission"))
+        entities[shard] = _EntityLogic(None, resync, metrics, BaseFiles(bases / "entity_state"))
     for batch in kafka_batches(raws, config.transactions_topic):
         t0 = clock()
         checked = steps.transactions_by_card_shard(batch)
@@ -167,12 +172,14 @@ def report_steps(
     raws = payloads(events, cards, merchants, rate, time_scale)
     with tempfile.TemporaryDirectory(prefix="bench-stream-cpu-") as work:
         if redis_url:
-            runs = [run_once(raws, redis_url, snapshot_every) for _ in range(repeats)]
+            runs = [run_once(raws, redis_url, snapshot_every, Path(work) / f"bases{n}") for n in range(repeats)]
         else:
             from deploy.embedded import EmbeddedRedis
 
             with EmbeddedRedis(Path(work)) as redis_server:
-                runs = [run_once(raws, redis_server.url, snapshot_every) for _ in range(repeats)]
+                runs = [
+                    run_once(raws, redis_server.url, snapshot_every, Path(work) / f"bases{n}") for n in range(repeats)
+                ]
     print(f"{events:,} payments, {cards:,} cards, {merchants:,} merchants; CPU µs per payment:")
     for stage in STAGES:
         _report(stage, [r.us_per_event(stage) for r in runs])

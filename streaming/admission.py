@@ -55,15 +55,20 @@ def admit(state: CardAdmission, txn: Transaction, allowed_lateness_s: float) -> 
     ts = txn.event_ts
     if horizon is not None and ts < horizon:
         return Admission.LATE
-    if seen is not None:  # an expired id not yet dropped: it goes to the back with its new time
-        del recent[txn.transaction_id]
-    recent[txn.transaction_id] = ts
+    remember(state, txn.transaction_id, ts, allowed_lateness_s)
+    return Admission.ADMITTED
+
+
+def remember(state: CardAdmission, transaction_id: str, ts: float, allowed_lateness_s: float) -> None:
+    """What admitting a transaction changes (also how a recovery log is replayed)."""
+    recent = state.recent_ids
+    recent.pop(transaction_id, None)  # an expired id not yet dropped goes to the back with its new time
+    recent[transaction_id] = ts
     if state.newest_ts is None or ts > state.newest_ts:
         state.newest_ts = ts
         horizon = ts - allowed_lateness_s
         while recent[first := next(iter(recent))] < horizon:  # stops at ``ts`` at the latest
             del recent[first]
-    return Admission.ADMITTED
 
 
 def late_reason(state: CardAdmission, txn: Transaction, allowed_lateness_s: float) -> str:

@@ -1,5 +1,5 @@
-"""Incremental recovery snapshots of the entity shards: a base written beside the flow, and in
-bytewax's snapshot only which base and the inputs since it.
+"""Incremental recovery snapshots of the stream's shards: a base written beside the flow, and in
+bytewax's snapshot only which base and the changes since it.
 
 Why: bytewax takes a key's snapshot on the flow's thread, and the flow stands still meanwhile.
 Whole-shard snapshots grew with the state: at 10,000/s the entity shards' encoding took 192, 325
@@ -7,18 +7,19 @@ and 421 ms at 10, 20 and 30 s, and freshness p99 over 90 s was 1.9 s (docs/featu
 
 How (the shape of Flink's incremental checkpoints):
 
-- Each batch's inputs are encoded as the shard applies them (``ShardLog.record``): a few µs per
+- Each batch's changes are encoded as the shard applies them (``ShardLog.record``): a few µs per
   payment, spread evenly instead of paid at once.
-- At a snapshot the shard's arrays are copied (``EntityShard.frozen``: a memcpy) and a thread
-  encodes, compresses and writes the copy as a *base* file, fsynced and renamed into place, while
-  the flow goes on. Its compression and the kernels release the GIL.
+- At a snapshot the shard's state is copied (``image``: array copies for the entity tables, dict
+  copies for admission) and a thread encodes, compresses and writes the copy as a *base* file,
+  fsynced and renamed into place, while the flow goes on. Compression releases the GIL.
 - bytewax's snapshot of the shard is a ``Checkpoint``: the newest base known to be on disk, and the
-  inputs logged since that base's copy was taken. A base is named only once its file is durable,
+  changes logged since that base's copy was taken. A base is named only once its file is durable,
   so a snapshot that bytewax commits never names a missing file.
 - Resume reads the base and replays the log (``restore``).
 
-A shard's base files are named after the shard, which keeps its name across restarts; the last few
-are kept, since bytewax may resume from a snapshot an epoch or two older than the newest.
+A shard's base files are named after the shard, which keeps its name across restarts, in a
+directory per step; the last few are kept, since bytewax may resume from a snapshot an epoch or
+two older than the newest.
 """
 
 from __future__ import annotations
@@ -27,36 +28,47 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol, Self, TypeVar
 
 import msgspec
 import zstandard
 
-from schema import Label
-from streaming.entity_table import EntityPayments, TableImage
-from streaming.shards import EntityShard, ShardInput
-
 log = logging.getLogger(__name__)
 
-BASES_DIR = "entity-bases"  # inside the recovery directory
+BASES_DIR = "bases"  # inside the recovery directory, a directory per step
 KEEP_BASES = 3  # bases named by a shard's last snapshots, kept for a resume from any of them
 _LOG_ZSTD_LEVEL = 1
 
 
-class LoggedInputs(NamedTuple):
-    """One batch as the shard applied it, then the states forgotten after it (ids by kind)."""
+class Checkpointed(Protocol):
+    """A shard state that ``ShardLog`` can checkpoint."""
 
-    payments: dict[str, EntityPayments]
-    labels: list[tuple[str, str, Label]]
-    forgotten: dict[str, list[str]]
+    def image(self) -> Any:
+        """A copy of the state, cheap to take (the flow waits for it)."""
+        ...
+
+    @classmethod
+    def encode_image(cls, image: Any) -> bytes:
+        """The image as a base (in the writer thread)."""
+        ...
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Self: ...
+
+    def replay(self, entry: bytes, now: float) -> None:
+        """Apply a logged change again."""
+        ...
+
+
+C = TypeVar("C", bound=Checkpointed)
 
 
 class Checkpoint(msgspec.Struct, array_like=True):
-    """A shard's recovery snapshot: base file ``base`` (None: the empty shard) and the inputs since
-    its copy, each batch zstd-compressed msgpack of ``LoggedInputs``."""
+    """A shard's recovery snapshot: base file ``base`` (None: the empty state) and the changes
+    since its copy, each zstd-compressed."""
 
     shard: str
     base: int | None
@@ -64,14 +76,13 @@ class Checkpoint(msgspec.Struct, array_like=True):
 
 
 _checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
-_inputs_decoder = msgspec.msgpack.Decoder(LoggedInputs)
 _encoder = msgspec.msgpack.Encoder()
 
 
 class BaseFiles:
-    """The base files of the entity shards in one directory, ``SHARD.SEQ.zst``, and the thread
-    that writes them: one per process, so bases are written one at a time, at a lower CPU priority
-    than the flow (``os.setpriority`` on Linux), taking at most a core from it."""
+    """The base files of one step's shards in one directory, ``SHARD.SEQ.zst``, and the thread that
+    writes them: one per step and process, so its bases are written one at a time, at a lower CPU
+    priority than the flow (``os.setpriority`` on Linux)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -79,17 +90,17 @@ class BaseFiles:
         self._writer: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
-    def submit(self, shard: str, seq: int, image: dict[str, TableImage]) -> Future[float]:
+    def submit(self, shard: str, seq: int, encode: Callable[[], bytes]) -> Future[float]:
         """Encode and write base ``seq`` of ``shard`` in the writer thread; the future's result is
         the seconds it took."""
         with self._lock:
             if self._writer is None:
-                self._writer = ThreadPoolExecutor(1, "entity-bases", initializer=_lower_priority)
-        return self._writer.submit(self._encode_and_write, shard, seq, image)
+                self._writer = ThreadPoolExecutor(1, f"bases-{self.directory.name}", initializer=_lower_priority)
+        return self._writer.submit(self._encode_and_write, shard, seq, encode)
 
-    def _encode_and_write(self, shard: str, seq: int, image: dict[str, TableImage]) -> float:
+    def _encode_and_write(self, shard: str, seq: int, encode: Callable[[], bytes]) -> float:
         started = time.perf_counter()
-        self.write(shard, seq, EntityShard.encode_image(image))
+        self.write(shard, seq, encode())
         return time.perf_counter() - started
 
     def path(self, shard: str, seq: int) -> Path:
@@ -133,11 +144,11 @@ class _BaseWrite(NamedTuple):
 
 
 class ShardLog:
-    """One entity shard's incremental snapshots (see the module docstring)."""
+    """One shard's incremental snapshots (see the module docstring)."""
 
     def __init__(
         self, files: BaseFiles, shard: str | None = None, base: int | None = None, log: list[bytes] | None = None
-    ):
+    ) -> None:
         self.files = files
         self.shard = shard
         self.base = base
@@ -146,63 +157,60 @@ class ShardLog:
         self._writing: _BaseWrite | None = None
         self.base_seconds = 0.0  # spent writing bases, off the flow's thread
 
-    def record(self, inputs: Sequence[ShardInput], forgotten: dict[str, list[str]] | None = None) -> None:
-        """Log a batch the shard has just applied (and the states forgotten after it)."""
-        if self.shard is None and inputs:
-            self.shard = inputs[0].shard
-        payments: dict[str, EntityPayments] = {}
-        labels: list[tuple[str, str, Label]] = []
-        for item in inputs:
-            for entity, columns in item.payments.items():
-                have = payments.get(entity)
-                payments[entity] = columns if have is None else have + columns
-            labels += item.labels
-        if payments or labels or forgotten:
-            raw = _encoder.encode(LoggedInputs(payments, labels, forgotten or {}))
-            self.log.append(zstandard.ZstdCompressor(level=_LOG_ZSTD_LEVEL).compress(raw))
+    def record(self, shard: str, entry: bytes | None) -> None:
+        """Log a change (msgpack) that shard ``shard`` has just applied; None: it changed nothing."""
+        self.shard = shard
+        if entry is not None:
+            self.log.append(zstandard.ZstdCompressor(level=_LOG_ZSTD_LEVEL).compress(entry))
 
-    def snapshot(self, shard: EntityShard) -> bytes:
-        """The checkpoint of ``shard`` now; starts writing a new base unless one is under way."""
+    def snapshot(self, state: Checkpointed) -> bytes:
+        """The checkpoint of ``state`` now; starts writing a new base unless one is under way."""
         if self._writing is not None and self._writing.future.done():
             self.base_seconds += self._writing.future.result()  # raises what the writer raised
             self.base, self.log = self._writing.seq, self.log[self._writing.cut :]
             self._writing = None
-        if self.shard is None:  # nothing ever arrived: the empty shard
+        if self.shard is None:  # nothing ever arrived: the empty state
             return _encoder.encode(Checkpoint("", None, []))
         checkpoint = _encoder.encode(Checkpoint(self.shard, self.base, self.log))
         self._recent = [*self._recent, self.base][-KEEP_BASES:]
         if self._writing is None and self.log:
             seq = (self.base or 0) + 1
             self.files.keep_only(self.shard, {s for s in self._recent if s is not None})
-            self._writing = _BaseWrite(seq, len(self.log), self.files.submit(self.shard, seq, shard.image()))
+            image, encode_image = state.image(), type(state).encode_image
+            self._writing = _BaseWrite(
+                seq, len(self.log), self.files.submit(self.shard, seq, lambda: encode_image(image))
+            )
         return checkpoint
 
     def wait(self) -> None:
-        """Until the base under way is written (tests, shutdown)."""
+        """Until the base under way is written (tests)."""
         if self._writing is not None:
             self._writing.future.result()
 
 
-def restore(files: BaseFiles, raw: bytes, now: float) -> tuple[EntityShard, ShardLog]:
-    """The shard a checkpoint describes (its base, the log replayed), and its log to go on with."""
+def restore(files: BaseFiles, raw: bytes, kind: type[C], now: float) -> tuple[C, ShardLog]:
+    """The state a checkpoint describes (its base, the log replayed), and its log to go on with."""
     started = time.perf_counter()
     checkpoint = _checkpoint_decoder.decode(raw)
     if not checkpoint.shard:
-        return EntityShard(), ShardLog(files)
+        return _empty(kind), ShardLog(files)
     base = checkpoint.base
-    shard = EntityShard.decode(files.read(checkpoint.shard, base)) if base is not None else EntityShard()
+    state = kind.decode(files.read(checkpoint.shard, base)) if base is not None else _empty(kind)
     decompressor = zstandard.ZstdDecompressor()
     for chunk in checkpoint.log:
-        inputs = _inputs_decoder.decode(decompressor.decompress(chunk))
-        shard.apply([ShardInput(checkpoint.shard, inputs.payments, inputs.labels)], now)
-        shard.forget(inputs.forgotten)
+        state.replay(decompressor.decompress(chunk), now)
     # Bases after this one were written by a run that did not get to commit a snapshot naming them.
     files.keep_only(checkpoint.shard, {base} if base is not None else set())
     log.info(
-        "entity shard %s restored from base %s and %d logged batches in %.2f s",
+        "%s shard %s restored from base %s and %d logged batches in %.2f s",
+        files.directory.name,
         checkpoint.shard,
         base,
         len(checkpoint.log),
         time.perf_counter() - started,
     )
-    return shard, ShardLog(files, checkpoint.shard, base, list(checkpoint.log))
+    return state, ShardLog(files, checkpoint.shard, base, list(checkpoint.log))
+
+
+def _empty(kind: type[C]) -> C:
+    return kind()  # type: ignore[call-arg]

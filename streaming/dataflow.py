@@ -153,10 +153,13 @@ class _Steps:
             return Sourced(txn, msg.topic or "", _or(msg.partition), _or(msg.offset))
         return txn
 
-    def transactions_by_card_shard(self, msgs: list[RawMessage]) -> list[Letter | tuple[str, list[Sourced]]]:
-        """Validate a batch; dead letters for the invalid, the valid grouped by their card's shard."""
+    def transactions_by_card_shard(
+        self, msgs: list[RawMessage]
+    ) -> list[Letter | tuple[str, tuple[str, list[Sourced]]]]:
+        """Validate a batch; dead letters for the invalid, the valid grouped by their card's shard
+        (keyed by it, and named in the value too: the shard logs its changes under its name)."""
         self._note_offsets(self.config.transactions_topic, msgs)
-        out: list[Letter | tuple[str, list[Sourced]]] = []
+        out: list[Letter | tuple[str, tuple[str, list[Sourced]]]] = []
         groups: dict[str, list[Sourced]] = {}
         for msg in msgs:
             item = self.validate_transaction(msg)
@@ -164,7 +167,7 @@ class _Steps:
                 groups.setdefault(self.router.card(item.txn.card_id), []).append(item)
             else:
                 out.append(item)
-        out.extend(groups.items())
+        out.extend((shard, (shard, items)) for shard, items in groups.items())
         return out
 
     def labels_by_entity_shard(self, msgs: list[RawMessage]) -> list[Letter | tuple[str, ShardInput]]:
@@ -199,47 +202,65 @@ IDLE_SWEEP_S = 3600.0
 
 
 class _ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
-    """bytewax adapter for a shard: snapshots as msgpack bytes, sweeps idle keys hourly."""
+    """bytewax adapter for a shard of ``kind``: incremental snapshots (``streaming.checkpoints``)
+    when ``bases`` says where base files go; without it (recovery off: bytewax still asks for
+    snapshots, and nothing keeps them) empty ones. Sweeps idle keys hourly."""
 
-    def __init__(self, shard: AdmissionShard | EntityShard, metrics: StreamMetrics, step: str) -> None:
-        self.shard = shard
+    kind: type[AdmissionShard] | type[EntityShard]
+
+    def __init__(self, resume: bytes | None, bases: BaseFiles | None, metrics: StreamMetrics, step: str) -> None:
+        self.log: ShardLog | None = None
+        if resume is not None:
+            if bases is None:
+                raise ValueError(f"resuming a {step} shard needs its base files (the recovery directory)")
+            self.shard, self.log = restore(bases, resume, self.kind, time.time())
+        else:
+            self.shard = self.kind()
+            self.log = ShardLog(bases) if bases is not None else None
         self._next_sweep = datetime.now(UTC) + timedelta(seconds=IDLE_SWEEP_S)
         self._snapshot_seconds = metrics.snapshot_seconds.labels(step)
         self._snapshot_bytes = metrics.snapshot_bytes.labels(step)
 
-    def on_notify(self) -> tuple[list[Any], bool]:
-        self.shard.forget_idle(WORKER_IDLE_TTL_S)
+    def sweep(self) -> None:
+        forgotten = self.shard.forget_idle(WORKER_IDLE_TTL_S)
+        if forgotten and self.log is not None and self.log.shard is not None:
+            self.log.record(self.log.shard, self.forgotten_entry(forgotten))
         self._next_sweep = datetime.now(UTC) + timedelta(seconds=IDLE_SWEEP_S)
+
+    def forgotten_entry(self, forgotten: Any) -> bytes:
+        raise NotImplementedError
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        self.sweep()
         return [], StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime:
         return self._next_sweep
 
-    def encode(self) -> bytes:
-        return self.shard.encode()
-
     def snapshot(self) -> bytes:
         started = time.perf_counter()
-        raw = self.encode()
+        raw = self.log.snapshot(self.shard) if self.log is not None else b""
         self._snapshot_seconds.inc(time.perf_counter() - started)
         self._snapshot_bytes.inc(len(raw))
         return raw
 
 
 class _AdmissionLogic(_ShardLogic):
-    def __init__(self, steps: _Steps, resume: bytes | None) -> None:
-        shard = AdmissionShard.decode(resume) if resume is not None else AdmissionShard()
-        super().__init__(shard, steps.metrics, "admission")
+    kind = AdmissionShard
+    shard: AdmissionShard
+
+    def __init__(self, steps: _Steps, resume: bytes | None, bases: BaseFiles | None) -> None:
+        super().__init__(resume, bases, steps.metrics, "admission")
         self.steps = steps
 
-    def on_batch(self, groups: list[list[Sourced]]) -> tuple[list[Any], bool]:
+    def on_batch(self, groups: list[tuple[str, list[Sourced]]]) -> tuple[list[Any], bool]:
         lateness = self.steps.config.allowed_lateness_s
         metrics = self.steps.metrics
         admitted: list[Transaction] = []
         letters: list[Letter] = []
         now = time.time()
         tally = {verdict: 0 for verdict in Admission}
-        for group in groups:
+        for _, group in groups:
             for item in group:
                 verdict = self.shard.admit(item.txn, lateness, now)
                 tally[verdict] += 1
@@ -252,7 +273,13 @@ class _AdmissionLogic(_ShardLogic):
         for verdict, n in tally.items():
             if n:
                 metrics.transactions.labels(verdict.value).inc(n)
+        if self.log is not None and groups:
+            changed = [(t.card_id, t.transaction_id, t.event_ts) for t in admitted]
+            self.log.record(groups[0][0], AdmissionShard.log_entry(changed, lateness, []) if changed else None)
         return [(admitted, letters)], StatefulBatchLogic.RETAIN
+
+    def forgotten_entry(self, forgotten: list[str]) -> bytes:
+        return AdmissionShard.log_entry([], self.steps.config.allowed_lateness_s, forgotten)
 
 
 class ShardUpdate(NamedTuple):
@@ -276,23 +303,15 @@ class StoreResync:
 
 
 class _EntityLogic(_ShardLogic):
-    """An entity shard: applies batches, hands the changed states packed to the sink. Its snapshots
-    are incremental (``streaming.checkpoints``) when ``bases`` says where base files go; without it
-    (recovery off: bytewax still asks for snapshots, and nothing keeps them) they are empty."""
+    """An entity shard: applies batches, hands the changed states packed to the sink."""
+
+    kind = EntityShard
+    shard: EntityShard
 
     def __init__(
         self, resume: bytes | None, resync: StoreResync, metrics: StreamMetrics, bases: BaseFiles | None
     ) -> None:
-        log: ShardLog | None = None
-        if resume is not None:
-            if bases is None:
-                raise ValueError("resuming an entity shard needs its base files (recovery directory)")
-            shard, log = restore(bases, resume, time.time())
-        else:
-            shard = EntityShard()
-            log = ShardLog(bases) if bases is not None else None
-        super().__init__(shard, metrics, "entity_state")
-        self.log = log
+        super().__init__(resume, bases, metrics, "entity_state")
         self.resync = resync
         # Resumed from a snapshot: every state is written again on the first batch (or within
         # RESYNC_POLL_S), because the sink writes behind the flow and the batches still waiting at
@@ -301,8 +320,8 @@ class _EntityLogic(_ShardLogic):
 
     def on_batch(self, groups: list[ShardInput]) -> tuple[list[Any], bool]:
         changed = self.shard.apply(groups, time.time())
-        if self.log is not None:
-            self.log.record(groups)
+        if self.log is not None and groups:
+            self.log.record(groups[0].shard, EntityShard.log_entry(groups))
         if self._generation != self.resync.generation:
             self._generation = self.resync.generation
             packed = self.shard.pack_all()
@@ -328,14 +347,11 @@ class _EntityLogic(_ShardLogic):
             self._generation = self.resync.generation
             out = [ShardUpdate(self.shard.pack_all(), [], 0)]
         if datetime.now(UTC) >= self._next_sweep:
-            forgotten = self.shard.forget_idle(WORKER_IDLE_TTL_S)
-            if self.log is not None:
-                self.log.record([], forgotten)
-            self._next_sweep = datetime.now(UTC) + timedelta(seconds=IDLE_SWEEP_S)
+            self.sweep()
         return out, StatefulBatchLogic.RETAIN
 
-    def encode(self) -> bytes:
-        return self.log.snapshot(self.shard) if self.log is not None else b""
+    def forgotten_entry(self, forgotten: dict[str, list[str]]) -> bytes:
+        return EntityShard.log_entry([], forgotten) or b""
 
 
 RESYNC_POLL_S = 5.0
@@ -514,7 +530,11 @@ def build_flow(
     checked = op.branch(
         "invalid", op.flat_map_batch("validate", transactions.oks, steps.transactions_by_card_shard), _is_letter
     )
-    judged = op.stateful_batch("admission", checked.falses, lambda resume: _AdmissionLogic(steps, resume))
+    bases = recovery_dir / BASES_DIR if recovery_dir is not None else None
+    admission_bases = BaseFiles(bases / "admission") if bases is not None else None
+    judged = op.stateful_batch(
+        "admission", checked.falses, lambda resume: _AdmissionLogic(steps, resume, admission_bases)
+    )
     routed = op.branch("late", op.flat_map("by_entity", judged, steps.admitted_by_entity_shard), _is_letter)
 
     labels = kop.input("labels", flow, topics=[config.labels_topic], **kafka)
@@ -526,9 +546,9 @@ def build_flow(
     kop.output("dead_letters", dead, brokers=[config.kafka_bootstrap], topic=config.dead_letter_topic)
     entity_events = op.merge("entity_events", routed.falses, label_checked.falses)
     resync = StoreResync()
-    bases = BaseFiles(recovery_dir / BASES_DIR) if recovery_dir is not None else None
+    entity_bases = BaseFiles(bases / "entity_state") if bases is not None else None
     states = op.stateful_batch(
-        "entity_state", entity_events, lambda resume: _EntityLogic(resume, resync, metrics, bases)
+        "entity_state", entity_events, lambda resume: _EntityLogic(resume, resync, metrics, entity_bases)
     )
     op.output("online_store", states, RedisStateSink(config.redis_url, config.key_prefix, metrics, resync))
     return flow
@@ -566,7 +586,7 @@ _INPUTS = ("kafka_bootstrap", "transactions_topic", "labels_topic", "shards")
 # be decoded, so it is made afresh like one of other inputs. Raise it when ``EntityState`` or
 # ``CardAdmission`` changes shape. 2: bucket and distinct rows as one byte string each; 3: admission
 # without ``oldest_recent_ts``; 4: zstd-compressed; 5: entity states as tables (``streaming.entity_table``);
-# 6: the tables keyed by entity id; 7: entity shards as incremental checkpoints (``streaming.checkpoints``).
+# 6: the tables keyed by entity id; 7: shards as incremental checkpoints (``streaming.checkpoints``).
 SNAPSHOT_FORMAT = 7
 
 

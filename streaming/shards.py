@@ -18,18 +18,16 @@ import sys
 import time
 import zlib
 from collections.abc import Sequence
-from typing import Generic, NamedTuple, Self, TypeVar
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
 import zstandard
 
 from schema import Label, Transaction
-from streaming.admission import Admission, CardAdmission, admit
+from streaming.admission import Admission, CardAdmission, admit, remember
 from streaming.entity_table import SNAPSHOT_ZSTD_LEVEL, EntityPayments, EntityTable, TableImage, TableSnapshot
 from streaming.windows import ENTITY_KEY_GETTERS, LAYOUTS, value_hash
-
-S = TypeVar("S")
 
 
 class ShardInput(NamedTuple):
@@ -123,40 +121,32 @@ def shard_input(transactions: Sequence[Transaction]) -> ShardInput:
     return next(iter(whole.values()), ShardInput(shard_name(0), {}, []))
 
 
-class _Shard(Generic[S]):
-    """Keyed state of one shard (admission's), with the wall-clock last use of each key so that
-    keys idle longer than their TTL can be forgotten; snapshots are the msgpack of the whole
-    mapping, zstd-compressed.
-    """
+class LoggedAdmissions(NamedTuple):
+    """What a batch changed in an admission shard: the admitted payments as (card, transaction id,
+    event time), in order, under ``allowed_lateness_s``; then the cards forgotten."""
+
+    allowed_lateness_s: float
+    admitted: list[tuple[str, str, float]]
+    forgotten: list[str]
+
+
+class AdmissionShard:
+    """The admission state of the cards in one shard (``CardAdmission`` by card id), with the
+    wall-clock last use of each card so that cards idle longer than their TTL can be forgotten.
+
+    Checkpointed (``streaming.checkpoints``): ``image`` copies the state on the flow's thread, and
+    ``encode_image`` encodes it elsewhere in chunks of cards, so the thread holds the GIL only a few
+    milliseconds at a time."""
 
     _encoder = msgspec.msgpack.Encoder()
-    _decoder: msgspec.msgpack.Decoder
+    _chunk_decoder = msgspec.msgpack.Decoder(list[tuple[str, CardAdmission]])
+    _chunks_decoder = msgspec.msgpack.Decoder(list[bytes])
+    _log_decoder = msgspec.msgpack.Decoder(LoggedAdmissions)
+    CARDS_PER_CHUNK = 500
 
-    def __init__(self, entries: dict[str, S] | None = None) -> None:
-        self.entries: dict[str, S] = entries or {}
+    def __init__(self, entries: dict[str, CardAdmission] | None = None) -> None:
+        self.entries: dict[str, CardAdmission] = entries or {}
         self.touched = dict.fromkeys(self.entries, time.time())
-
-    def forget_idle(self, idle_ttl_s: float, now: float | None = None) -> list[str]:
-        horizon = (now if now is not None else time.time()) - idle_ttl_s
-        idle = [k for k, at in self.touched.items() if at < horizon]
-        for key in idle:
-            del self.touched[key]
-            self.entries.pop(key, None)
-        return idle
-
-    def encode(self) -> bytes:
-        # A compressor per call: zstandard's are not thread-safe, and one costs microseconds.
-        return zstandard.ZstdCompressor(level=SNAPSHOT_ZSTD_LEVEL).compress(self._encoder.encode(self.entries))
-
-    @classmethod
-    def decode(cls, raw: bytes) -> Self:
-        return cls(cls._decoder.decode(zstandard.ZstdDecompressor().decompress(raw)))
-
-
-class AdmissionShard(_Shard[CardAdmission]):
-    """The admission state of the cards in one shard, keyed by card id."""
-
-    _decoder = msgspec.msgpack.Decoder(dict[str, CardAdmission])
 
     def admit(self, txn: Transaction, allowed_lateness_s: float, now: float) -> Admission:
         state = self.entries.get(txn.card_id)
@@ -168,6 +158,62 @@ class AdmissionShard(_Shard[CardAdmission]):
     def state_of(self, card_id: str) -> CardAdmission:
         return self.entries[card_id]
 
+    def forget_idle(self, idle_ttl_s: float, now: float | None = None) -> list[str]:
+        horizon = (now if now is not None else time.time()) - idle_ttl_s
+        idle = [k for k, at in self.touched.items() if at < horizon]
+        self.forget(idle)
+        return idle
+
+    def forget(self, cards: list[str]) -> None:
+        for card in cards:
+            self.touched.pop(card, None)
+            self.entries.pop(card, None)
+
+    @staticmethod
+    def log_entry(admitted: list[tuple[str, str, float]], allowed_lateness_s: float, forgotten: list[str]) -> bytes:
+        return AdmissionShard._encoder.encode(LoggedAdmissions(allowed_lateness_s, admitted, forgotten))
+
+    def replay(self, entry: bytes, now: float) -> None:
+        logged = self._log_decoder.decode(entry)
+        for card, transaction_id, ts in logged.admitted:
+            state = self.entries.get(card)
+            if state is None:
+                state = self.entries[card] = CardAdmission()
+            self.touched[card] = now
+            remember(state, transaction_id, ts, logged.allowed_lateness_s)
+        self.forget(logged.forgotten)
+
+    def image(self) -> list[tuple[str, CardAdmission]]:
+        """A copy of every card's state (its ids' dict copied: C speed, ~10 ns an id)."""
+        return [(card, CardAdmission(s.newest_ts, s.recent_ids.copy())) for card, s in self.entries.items()]
+
+    @classmethod
+    def encode_image(cls, image: list[tuple[str, CardAdmission]]) -> bytes:
+        compress = zstandard.ZstdCompressor(level=SNAPSHOT_ZSTD_LEVEL).compress  # not thread-safe: one per call
+        step = cls.CARDS_PER_CHUNK
+        return cls._encoder.encode(
+            [compress(cls._encoder.encode(image[at : at + step])) for at in range(0, len(image), step)]
+        )
+
+    def encode(self) -> bytes:
+        return self.encode_image(self.image())
+
+    @classmethod
+    def decode(cls, raw: bytes) -> AdmissionShard:
+        decompress = zstandard.ZstdDecompressor().decompress
+        entries: dict[str, CardAdmission] = {}
+        for chunk in cls._chunks_decoder.decode(raw):
+            entries.update(cls._chunk_decoder.decode(decompress(chunk)))
+        return cls(entries)
+
+
+class LoggedInputs(NamedTuple):
+    """One batch as an entity shard applied it, then the states forgotten after it (ids by kind)."""
+
+    payments: dict[str, EntityPayments]
+    labels: list[tuple[str, str, Label]]
+    forgotten: dict[str, list[str]]
+
 
 class EntityShard:
     """The window state of the entities (of every kind) in one shard: an ``EntityTable`` per kind,
@@ -175,6 +221,7 @@ class EntityShard:
 
     _encoder = msgspec.msgpack.Encoder()
     _decoder = msgspec.msgpack.Decoder(dict[str, TableSnapshot])
+    _log_decoder = msgspec.msgpack.Decoder(LoggedInputs)
 
     def __init__(self, tables: dict[str, EntityTable] | None = None) -> None:
         self.tables = tables or {entity: EntityTable(layout) for entity, layout in LAYOUTS.items()}
@@ -216,6 +263,25 @@ class EntityShard:
         """Forget these states (ids by entity kind): what ``forget_idle`` did, done again on replay."""
         for entity, ids in forgotten.items():
             self.tables[entity].forget(ids)
+
+    @staticmethod
+    def log_entry(inputs: Sequence[ShardInput], forgotten: dict[str, list[str]] | None = None) -> bytes | None:
+        """A batch as ``replay`` applies it again (None: it changed nothing)."""
+        payments: dict[str, EntityPayments] = {}
+        labels: list[tuple[str, str, Label]] = []
+        for item in inputs:
+            for entity, columns in item.payments.items():
+                have = payments.get(entity)
+                payments[entity] = columns if have is None else have + columns
+            labels += item.labels
+        if not (payments or labels or forgotten):
+            return None
+        return EntityShard._encoder.encode(LoggedInputs(payments, labels, forgotten or {}))
+
+    def replay(self, entry: bytes, now: float) -> None:
+        logged = self._log_decoder.decode(entry)
+        self.apply([ShardInput("", logged.payments, logged.labels)], now)
+        self.forget(logged.forgotten)
 
     def image(self) -> dict[str, TableImage]:
         """Every table gathered into copies, to encode off the flow's thread (``encode_image``)."""

@@ -125,7 +125,7 @@ def test_sigkill_mid_stream_then_restart_leaves_redis_as_an_uninterrupted_run(
             # A shard writes base 2 only after a snapshot named base 1, on disk: a resume must read
             # bases, not only replay logs. Then one more interval, for bytewax to commit it.
             progress.append((time.monotonic(), store.counts().get("events", 0)))
-            return any(tmp_path.glob("recovery/*/entity-bases/*.2.zst"))
+            return any(tmp_path.glob("recovery/*/bases/entity_state/*.2.zst"))
 
         wait_for(second_bases_written, 120, "the snapshots to name base files", alive=first.check_alive)
         time.sleep(2 * interval_s)
@@ -156,7 +156,9 @@ def test_sigkill_mid_stream_then_restart_leaves_redis_as_an_uninterrupted_run(
         second.stop()
     restarted = (tmp_path / "logs" / "stream-restarted.log").read_text()
     assert "resumed from" in restarted
-    assert re.search(r"entity shard s\d+ restored from base \d+ and \d+ logged batches", restarted), restarted[-2000:]
+    assert re.search(r"entity_state shard s\d+ restored from base \d+ and \d+ logged batches", restarted), restarted[
+        -2000:
+    ]
     (t0, c0), (t1, c1) = next(p for p in progress if p[0] >= progress[-1][0] - 2.0), progress[-1]
     pace = (c1 - c0) / max(t1 - t0, 1e-3)
     assert 0 <= replayed <= pace * 4 * interval_s + 2_000, (replayed, pace)  # an interval, with room for a batch

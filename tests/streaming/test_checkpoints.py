@@ -8,9 +8,9 @@ import threading
 import pytest
 
 from streaming.checkpoints import KEEP_BASES, BaseFiles, restore
-from streaming.dataflow import StoreResync, _EntityLogic
+from streaming.dataflow import Sourced, StoreResync, StreamConfig, _AdmissionLogic, _EntityLogic, _Steps
 from streaming.metrics import StreamMetrics
-from streaming.shards import shard_input
+from streaming.shards import AdmissionShard, EntityShard, shard_input
 from tests.factories import txn
 
 
@@ -113,7 +113,7 @@ def test_old_bases_are_deleted_and_the_last_snapshots_can_all_be_resumed(tmp_pat
     assert len(files) <= KEEP_BASES + 1
     for n, (raw, states) in enumerate(taken[-KEEP_BASES:]):  # each in a copy: a resume deletes the bases after its own
         copy = shutil.copytree(tmp_path, tmp_path.with_name(f"{tmp_path.name}-{n}"))
-        shard, _ = restore(BaseFiles(copy), raw, now=0.0)
+        shard, _ = restore(BaseFiles(copy), raw, EntityShard, now=0.0)
         assert sorted(shard.pack_all()) == states
     for path in tmp_path.glob("*.zst"):
         assert path.name.startswith("s0.")
@@ -140,7 +140,7 @@ def test_forgotten_states_stay_forgotten_after_a_resume(tmp_path):
     original.snapshot()
     original.log.wait()
     forgotten = original.shard.forget_idle(idle_ttl_s=0.0, now=float("inf"))
-    original.log.record([], forgotten)
+    original.log.record(original.log.shard, original.forgotten_entry(forgotten))
     assert forgotten and not original.shard.pack_all()
     original.on_batch([shard_input([txn(900, card="c-new")])])
     resumed = logic(bases, original.snapshot())
@@ -153,3 +153,54 @@ def test_without_a_recovery_directory_snapshots_are_empty_and_a_resume_is_refuse
     assert quiet.snapshot() == b""
     with pytest.raises(ValueError, match="base files"):
         logic(None, b"anything")
+
+
+def admission_logic(bases, resume=None):
+    steps = _Steps(
+        StreamConfig(kafka_bootstrap="unused:9092", redis_url="unused", allowed_lateness_s=600), StreamMetrics()
+    )
+    return _AdmissionLogic(steps, resume, bases)
+
+
+def admission_batches(payments, rng):
+    at = 0
+    while at < len(payments):
+        size = rng.randrange(1, 6)
+        yield [("s0", [Sourced(t, "transactions", 0, n) for n, t in enumerate(payments[at : at + size], at)])]
+        at += size
+
+
+def verdicts(target, payments, rng):
+    out = []
+    for batch in admission_batches(payments, rng):
+        [(admitted, letters)], _ = target.on_batch(batch)
+        out += [t.transaction_id for t in admitted] + [len(letters)]
+    return out
+
+
+def test_admission_resumed_from_its_snapshots_decides_as_the_original(tmp_path):
+    rng = random.Random(11)
+    payments = history(150)
+    payments += [rng.choice(payments) for _ in range(40)]  # redeliveries: duplicates, and late ones
+    rng.shuffle(payments)
+    bases = BaseFiles(tmp_path)
+    original = admission_logic(bases)
+    verdicts(original, payments[:60], rng)
+    original.snapshot()
+    original.log.wait()
+    verdicts(original, payments[60:100], rng)
+    taken = original.snapshot()  # base 1 and the log since its copy
+    resumed = admission_logic(bases, taken)
+    assert resumed.shard.entries == original.shard.entries
+    rest = payments[100:]
+    assert verdicts(resumed, rest, random.Random(12)) == verdicts(original, rest, random.Random(12))
+    assert resumed.shard.entries == original.shard.entries
+
+
+def test_admission_bases_are_encoded_in_chunks_of_cards_and_decode_whole():
+    shard = AdmissionShard()
+    payments = [txn(i, card=f"card-{i % 1200}") for i in range(3000)]
+    for t in payments:
+        shard.admit(t, 600, now=0.0)
+    assert len(shard.entries) == 1200 > 2 * AdmissionShard.CARDS_PER_CHUNK
+    assert AdmissionShard.decode(shard.encode()).entries == shard.entries

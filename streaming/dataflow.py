@@ -256,26 +256,29 @@ class _AdmissionLogic(_ShardLogic):
     def on_batch(self, groups: list[tuple[str, list[Sourced]]]) -> tuple[list[Any], bool]:
         lateness = self.steps.config.allowed_lateness_s
         metrics = self.steps.metrics
+        items = [item for _, group in groups for item in group]
+        txns = [item.txn for item in items]
+        verdicts = self.shard.admit_batch(
+            [t.card_id for t in txns],
+            [t.transaction_id for t in txns],
+            [t.event_ts for t in txns],
+            lateness,
+            time.time(),
+        )
         admitted: list[Transaction] = []
         letters: list[Letter] = []
-        now = time.time()
-        tally = {verdict: 0 for verdict in Admission}
-        for _, group in groups:
-            for item in group:
-                verdict = self.shard.admit(item.txn, lateness, now)
-                tally[verdict] += 1
-                if verdict is Admission.ADMITTED:
-                    admitted.append(item.txn)
-                elif verdict is Admission.LATE:
-                    reason = late_reason(self.shard.state_of(item.txn.card_id), item.txn, lateness)
-                    metrics.dead_letters.labels("late").inc()
-                    letters.append(_letter(reason, None, encode(item.txn), (item.topic, item.partition, item.offset)))
-        for verdict, n in tally.items():
-            if n:
+        for item, verdict in zip(items, verdicts, strict=True):
+            if verdict is Admission.ADMITTED:
+                admitted.append(item.txn)
+            elif verdict is Admission.LATE:
+                reason = late_reason(self.shard.newest_ts(item.txn.card_id), item.txn, lateness)
+                metrics.dead_letters.labels("late").inc()
+                letters.append(_letter(reason, None, encode(item.txn), (item.topic, item.partition, item.offset)))
+        for verdict in Admission:
+            if n := verdicts.count(verdict):
                 metrics.transactions.labels(verdict.value).inc(n)
         if self.log is not None and groups:
-            changed = [(t.card_id, t.transaction_id, t.event_ts) for t in admitted]
-            self.log.record(groups[0][0], AdmissionShard.log_entry(changed, lateness, []) if changed else None)
+            self.log.record(groups[0][0], AdmissionShard.log_entry(admitted, lateness, []) if admitted else None)
         return [(admitted, letters)], StatefulBatchLogic.RETAIN
 
     def forgotten_entry(self, forgotten: list[str]) -> bytes:

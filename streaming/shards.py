@@ -25,7 +25,7 @@ import numpy as np
 import zstandard
 
 from schema import Label, Transaction
-from streaming.admission import Admission, CardAdmission, admit, remember
+from streaming.admission import Admission, AdmissionTable
 from streaming.entity_table import SNAPSHOT_ZSTD_LEVEL, EntityPayments, EntityTable, TableImage, TableSnapshot
 from streaming.windows import ENTITY_KEY_GETTERS, LAYOUTS, value_hash
 
@@ -122,78 +122,59 @@ def shard_input(transactions: Sequence[Transaction]) -> ShardInput:
 
 
 class LoggedAdmissions(NamedTuple):
-    """What a batch changed in an admission shard: the admitted payments as (card, transaction id,
-    event time), in order, under ``allowed_lateness_s``; then the cards forgotten."""
+    """What a batch changed in an admission shard: the admitted payments' card ids, transaction ids
+    and event times, in order, under ``allowed_lateness_s``; then the cards forgotten."""
 
     allowed_lateness_s: float
-    admitted: list[tuple[str, str, float]]
+    cards: list[str]
+    transaction_ids: list[str]
+    event_ts: list[float]
     forgotten: list[str]
 
 
-class AdmissionShard:
-    """The admission state of the cards in one shard (``CardAdmission`` by card id), with the
-    wall-clock last use of each card so that cards idle longer than their TTL can be forgotten.
+class AdmissionImage(NamedTuple):
+    """An ``AdmissionShard`` copied: its cards by slot, their newest event times and its entries."""
 
-    Checkpointed (``streaming.checkpoints``): ``image`` copies the state on the flow's thread, and
-    ``encode_image`` encodes it elsewhere in chunks of cards, so the thread holds the GIL only a few
-    milliseconds at a time."""
+    cards: list[str | None]
+    newest: np.ndarray
+    hashes: np.ndarray
+    slots: np.ndarray
+    ts: np.ndarray
+
+
+class AdmissionShard(AdmissionTable):
+    """The admission state of the cards in one shard (``streaming.admission.AdmissionTable``),
+    checkpointed by ``streaming.checkpoints``: images are array copies, encoded elsewhere."""
 
     _encoder = msgspec.msgpack.Encoder()
-    _chunk_decoder = msgspec.msgpack.Decoder(list[tuple[str, CardAdmission]])
-    _chunks_decoder = msgspec.msgpack.Decoder(list[bytes])
+    _parts_decoder = msgspec.msgpack.Decoder(list[bytes])
+    _cards_decoder = msgspec.msgpack.Decoder(list[str | None])
     _log_decoder = msgspec.msgpack.Decoder(LoggedAdmissions)
-    CARDS_PER_CHUNK = 500
-
-    def __init__(self, entries: dict[str, CardAdmission] | None = None) -> None:
-        self.entries: dict[str, CardAdmission] = entries or {}
-        self.touched = dict.fromkeys(self.entries, time.time())
 
     def admit(self, txn: Transaction, allowed_lateness_s: float, now: float) -> Admission:
-        state = self.entries.get(txn.card_id)
-        if state is None:
-            state = self.entries[txn.card_id] = CardAdmission()
-        self.touched[txn.card_id] = now
-        return admit(state, txn, allowed_lateness_s)
-
-    def state_of(self, card_id: str) -> CardAdmission:
-        return self.entries[card_id]
-
-    def forget_idle(self, idle_ttl_s: float, now: float | None = None) -> list[str]:
-        horizon = (now if now is not None else time.time()) - idle_ttl_s
-        idle = [k for k, at in self.touched.items() if at < horizon]
-        self.forget(idle)
-        return idle
-
-    def forget(self, cards: list[str]) -> None:
-        for card in cards:
-            self.touched.pop(card, None)
-            self.entries.pop(card, None)
+        """One payment's verdict (tests; the stream decides a batch at a time)."""
+        return self.admit_batch([txn.card_id], [txn.transaction_id], [txn.event_ts], allowed_lateness_s, now)[0]
 
     @staticmethod
-    def log_entry(admitted: list[tuple[str, str, float]], allowed_lateness_s: float, forgotten: list[str]) -> bytes:
-        return AdmissionShard._encoder.encode(LoggedAdmissions(allowed_lateness_s, admitted, forgotten))
+    def log_entry(admitted: Sequence[Transaction], allowed_lateness_s: float, forgotten: list[str]) -> bytes:
+        cards = [t.card_id for t in admitted]
+        ids = [t.transaction_id for t in admitted]
+        times = [t.event_ts for t in admitted]
+        return AdmissionShard._encoder.encode(LoggedAdmissions(allowed_lateness_s, cards, ids, times, forgotten))
 
     def replay(self, entry: bytes, now: float) -> None:
         logged = self._log_decoder.decode(entry)
-        for card, transaction_id, ts in logged.admitted:
-            state = self.entries.get(card)
-            if state is None:
-                state = self.entries[card] = CardAdmission()
-            self.touched[card] = now
-            remember(state, transaction_id, ts, logged.allowed_lateness_s)
+        self.admit_batch(logged.cards, logged.transaction_ids, logged.event_ts, logged.allowed_lateness_s, now)
         self.forget(logged.forgotten)
 
-    def image(self) -> list[tuple[str, CardAdmission]]:
-        """A copy of every card's state (its ids' dict copied: C speed, ~10 ns an id)."""
-        return [(card, CardAdmission(s.newest_ts, s.recent_ids.copy())) for card, s in self.entries.items()]
+    def image(self) -> AdmissionImage:
+        n = len(self.cards)
+        return AdmissionImage(list(self.cards), self.newest[:n].copy(), *self.live_entries(None))
 
     @classmethod
-    def encode_image(cls, image: list[tuple[str, CardAdmission]]) -> bytes:
+    def encode_image(cls, image: AdmissionImage) -> bytes:
         compress = zstandard.ZstdCompressor(level=SNAPSHOT_ZSTD_LEVEL).compress  # not thread-safe: one per call
-        step = cls.CARDS_PER_CHUNK
-        return cls._encoder.encode(
-            [compress(cls._encoder.encode(image[at : at + step])) for at in range(0, len(image), step)]
-        )
+        return cls._encoder.encode([compress(cls._encoder.encode(image.cards)), *map(compress, image[1:])])
 
     def encode(self) -> bytes:
         return self.encode_image(self.image())
@@ -201,10 +182,20 @@ class AdmissionShard:
     @classmethod
     def decode(cls, raw: bytes) -> AdmissionShard:
         decompress = zstandard.ZstdDecompressor().decompress
-        entries: dict[str, CardAdmission] = {}
-        for chunk in cls._chunks_decoder.decode(raw):
-            entries.update(cls._chunk_decoder.decode(decompress(chunk)))
-        return cls(entries)
+        cards_raw, *arrays = cls._parts_decoder.decode(raw)
+        newest, hashes, slots, ts = (
+            np.frombuffer(decompress(part), dtype=dtype)
+            for part, dtype in zip(arrays, (np.float64, np.int64, np.int64, np.float64), strict=True)
+        )
+        shard = cls()
+        shard.cards = cls._cards_decoder.decode(decompress(cards_raw))
+        shard.slot_of = {card: slot for slot, card in enumerate(shard.cards) if card is not None}
+        shard._free = [slot for slot, card in enumerate(shard.cards) if card is None]
+        n = len(shard.cards)
+        shard.newest = np.concatenate([newest, np.full(max(n, 64), -np.inf)])
+        shard.touched = np.full(len(shard.newest), time.time())
+        shard.restore_entries(hashes, slots, ts)
+        return shard
 
 
 class LoggedInputs(NamedTuple):

@@ -200,6 +200,13 @@ class AdmissionTable:
         return slot
 
 
+def warm_up() -> None:
+    """Compile (or load from numba's disk cache) the table's kernels now, before the first batch."""
+    table = AdmissionTable()
+    table.admit_batch(["warm-up"], ["warm-up"], [0.0], 1.0, 0.0)
+    table.forget(["warm-up"])
+
+
 def late_reason(newest_ts: float, txn: Transaction, allowed_lateness_s: float) -> str:
     return (
         f"late: event_time {txn.event_time.isoformat()} is {newest_ts - txn.event_ts:.1f}s behind the newest event "

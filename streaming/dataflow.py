@@ -53,6 +53,7 @@ from prometheus_client import Counter
 from deploy.lag import ConsumerLag, ProcessedOffsetsLag
 from schema import InvalidEvent, Label, Transaction, dead_letter, decode_label, decode_transaction, encode
 from streaming.admission import DEFAULT_ALLOWED_LATENESS_S, Admission, late_reason
+from streaming.admission import warm_up as warm_up_admission
 from streaming.checkpoints import BASES_DIR, BaseFiles, ShardLog, restore
 from streaming.entity_table import warm_up
 from streaming.metrics import StreamMetrics
@@ -748,6 +749,7 @@ def run_flow(flow: Dataflow, recovery: Recovery | None = None, cluster: Cluster 
     gc.freeze()
     gc.set_threshold(100_000, 1_000_000, 1_000_000)
     warm_up()
+    warm_up_admission()
     cli_main(
         flow,
         workers_per_process=1,

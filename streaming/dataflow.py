@@ -60,7 +60,7 @@ from streaming.metrics import StreamMetrics
 from streaming.offline import label_entity_ids
 from streaming.online import STATE_TTL_S, STORE_ERRORS, OnlineFeatureStore, connect_redis
 from streaming.recovery_registry import PartitionRegistry
-from streaming.shards import AdmissionShard, EntityShard, ShardInput, ShardRouter
+from streaming.shards import AdmissionShard, EntityShard, ShardInput, ShardRouter, merge_inputs
 
 log = logging.getLogger(__name__)
 
@@ -259,13 +259,8 @@ class _AdmissionLogic(_ShardLogic):
         metrics = self.steps.metrics
         items = [item for _, group in groups for item in group]
         txns = [item.txn for item in items]
-        verdicts = self.shard.admit_batch(
-            [t.card_id for t in txns],
-            [t.transaction_id for t in txns],
-            [t.event_ts for t in txns],
-            lateness,
-            time.time(),
-        )
+        columns = [t.card_id for t in txns], [t.transaction_id for t in txns], [t.event_ts for t in txns]
+        verdicts = self.shard.admit_batch(*columns, lateness, time.time())
         admitted: list[Transaction] = []
         letters: list[Letter] = []
         for item, verdict in zip(items, verdicts, strict=True):
@@ -278,12 +273,18 @@ class _AdmissionLogic(_ShardLogic):
         for verdict in Admission:
             if n := verdicts.count(verdict):
                 metrics.transactions.labels(verdict.value).inc(n)
-        if self.log is not None and groups:
-            self.log.record(groups[0][0], AdmissionShard.log_entry(admitted, lateness, []) if admitted else None)
+        if self.log is not None and admitted:
+            if len(admitted) < len(txns):  # the log holds only what changed the state
+                columns = (
+                    [t.card_id for t in admitted],
+                    [t.transaction_id for t in admitted],
+                    [t.event_ts for t in admitted],
+                )
+            self.log.record(groups[0][0], AdmissionShard.log_entry(*columns, lateness, []))
         return [(admitted, letters)], StatefulBatchLogic.RETAIN
 
     def forgotten_entry(self, forgotten: list[str]) -> bytes:
-        return AdmissionShard.log_entry([], self.steps.config.allowed_lateness_s, forgotten)
+        return AdmissionShard.log_entry([], [], [], self.steps.config.allowed_lateness_s, forgotten)
 
 
 class ShardUpdate(NamedTuple):
@@ -323,9 +324,10 @@ class _EntityLogic(_ShardLogic):
         self._generation = resync.generation if resume is None else -1
 
     def on_batch(self, groups: list[ShardInput]) -> tuple[list[Any], bool]:
-        changed = self.shard.apply(groups, time.time())
+        batch = merge_inputs(groups) if groups else ShardInput("", {}, [])
+        changed = self.shard.apply([batch], time.time())
         if self.log is not None and groups:
-            self.log.record(groups[0].shard, EntityShard.log_entry(groups))
+            self.log.record(batch.shard, EntityShard.log_entry(batch))
         if self._generation != self.resync.generation:
             self._generation = self.resync.generation
             packed = self.shard.pack_all()
@@ -355,7 +357,7 @@ class _EntityLogic(_ShardLogic):
         return out, StatefulBatchLogic.RETAIN
 
     def forgotten_entry(self, forgotten: dict[str, list[str]]) -> bytes:
-        return EntityShard.log_entry([], forgotten) or b""
+        return EntityShard.log_entry(ShardInput("", {}, []), forgotten) or b""
 
 
 RESYNC_POLL_S = 5.0

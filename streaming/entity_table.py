@@ -45,9 +45,6 @@ class EntityPayments(NamedTuple):
     event_ts: list[float]
     hashes: list[int]
 
-    def __add__(self, other: EntityPayments) -> EntityPayments:  # type: ignore[override]
-        return EntityPayments(*(mine + theirs for mine, theirs in zip(self, other, strict=True)))
-
 
 class TableImage(NamedTuple):
     """An ``EntityTable`` gathered into copies: every slot (a free one has no key and no rows), its

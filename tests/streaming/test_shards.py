@@ -1,9 +1,10 @@
 """Sharded state: stable routing, the same states as entity-by-entity application, snapshots, idle eviction."""
 
+from schema import Label, LabelSource
 from streaming import OfflineFeatureBuilder
 from streaming.admission import Admission
 from streaming.packed import pack_state
-from streaming.shards import AdmissionShard, EntityShard, shard_input, shard_of
+from streaming.shards import AdmissionShard, EntityShard, merge_inputs, shard_input, shard_of
 from tests.factories import txn
 
 
@@ -69,3 +70,25 @@ def test_admission_shard_round_trips_and_keeps_judging_the_same_way():
     restored = AdmissionShard.decode(shard.encode())
     assert restored.admit(txn(1, minutes=10), 300, now=0.0) is Admission.DUPLICATE
     assert restored.admit(txn(2, minutes=0), 300, now=0.0) is Admission.LATE
+
+
+def test_a_batch_of_many_inputs_is_applied_as_they_would_be_one_after_another():
+    # An entity shard gets one input per card shard in a batch: merged once, in order, labels too.
+    history = [txn(i, minutes=i % 7, card=f"c{i % 5}", merchant=f"m{i % 3}", device=f"d{i % 4}") for i in range(60)]
+    label = Label(
+        transaction_id=history[3].transaction_id,
+        is_fraud=True,
+        source=LabelSource.REVIEW,
+        known_at=history[3].event_time,
+        author="analyst",
+        merchant_id="m0",
+    )
+    inputs = [shard_input(history[at : at + 6]) for at in range(0, 60, 6)]
+    inputs[4].labels.append(("merchant", "m0", label))
+    one_by_one, all_at_once = EntityShard(), EntityShard()
+    for item in inputs:
+        one_by_one.apply([item], now=0.0)
+    merged = merge_inputs(inputs)
+    assert merged.payments["card"].ids == [t.card_id for t in history]
+    all_at_once.apply([merged], now=0.0)
+    assert by_key(all_at_once.pack_all()) == by_key(one_by_one.pack_all())

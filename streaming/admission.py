@@ -31,7 +31,6 @@ import numpy as np
 from numba import njit
 
 from schema import Transaction
-from streaming.windows import value_hash
 
 DEFAULT_ALLOWED_LATENESS_S = 300.0
 
@@ -92,9 +91,30 @@ def _insert_all(hashes, slots, ts, table_hash, table_slot, table_ts):
         table_hash[pos], table_slot[pos], table_ts[pos] = hashes[i], slots[i], ts[i]
 
 
-def id_hash(transaction_id: str) -> int:
-    h = value_hash(transaction_id)
-    return h if h != _EMPTY else 1
+@njit(cache=True, nogil=True)
+def _fnv1a(blob, ends, out):
+    start = 0
+    for i in range(len(ends)):
+        h = np.uint64(14695981039346656037)
+        for j in range(start, ends[i]):
+            h = (h ^ np.uint64(blob[j])) * np.uint64(1099511628211)
+        signed = np.int64(h)
+        out[i] = signed if signed != _EMPTY else 1
+        start = ends[i]
+
+
+def id_hashes(transaction_ids: list[str]) -> np.ndarray:
+    """A stable 64-bit hash (FNV-1a of the UTF-8) of each id, never ``_EMPTY``: one compiled pass
+    over the ids joined, ~0.1 µs an id. Not ``value_hash``: its cache would fill with ids seen once
+    and lose the merchants and devices it is there for (blake2b on a miss: ~2.2 µs)."""
+    blob = "".join(transaction_ids).encode()
+    lengths = map(len, transaction_ids) if len(blob) == sum(map(len, transaction_ids)) else (
+        len(i.encode()) for i in transaction_ids
+    )  # fmt: skip
+    ends = np.cumsum(np.fromiter(lengths, dtype=np.int64, count=len(transaction_ids)))
+    out = np.empty(len(transaction_ids), dtype=np.int64)
+    _fnv1a(np.frombuffer(blob, dtype=np.uint8), ends, out)
+    return out
 
 
 class AdmissionTable:
@@ -123,7 +143,7 @@ class AdmissionTable:
         """The verdict on each payment, in order; the admitted are remembered."""
         slots = np.array([self._slot(card) for card in card_ids], dtype=np.int64)
         self.touched[slots] = now
-        hashes = np.array([id_hash(i) for i in transaction_ids], dtype=np.int64)
+        hashes = id_hashes(transaction_ids)
         ts = np.array(event_ts, dtype=np.float64)
         verdicts = np.empty(len(slots), dtype=np.int64)
         done = 0

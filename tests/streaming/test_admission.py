@@ -3,7 +3,7 @@
 import random
 
 from streaming import OfflineFeatureBuilder
-from streaming.admission import Admission, AdmissionTable, admitted_in_arrival_order, late_reason
+from streaming.admission import Admission, AdmissionTable, admitted_in_arrival_order, id_hashes, late_reason
 from tests.factories import txn
 
 
@@ -120,3 +120,16 @@ def test_a_table_growing_past_its_room_mid_batch_decides_as_one_that_never_grows
     )
     assert verdicts == reference_verdicts(events)
     assert verdicts[-100:] == [Admission.DUPLICATE] * 100
+
+
+def test_id_hashes_are_fnv1a_of_the_utf8_whatever_the_characters():
+    def fnv1a(text):
+        h = 0xCBF29CE484222325
+        for byte in text.encode():
+            h = ((h ^ byte) * 0x100000001B3) % 2**64
+        return h - 2**64 if h >= 2**63 else h
+
+    ids = ["a", "tx-000001", "tx-ünïcödé-€", "", "tx-000001"]
+    assert id_hashes(ids).tolist() == [fnv1a(i) for i in ids]
+    assert fnv1a("a") == 0xAF63DC4C8601EC8C - 2**64  # the published test vector
+    assert id_hashes(["tx-ünïcödé-€", "b"]).tolist() == [fnv1a("tx-ünïcödé-€"), fnv1a("b")]  # offsets in bytes

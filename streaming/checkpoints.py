@@ -81,8 +81,8 @@ _encoder = msgspec.msgpack.Encoder()
 
 class BaseFiles:
     """The base files of one step's shards in one directory, ``SHARD.SEQ.zst``, and the thread that
-    writes them: one per step and process, so its bases are written one at a time, at a lower CPU
-    priority than the flow (``os.setpriority`` on Linux)."""
+    writes them: one per step and process, so its bases are written one at a time. (Not at a lower
+    CPU priority: holding the GIL while the OS let it wait for a core, it would hold up the flow.)"""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -95,7 +95,7 @@ class BaseFiles:
         the seconds it took."""
         with self._lock:
             if self._writer is None:
-                self._writer = ThreadPoolExecutor(1, f"bases-{self.directory.name}", initializer=_lower_priority)
+                self._writer = ThreadPoolExecutor(1, f"bases-{self.directory.name}")
         return self._writer.submit(self._encode_and_write, shard, seq, encode)
 
     def _encode_and_write(self, shard: str, seq: int, encode: Callable[[], bytes]) -> float:
@@ -130,11 +130,6 @@ class BaseFiles:
             seq = path.name.split(".")[1]
             if not (path.suffix == ".zst" and seq.isdigit() and int(seq) in seqs):
                 path.unlink(missing_ok=True)
-
-
-def _lower_priority() -> None:
-    if hasattr(os, "setpriority"):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)  # this thread only, on Linux
 
 
 class _BaseWrite(NamedTuple):

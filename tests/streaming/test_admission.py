@@ -89,6 +89,7 @@ def test_verdicts_are_those_of_a_scan_of_every_id_on_every_payment_in_batches_of
             [t.card_id for t in batch], [t.transaction_id for t in batch], [t.event_ts for t in batch], 300, 0.0
         )
         assert verdicts == [reference.admit(t, 300) for t in batch]
+        assert table.entries == np.count_nonzero(table.table_hash)  # what a snapshot gathers into: exact
         at += len(batch)
     assert {Admission.ADMITTED, Admission.LATE, Admission.DUPLICATE} <= set(reference_verdicts(events))
     hashes, _, _ = table.live_entries(300)

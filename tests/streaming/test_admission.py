@@ -2,6 +2,8 @@
 
 import random
 
+import numpy as np
+
 from streaming import OfflineFeatureBuilder
 from streaming.admission import Admission, AdmissionTable, admitted_in_arrival_order, id_hashes, late_reason
 from tests.factories import txn

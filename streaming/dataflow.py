@@ -231,6 +231,11 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
     def forgotten_entry(self, forgotten: Any) -> bytes:
         raise NotImplementedError
 
+    def going_on(self) -> None:
+        """The flow goes on from its snapshots (a batch): their bases may be written now."""
+        if self.log is not None:
+            self.log.files.release()
+
     def on_notify(self) -> tuple[list[Any], bool]:
         self.sweep()
         return [], StatefulBatchLogic.RETAIN
@@ -255,6 +260,7 @@ class _AdmissionLogic(_ShardLogic):
         self.steps = steps
 
     def on_batch(self, groups: list[tuple[str, list[Sourced]]]) -> tuple[list[Any], bool]:
+        self.going_on()
         lateness = self.steps.config.allowed_lateness_s
         metrics = self.steps.metrics
         items = [item for _, group in groups for item in group]
@@ -324,6 +330,7 @@ class _EntityLogic(_ShardLogic):
         self._generation = resync.generation if resume is None else -1
 
     def on_batch(self, groups: list[ShardInput]) -> tuple[list[Any], bool]:
+        self.going_on()
         batch = merge_inputs(groups) if groups else ShardInput("", {}, [])
         changed = self.shard.apply([batch], time.time())
         if self.log is not None and groups:

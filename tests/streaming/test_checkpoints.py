@@ -4,9 +4,11 @@ took it, whether its base was written or still being written, and old bases are 
 import random
 import shutil
 import threading
+import time
 
 import pytest
 
+from streaming import checkpoints
 from streaming.checkpoints import KEEP_BASES, BaseFiles, restore
 from streaming.dataflow import Sourced, StoreResync, StreamConfig, _AdmissionLogic, _EntityLogic, _Steps
 from streaming.metrics import StreamMetrics
@@ -51,10 +53,10 @@ class SlowBases(BaseFiles):
 
     def __init__(self, directory):
         super().__init__(directory)
-        self.release = threading.Event()
+        self.unblock = threading.Event()
 
     def write(self, shard, seq, data):
-        self.release.wait(timeout=30)
+        self.unblock.wait(timeout=30)
         super().write(shard, seq, data)
 
 
@@ -89,7 +91,7 @@ def test_a_snapshot_names_only_a_base_that_is_on_disk(tmp_path):
     assert not list(tmp_path.glob("*.zst"))
     resumed = logic(BaseFiles(tmp_path), second)
     same_states(resumed, original)
-    bases.release.set()
+    bases.unblock.set()
     original.log.wait()
     assert [p.name for p in tmp_path.glob("*.zst")] == ["s0.1.zst"]
     third = original.snapshot()
@@ -214,3 +216,18 @@ def test_an_admission_shard_decoded_from_its_encoding_holds_and_decides_the_same
     assert admission_state(restored) == admission_state(shard)
     again = [*payments[-50:], txn(5000, minutes=1, card="card-8"), txn(5001, minutes=400, card="card-7")]
     assert [restored.admit(t, 600, 0.0) for t in again] == [shard.admit(t, 600, 0.0) for t in again]
+
+
+def test_bases_wait_for_the_flow_to_go_on_before_they_are_written(tmp_path, monkeypatch):
+    # bytewax snapshots every shard in a row while the flow stands still: a writer compressing
+    # meanwhile would take turns with it for the GIL and stretch the pause.
+    monkeypatch.setattr(checkpoints, "RELEASE_WAIT_S", 60.0)  # no writing anyway after a while, here
+    bases = BaseFiles(tmp_path)
+    logic_ = logic(bases)
+    logic_.on_batch([shard_input([txn(1)])])
+    logic_.snapshot()
+    time.sleep(0.2)
+    assert not list(tmp_path.glob("*.zst"))  # held
+    logic_.on_batch([shard_input([txn(2)])])  # the flow goes on: released
+    logic_.log._writing.future.result(timeout=10)
+    assert [p.name for p in tmp_path.glob("*.zst")] == ["s0.1.zst"]

@@ -9,9 +9,9 @@ How (the shape of Flink's incremental checkpoints):
 
 - Each batch's changes are encoded as the shard applies them (``ShardLog.record``): a few µs per
   payment, spread evenly instead of paid at once.
-- At a snapshot the shard's state is copied (``image``: array copies for the entity tables, dict
-  copies for admission) and a thread encodes, compresses and writes the copy as a *base* file,
-  fsynced and renamed into place, while the flow goes on. Compression releases the GIL.
+- At a snapshot the shard's state is copied (``image``: array copies) and a thread encodes,
+  compresses and writes the copy as a *base* file, fsynced and renamed into place, once the flow
+  goes on. Compression releases the GIL.
 - bytewax's snapshot of the shard is a ``Checkpoint``: the newest base known to be on disk, and the
   changes logged since that base's copy was taken. A base is named only once its file is durable,
   so a snapshot that bytewax commits never names a missing file.
@@ -164,7 +164,7 @@ class ShardLog:
         self.log = log or []
         self._recent: list[int | None] = [base]  # the bases of the last snapshots, newest last
         self._writing: _BaseWrite | None = None
-        self.base_seconds = 0.0  # spent writing bases, off the flow's thread
+        self.base_seconds = 0.0  # spent writing bases, off the flow's thread, not yet taken
 
     def record(self, shard: str, entry: bytes | None) -> None:
         """Log a change (msgpack) that shard ``shard`` has just applied; None: it changed nothing."""
@@ -190,6 +190,11 @@ class ShardLog:
                 seq, len(self.log), self.files.submit(self.shard, seq, lambda: encode_image(image))
             )
         return checkpoint
+
+    def take_base_seconds(self) -> float:
+        """The writer's seconds on this shard's bases since the last call (for a metric)."""
+        seconds, self.base_seconds = self.base_seconds, 0.0
+        return seconds
 
     def wait(self) -> None:
         """Until the base under way is written (tests)."""

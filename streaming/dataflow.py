@@ -221,6 +221,7 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
         self._next_sweep = datetime.now(UTC) + timedelta(seconds=IDLE_SWEEP_S)
         self._snapshot_seconds = metrics.snapshot_seconds.labels(step)
         self._snapshot_bytes = metrics.snapshot_bytes.labels(step)
+        self._base_seconds = metrics.snapshot_base_seconds.labels(step)
 
     def sweep(self) -> None:
         forgotten = self.shard.forget_idle(WORKER_IDLE_TTL_S)
@@ -248,6 +249,8 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, bytes]):
         raw = self.log.snapshot(self.shard) if self.log is not None else b""
         self._snapshot_seconds.inc(time.perf_counter() - started)
         self._snapshot_bytes.inc(len(raw))
+        if self.log is not None:
+            self._base_seconds.inc(self.log.take_base_seconds())
         return raw
 
 

@@ -79,7 +79,13 @@ class StreamMetrics:
         # how it grows with the state (docs/features.md, section 7).
         self.snapshot_seconds = Counter(
             "fraud_stream_snapshot_seconds",
-            "Seconds spent encoding recovery snapshots of the state, by step (admission, entity_state).",
+            "Seconds the flow spent taking recovery snapshots of the state, by step (admission, entity_state).",
+            ["step"],
+            **kw,
+        )
+        self.snapshot_base_seconds = Counter(
+            "fraud_stream_snapshot_base_seconds",
+            "Seconds the base writer spent encoding and writing snapshots' base files, beside the flow, by step.",
             ["step"],
             **kw,
         )

@@ -131,3 +131,8 @@ def test_each_snapshot_is_counted_in_seconds_and_bytes_of_its_step(tmp_path):
     assert sample("fraud_stream_snapshot_bytes_total", {"step": "entity_state"}) == len(raw)
     assert sample("fraud_stream_snapshot_seconds_total", {"step": "entity_state"}) > 0
     assert sample("fraud_stream_snapshot_bytes_total", {"step": "admission"}) is None
+    # The base that snapshot started is counted once it is written, at the snapshot after.
+    assert sample("fraud_stream_snapshot_base_seconds_total", {"step": "entity_state"}) == 0
+    logic.log.wait()
+    logic.snapshot()
+    assert sample("fraud_stream_snapshot_base_seconds_total", {"step": "entity_state"}) > 0

@@ -234,11 +234,13 @@ def _histograms(texts: list[str]) -> Histograms:
 
 
 _SNAPSHOT_SECONDS = re.compile(r'^fraud_stream_snapshot_seconds_total\{step="[^"]+"\} (\S+)$', re.M)
+_BASE_SECONDS = re.compile(r'^fraud_stream_snapshot_base_seconds_total\{step="[^"]+"\} (\S+)$', re.M)
 
 
-def _snapshot_seconds(texts: list[str]) -> float:
-    """Seconds spent encoding recovery snapshots so far, summed over steps and stream processes."""
-    return sum(float(v) for text in texts for v in _SNAPSHOT_SECONDS.findall(text))
+def _snapshot_seconds(texts: list[str], metric: re.Pattern[str] = _SNAPSHOT_SECONDS) -> float:
+    """Seconds the flows spent taking recovery snapshots so far (or, with ``_BASE_SECONDS``, their
+    base writers beside them), summed over steps and stream processes."""
+    return sum(float(v) for text in texts for v in metric.findall(text))
 
 
 def longest_observed(cumulative: dict[float, float]) -> float | None:
@@ -401,6 +403,7 @@ def run_bench(
         texts = _scrape(ports)
         previous = (started, 0, _histograms(texts), [_proc_stats(p.proc.pid)[1] for p in procs])
         snapshot_s = first_snapshot_s = _snapshot_seconds(texts)
+        first_base_s = _snapshot_seconds(texts, _BASE_SECONDS)
         broker_cpu = _proc_stats(broker_pid)[1] if broker_pid else 0.0
         steady_from: tuple[float, int, Histograms] | None = (started, 0, previous[2]) if config.warmup_s <= 0 else None
         while True:
@@ -465,6 +468,8 @@ def run_bench(
         # The flow's longest standstill (to the histogram's bucket bound), e.g. a recovery snapshot.
         "longest_batch_interval_s": longest_observed(steady_hist[BATCH_INTERVAL]),
         "snapshot_encode_s_total": round(snapshot_s - first_snapshot_s, 3),
+        # Beside the flow: the base writers compressing and writing the state (streaming.checkpoints).
+        "snapshot_base_s_total": round(_snapshot_seconds(texts, _BASE_SECONDS) - first_base_s, 3),
         "redis_used_mb_last": result.samples[-1].redis_used_mb,
         "worker_rss_mb_last": result.samples[-1].worker_rss_mb,
         "broker_cpu_pct_mean": (

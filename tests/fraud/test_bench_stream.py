@@ -50,6 +50,7 @@ def test_a_short_bench_applies_every_event_and_reports_freshness(kafka_bootstrap
     assert fresh["p50"] is not None and 0 < fresh["p50"] <= fresh["p99"]
     assert 0 < result.summary["longest_batch_interval_s"] <= 30  # batches kept leaving the flow
     assert result.summary["snapshot_encode_s_total"] > 0  # a snapshot a second, each one timed
+    assert result.summary["snapshot_base_s_total"] > 0  # and their bases written beside the flow
     assert result.summary["snapshot_encode_s_total"] == pytest.approx(
         sum(s.snapshot_encode_s for s in result.samples), abs=0.002
     )

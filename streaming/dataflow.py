@@ -599,10 +599,11 @@ class RecoveryStoreError(RuntimeError):
 MARKER = "stream.json"
 _INPUTS = ("kafka_bootstrap", "transactions_topic", "labels_topic", "shards")
 # The encoding of the shards' snapshots (``streaming.shards``): a store written in another cannot
-# be decoded, so it is made afresh like one of other inputs. Raise it when ``EntityState`` or
-# ``CardAdmission`` changes shape. 2: bucket and distinct rows as one byte string each; 3: admission
-# without ``oldest_recent_ts``; 4: zstd-compressed; 5: entity states as tables (``streaming.entity_table``);
-# 6: the tables keyed by entity id; 7: shards as incremental checkpoints (``streaming.checkpoints``).
+# be decoded, so it is made afresh like one of other inputs. Raise it when an entity table, the
+# admission table or a checkpoint changes shape. 2: bucket and distinct rows as one byte string each;
+# 3: admission without ``oldest_recent_ts``; 4: zstd-compressed; 5: entity states as tables
+# (``streaming.entity_table``); 6: the tables keyed by entity id; 7: shards as incremental
+# checkpoints (``streaming.checkpoints``), admission as ``AdmissionTable``.
 SNAPSHOT_FORMAT = 7
 
 

@@ -136,7 +136,16 @@ class BaseFiles:
             os.close(handle)
 
     def read(self, shard: str, seq: int) -> bytes:
-        return self.path(shard, seq).read_bytes()
+        path = self.path(shard, seq)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError as exc:
+            raise MissingBase(
+                f"{path} is missing: the recovery snapshot of {self.directory.name} shard {shard} names base {seq}, "
+                "and bytewax's snapshots cannot be resumed without it (a recovery directory copied or restored in "
+                "part?). Restore the whole directory, or delete the recovery store to start over (the stream then "
+                "reads Kafka again from the oldest offsets it keeps)."
+            ) from exc
 
     def keep_only(self, shard: str, seqs: set[int]) -> None:
         """Delete the shard's other bases (and any half-written one)."""
@@ -144,6 +153,10 @@ class BaseFiles:
             seq = path.name.split(".")[1]
             if not (path.suffix == ".zst" and seq.isdigit() and int(seq) in seqs):
                 path.unlink(missing_ok=True)
+
+
+class MissingBase(RuntimeError):
+    """A snapshot names a base file that is not there; the message says what to do."""
 
 
 class _BaseWrite(NamedTuple):

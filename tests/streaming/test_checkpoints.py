@@ -9,7 +9,7 @@ import time
 import pytest
 
 from streaming import checkpoints
-from streaming.checkpoints import KEEP_BASES, BaseFiles, restore
+from streaming.checkpoints import KEEP_BASES, BaseFiles, MissingBase, restore
 from streaming.dataflow import Sourced, StoreResync, StreamConfig, _AdmissionLogic, _EntityLogic, _Steps
 from streaming.metrics import StreamMetrics
 from streaming.shards import AdmissionShard, EntityShard, shard_input
@@ -231,3 +231,17 @@ def test_bases_wait_for_the_flow_to_go_on_before_they_are_written(tmp_path, monk
     logic_.on_batch([shard_input([txn(2)])])  # the flow goes on: released
     logic_.log._writing.future.result(timeout=10)
     assert [p.name for p in tmp_path.glob("*.zst")] == ["s0.1.zst"]
+
+
+def test_a_missing_base_is_refused_with_what_to_do(tmp_path):
+    bases = BaseFiles(tmp_path)
+    original = logic(bases)
+    feed(original, history(20), random.Random(10))
+    original.snapshot()
+    original.log.wait()
+    named = original.snapshot()  # names base 1
+    (tmp_path / "s0.1.zst").unlink()
+    with pytest.raises(
+        MissingBase, match=r"s0\.1\.zst is missing: .* shard s0 names base 1.*delete the recovery store"
+    ):
+        logic(BaseFiles(tmp_path), named)

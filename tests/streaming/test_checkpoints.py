@@ -48,6 +48,17 @@ def same_states(a, b):
     assert sorted(a.shard.pack_all()) == sorted(b.shard.pack_all())
 
 
+def with_a_base(tmp_path, payments, seed):
+    """A logic fed ``payments`` of a history whose first base is written, and the snapshot that
+    started it (naming no base yet)."""
+    bases = BaseFiles(tmp_path)
+    original = logic(bases)
+    feed(original, history(payments), random.Random(seed))
+    first = original.snapshot()
+    original.log.wait()
+    return bases, original, first
+
+
 class SlowBases(BaseFiles):
     """Base files whose writes wait until released: a base still being written at a snapshot."""
 
@@ -122,11 +133,7 @@ def test_old_bases_are_deleted_and_the_last_snapshots_can_all_be_resumed(tmp_pat
 
 
 def test_resuming_deletes_the_bases_written_after_its_snapshot(tmp_path):
-    bases = BaseFiles(tmp_path)
-    original = logic(bases)
-    feed(original, history(30), random.Random(8))
-    resume_from = original.snapshot()
-    original.log.wait()
+    bases, original, resume_from = with_a_base(tmp_path, 30, seed=8)
     original.on_batch([shard_input([txn(500)])])
     original.snapshot()
     original.log.wait()
@@ -136,11 +143,7 @@ def test_resuming_deletes_the_bases_written_after_its_snapshot(tmp_path):
 
 
 def test_forgotten_states_stay_forgotten_after_a_resume(tmp_path):
-    bases = BaseFiles(tmp_path)
-    original = logic(bases)
-    feed(original, history(30), random.Random(9))
-    original.snapshot()
-    original.log.wait()
+    bases, original, _ = with_a_base(tmp_path, 30, seed=9)
     forgotten = original.shard.forget_idle(idle_ttl_s=0.0, now=float("inf"))
     original.log.record(original.log.shard, original.forgotten_entry(forgotten))
     assert forgotten and not original.shard.pack_all()
@@ -234,11 +237,7 @@ def test_bases_wait_for_the_flow_to_go_on_before_they_are_written(tmp_path, monk
 
 
 def test_a_missing_base_is_refused_with_what_to_do(tmp_path):
-    bases = BaseFiles(tmp_path)
-    original = logic(bases)
-    feed(original, history(20), random.Random(10))
-    original.snapshot()
-    original.log.wait()
+    _, original, _ = with_a_base(tmp_path, 20, seed=10)
     named = original.snapshot()  # names base 1
     (tmp_path / "s0.1.zst").unlink()
     with pytest.raises(

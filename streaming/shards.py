@@ -5,8 +5,9 @@ touches, and each payment touches four entities (card, customer, merchant, devic
 entity, the flow spent most of its time in the engine (~2k payments/s per process, measured by
 `fraud bench-stream`). Grouping each input batch by shard turns thousands of items into a few
 dozen. Within a shard each entity kind's states are one ``EntityTable``: arrays updated by one
-compiled call per batch. The price: a snapshot writes a touched shard whole, not just the entities
-that changed (see docs/features.md).
+compiled call per batch. Admission's state is an ``AdmissionTable`` per shard. Both are
+checkpointed by ``streaming.checkpoints``: a base of the whole shard written beside the flow, and
+the changes since it (docs/features.md, section 4).
 
 Everything here is plain Python so that it can be tested without a dataflow; `streaming.dataflow`
 adapts it to bytewax.

@@ -189,8 +189,9 @@ def report_steps(
     entities, size, cpu_s = runs[-1].last_snapshot
     if entities:
         print(
-            f"the last snapshot: {entities:,} entities, {size / 1e6:.1f} MB encoded in {1000 * cpu_s:.0f} ms of CPU "
-            "(bytewax then writes it to its SQLite store while the flow waits)"
+            f"the last snapshot: {entities:,} entities, {size / 1e3:,.1f} kB of checkpoints (each shard's log since "
+            f"its base) in {1000 * cpu_s:.0f} ms of CPU (bytewax then writes them to its SQLite store while the flow "
+            "waits; the bases are written beside it)"
         )
 
 

@@ -392,7 +392,8 @@ def stream(
     snapshots = None
     if recovery if recovery is not None else settings.stream_recovery:
         layout = settings.stream_recovery_layout
-        snapshots = Recovery(settings.stream_recovery_dir, snapshot_s or settings.snapshot_interval_s, layout)
+        interval_s = snapshot_s or settings.snapshot_interval_s
+        snapshots = Recovery(settings.stream_recovery_dir, interval_s, layout, settings.snapshot_base_every)
         # Per-process stores: Redis records which processes created their partition (a lost one is refused).
         registry = None
         if layout == "per-process":
@@ -412,7 +413,7 @@ def stream(
         console.print(f"recovery {'resumed from' if resumed else 'started in'} {snapshots.directory} ({layout})")
     console.print(f"streaming features from {config.kafka_bootstrap} into {config.redis_url}")
     logging.getLogger("streaming.checkpoints").setLevel(logging.INFO)  # a line per shard restored
-    run_flow(build_flow(config, metrics, snapshots.directory if snapshots else None), snapshots, cluster)
+    run_flow(build_flow(config, metrics, snapshots), snapshots, cluster)
 
 
 @app.command()

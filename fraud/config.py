@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     )
     stream_recovery: bool = Field(True, description="Snapshot the feature stream so a restart resumes exactly.")
     snapshot_interval_s: float = Field(10.0, gt=0.0, description="Seconds between feature-stream snapshots.")
+    snapshot_base_every: int = Field(
+        4,
+        ge=1,
+        description="A stream shard writes a whole copy of its state (a base) every this many snapshots, and "
+        "logs its changes in between: fewer bases cost the running stream less, more replay at a restart.",
+    )
     stream_recovery_layout: Literal["shared", "per-process"] = Field(
         "shared",
         description="Where a stream cluster's processes keep snapshots: one directory they all see (made once, "

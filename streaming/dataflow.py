@@ -54,7 +54,7 @@ from deploy.lag import ConsumerLag, ProcessedOffsetsLag
 from schema import InvalidEvent, Label, Transaction, dead_letter, decode_label, decode_transaction, encode
 from streaming.admission import DEFAULT_ALLOWED_LATENESS_S, Admission, late_reason
 from streaming.admission import warm_up as warm_up_admission
-from streaming.checkpoints import BASES_DIR, BaseFiles, ShardLog, restore
+from streaming.checkpoints import BASE_EVERY, BASES_DIR, BaseFiles, ShardLog, restore
 from streaming.entity_table import warm_up
 from streaming.metrics import StreamMetrics
 from streaming.offline import label_entity_ids
@@ -523,10 +523,10 @@ def _is_letter(item: object) -> bool:
 
 
 def build_flow(
-    config: StreamConfig, metrics: StreamMetrics | None = None, recovery_dir: Path | None = None
+    config: StreamConfig, metrics: StreamMetrics | None = None, recovery: Recovery | None = None
 ) -> Dataflow:
-    """The feature dataflow for ``config``; run it with ``run_flow`` (with the recovery of
-    ``recovery_dir``, where the entity shards keep their snapshots' base files)."""
+    """The feature dataflow for ``config``; run it with ``run_flow`` (with ``recovery``, whose
+    directory also holds the shards' base and log files)."""
     metrics = metrics or StreamMetrics()
     steps = _Steps(config, metrics)
     flow = Dataflow("fraud-features")
@@ -546,8 +546,9 @@ def build_flow(
     checked = op.branch(
         "invalid", op.flat_map_batch("validate", transactions.oks, steps.transactions_by_card_shard), _is_letter
     )
-    bases = recovery_dir / BASES_DIR if recovery_dir is not None else None
-    admission_bases = BaseFiles(bases / "admission") if bases is not None else None
+    bases = recovery.directory / BASES_DIR if recovery is not None else None
+    base_every = recovery.base_every if recovery is not None else BASE_EVERY
+    admission_bases = BaseFiles(bases / "admission", base_every) if bases is not None else None
     judged = op.stateful_batch(
         "admission", checked.falses, lambda resume: _AdmissionLogic(steps, resume, admission_bases)
     )
@@ -562,7 +563,7 @@ def build_flow(
     kop.output("dead_letters", dead, brokers=[config.kafka_bootstrap], topic=config.dead_letter_topic)
     entity_events = op.merge("entity_events", routed.falses, label_checked.falses)
     resync = StoreResync()
-    entity_bases = BaseFiles(bases / "entity_state") if bases is not None else None
+    entity_bases = BaseFiles(bases / "entity_state", base_every) if bases is not None else None
     states = op.stateful_batch(
         "entity_state", entity_events, lambda resume: _EntityLogic(resume, resync, metrics, entity_bases)
     )
@@ -590,6 +591,7 @@ class Recovery:
     directory: Path
     snapshot_interval_s: float = 10.0
     layout: RecoveryLayout = "shared"
+    base_every: int = BASE_EVERY  # a shard's base every this many snapshots (streaming.checkpoints)
 
 
 class RecoveryStoreError(RuntimeError):
@@ -604,7 +606,7 @@ _INPUTS = ("kafka_bootstrap", "transactions_topic", "labels_topic", "shards")
 # 3: admission without ``oldest_recent_ts``; 4: zstd-compressed; 5: entity states as tables
 # (``streaming.entity_table``); 6: the tables keyed by entity id; 7: shards as incremental
 # checkpoints (``streaming.checkpoints``), admission as ``AdmissionTable``.
-SNAPSHOT_FORMAT = 7
+SNAPSHOT_FORMAT = 8
 
 
 def _start_over(also: str = "") -> str:

@@ -115,20 +115,28 @@ def test_sigkill_mid_stream_then_restart_leaves_redis_as_an_uninterrupted_run(
     produce_all(producer, topics.transactions, [(t.card_id.encode(), encode(t)) for t in arrivals])
 
     interval_s = 0.5
-    env = fraud_env(kafka_bootstrap, redis_url, topics, tmp_path, FRAUD_SNAPSHOT_INTERVAL_S=str(interval_s))
+    # A base every other snapshot: the kill lands while shards hold a base and logged changes.
+    env = fraud_env(
+        kafka_bootstrap,
+        redis_url,
+        topics,
+        tmp_path,
+        FRAUD_SNAPSHOT_INTERVAL_S=str(interval_s),
+        FRAUD_SNAPSHOT_BASE_EVERY="2",
+    )
     store = OnlineFeatureStore(redis_client)
     first = start("stream", ["stream"], env, tmp_path)
     progress: list[tuple[float, int]] = []  # (time, events applied), to know the pace at the kill
     try:
 
-        def second_bases_written() -> bool:
-            # A shard writes base 2 only after a snapshot named base 1, on disk: a resume must read
-            # bases, not only replay logs. Then one more interval, for bytewax to commit it.
+        def bases_written() -> bool:
+            # The snapshot after a shard's first base is on disk names it: a resume must read bases
+            # and log files, not only replay what bytewax holds. Then intervals for bytewax to commit it.
             progress.append((time.monotonic(), store.counts().get("events", 0)))
-            return any(tmp_path.glob("recovery/*/bases/entity_state/*.2.zst"))
+            return any(tmp_path.glob("recovery/*/bases/entity_state/*.1.zst"))
 
-        wait_for(second_bases_written, 120, "the snapshots to name base files", alive=first.check_alive)
-        time.sleep(2 * interval_s)
+        wait_for(bases_written, 120, "the snapshots to name base files", alive=first.check_alive)
+        time.sleep(3 * interval_s)
         progress.append((time.monotonic(), store.counts().get("events", 0)))
     finally:
         first.proc.send_signal(signal.SIGKILL)
@@ -156,9 +164,9 @@ def test_sigkill_mid_stream_then_restart_leaves_redis_as_an_uninterrupted_run(
         second.stop()
     restarted = (tmp_path / "logs" / "stream-restarted.log").read_text()
     assert "resumed from" in restarted
-    assert re.search(r"entity_state shard s\d+ restored from base \d+ and \d+ logged batches", restarted), restarted[
-        -2000:
-    ]
+    # Resumed from what is on disk: a base, and changes from log files (not only those inline).
+    pattern = r"entity_state shard s\d+ restored from base \d+, [1-9]\d* logged batches from log files"
+    assert re.search(pattern, restarted), restarted[-2000:]
     (t0, c0), (t1, c1) = next(p for p in progress if p[0] >= progress[-1][0] - 2.0), progress[-1]
     pace = (c1 - c0) / max(t1 - t0, 1e-3)
     assert 0 <= replayed <= pace * 4 * interval_s + 2_000, (replayed, pace)  # an interval, with room for a batch

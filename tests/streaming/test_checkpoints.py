@@ -1,5 +1,7 @@
-"""Incremental checkpoints of an entity shard: resumed from any snapshot, a shard is the one that
-took it, whether its base was written or still being written, and old bases are cleaned up."""
+"""Incremental checkpoints of a shard: resumed from any snapshot, a shard is the one that took it,
+whether its base was written or still being written, its log synced or not, and old files are
+cleaned up. Most tests here take a base at every snapshot (``every_snapshot``); the flow takes one
+every ``BASE_EVERY``."""
 
 import random
 import shutil
@@ -14,6 +16,10 @@ from streaming.dataflow import Sourced, StoreResync, StreamConfig, _AdmissionLog
 from streaming.metrics import StreamMetrics
 from streaming.shards import AdmissionShard, EntityShard, shard_input
 from tests.factories import txn
+
+
+def every_snapshot(directory):
+    return BaseFiles(directory, base_every=1)
 
 
 def history(n, seed=7):
@@ -51,7 +57,7 @@ def same_states(a, b):
 def with_a_base(tmp_path, payments, seed):
     """A logic fed ``payments`` of a history whose first base is written, and the snapshot that
     started it (naming no base yet)."""
-    bases = BaseFiles(tmp_path)
+    bases = every_snapshot(tmp_path)
     original = logic(bases)
     feed(original, history(payments), random.Random(seed))
     first = original.snapshot()
@@ -63,7 +69,7 @@ class SlowBases(BaseFiles):
     """Base files whose writes wait until released: a base still being written at a snapshot."""
 
     def __init__(self, directory):
-        super().__init__(directory)
+        super().__init__(directory, base_every=1)
         self.unblock = threading.Event()
 
     def write(self, shard, seq, data):
@@ -74,7 +80,7 @@ class SlowBases(BaseFiles):
 def test_resumed_from_any_snapshot_a_shard_is_the_one_that_took_it_and_goes_on_alike(tmp_path):
     rng = random.Random(1)
     payments = history(120)
-    bases = BaseFiles(tmp_path)
+    bases = every_snapshot(tmp_path)
     original = logic(bases)
     taken = []
     for chunk in range(6):
@@ -100,20 +106,20 @@ def test_a_snapshot_names_only_a_base_that_is_on_disk(tmp_path):
     feed(original, payments[20:], random.Random(5))
     second = original.snapshot()  # still being written: this names no base, and logs everything
     assert not list(tmp_path.glob("*.zst"))
-    resumed = logic(BaseFiles(tmp_path), second)
+    resumed = logic(every_snapshot(tmp_path), second)
     same_states(resumed, original)
     bases.unblock.set()
     original.log.wait()
     assert [p.name for p in tmp_path.glob("*.zst")] == ["s0.1.zst"]
     third = original.snapshot()
-    resumed = logic(BaseFiles(tmp_path), third)  # from base 1 and the log since its copy
+    resumed = logic(every_snapshot(tmp_path), third)  # from base 1 and the log since its copy
     same_states(resumed, original)
     assert len(third) < len(second)
-    assert logic(BaseFiles(tmp_path), first).shard.pack_all() != original.shard.pack_all()
+    assert logic(every_snapshot(tmp_path), first).shard.pack_all() != original.shard.pack_all()
 
 
 def test_old_bases_are_deleted_and_the_last_snapshots_can_all_be_resumed(tmp_path):
-    bases = BaseFiles(tmp_path)
+    bases = every_snapshot(tmp_path)
     original = logic(bases)
     payments = history(200)
     rng = random.Random(6)
@@ -126,7 +132,7 @@ def test_old_bases_are_deleted_and_the_last_snapshots_can_all_be_resumed(tmp_pat
     assert len(files) <= KEEP_BASES + 1
     for n, (raw, states) in enumerate(taken[-KEEP_BASES:]):  # each in a copy: a resume deletes the bases after its own
         copy = shutil.copytree(tmp_path, tmp_path.with_name(f"{tmp_path.name}-{n}"))
-        shard, _ = restore(BaseFiles(copy), raw, EntityShard, now=0.0)
+        shard, _ = restore(every_snapshot(copy), raw, EntityShard, now=0.0)
         assert sorted(shard.pack_all()) == states
     for path in tmp_path.glob("*.zst"):
         assert path.name.startswith("s0.")
@@ -195,7 +201,7 @@ def test_admission_resumed_from_its_snapshots_decides_as_the_original(tmp_path):
     payments = history(150)
     payments += [rng.choice(payments) for _ in range(40)]  # redeliveries: duplicates, and late ones
     rng.shuffle(payments)
-    bases = BaseFiles(tmp_path)
+    bases = every_snapshot(tmp_path)
     original = admission_logic(bases)
     verdicts(original, payments[:60], rng)
     original.snapshot()
@@ -225,7 +231,7 @@ def test_bases_wait_for_the_flow_to_go_on_before_they_are_written(tmp_path, monk
     # bytewax snapshots every shard in a row while the flow stands still: a writer compressing
     # meanwhile would take turns with it for the GIL and stretch the pause.
     monkeypatch.setattr(checkpoints, "RELEASE_WAIT_S", 60.0)  # no writing anyway after a while, here
-    bases = BaseFiles(tmp_path)
+    bases = every_snapshot(tmp_path)
     logic_ = logic(bases)
     logic_.on_batch([shard_input([txn(1)])])
     logic_.snapshot()
@@ -243,4 +249,96 @@ def test_a_missing_base_is_refused_with_what_to_do(tmp_path):
     with pytest.raises(
         MissingBase, match=r"s0\.1\.zst is missing: .* shard s0 names base 1.*delete the recovery store"
     ):
+        logic(every_snapshot(tmp_path), named)
+
+
+@pytest.mark.parametrize("base_every", [1, 2, 3])
+def test_resumed_from_each_of_its_last_snapshots_a_shard_is_the_one_that_took_it(tmp_path, monkeypatch, base_every):
+    # Changes are synced to log files at random moments (or not yet), bases land or not: the
+    # directory is then as a crash would leave it, holding more than the older snapshots took.
+    rng = random.Random(base_every)
+    monkeypatch.setattr(checkpoints, "FLUSH_S", 0.0)  # a record hands its change over at once
+    files = BaseFiles(tmp_path, base_every=base_every)
+    original = logic(files)
+    payments = history(240, seed=base_every)
+    taken = []
+    for chunk in range(12):
+        feed(original, payments[chunk * 20 : (chunk + 1) * 20], rng)
+        taken.append((chunk, original.snapshot(), sorted(original.shard.pack_all())))
+        if rng.random() < 0.5:
+            original.log.wait()
+    original.log.wait()
+    assert list(tmp_path.glob("*.log")), "the changes went to log files"
+    for chunk, raw, states in taken[-KEEP_BASES:]:
+        copy = shutil.copytree(tmp_path, tmp_path.with_name(f"{tmp_path.name}-{chunk}"))
+        resumed = logic(BaseFiles(copy, base_every=base_every), raw)
+        assert sorted(resumed.shard.pack_all()) == states
+        rest = payments[(chunk + 1) * 20 :][:40]
+        again = logic(BaseFiles(copy, base_every=base_every), raw)
+        feed(again, rest, random.Random(9))
+        again.log.wait()
+        # the resumed run logs to files of its own: resumed again from its snapshot, it is itself
+        third = logic(BaseFiles(copy, base_every=base_every), again.snapshot())
+        same_states(third, again)
+        expected = logic(every_snapshot(tmp_path.with_name(f"{tmp_path.name}-fresh{chunk}")))
+        feed(expected, payments[: (chunk + 1) * 20 + 40], random.Random(10))
+        same_states(again, expected)
+
+
+def test_a_snapshot_names_synced_log_bytes_and_carries_the_rest(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoints, "FLUSH_S", 3600.0)  # handed over only at snapshots
+    files = BaseFiles(tmp_path, base_every=1000)  # no base: everything is in the log
+    original = logic(files)
+    feed(original, history(30), random.Random(13))
+    first = checkpoints._checkpoint_decoder.decode(original.snapshot())
+    assert first.logs == [] and first.inline  # nothing synced yet: all inline
+    original.log.wait()
+    feed(original, history(40)[30:], random.Random(14))
+    second = checkpoints._checkpoint_decoder.decode(original.snapshot())
+    assert [ref.seq for ref in second.logs] == [0] and second.logs[0].length == (tmp_path / "s0.0.log").stat().st_size
+    assert len(second.inline) < len(first.inline) + 10  # only what came since
+    resumed = logic(BaseFiles(tmp_path, base_every=1000), original.snapshot())
+    same_states(resumed, original)
+
+
+def test_bases_are_staggered_over_the_shards(tmp_path):
+    files = BaseFiles(tmp_path, base_every=4)
+    logs = {f"s{n}": checkpoints.ShardLog(files) for n in range(16)}
+    shards = {name: EntityShard() for name in logs}
+    per_round = []
+    for round_ in range(8):
+        for name, log_ in logs.items():
+            shards[name].apply([shard_input([txn(round_ * 100 + int(name[1:]))])], 0.0)
+            log_.record(name, b"change")
+            log_.snapshot(shards[name])
+        per_round.append(sum(log_._writing is not None for log_ in logs.values()))
+        for log_ in logs.values():
+            log_.wait()
+    assert sum(per_round) == 16 * 2  # each shard once in every 4 rounds
+    assert max(per_round) < 16 and min(per_round[4:]) >= 1, per_round
+
+
+def test_a_log_shorter_than_its_snapshot_says_is_refused_with_what_to_do(tmp_path):
+    files = BaseFiles(tmp_path, base_every=1000)
+    original = logic(files)
+    feed(original, history(20), random.Random(15))
+    original.snapshot()
+    original.log.wait()
+    named = original.snapshot()
+    log_file = tmp_path / "s0.0.log"
+    log_file.write_bytes(log_file.read_bytes()[:-1])
+    with pytest.raises(MissingBase, match=r"s0\.0\.log has \d+: .* shard s0 names \d+ bytes of log 0"):
         logic(BaseFiles(tmp_path), named)
+
+
+def test_old_log_files_are_deleted(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoints, "FLUSH_S", 0.0)
+    original = logic(BaseFiles(tmp_path, base_every=2))
+    payments = history(200)
+    for chunk in range(10):
+        feed(original, payments[chunk * 20 : (chunk + 1) * 20], random.Random(chunk))
+        original.snapshot()
+        original.log.wait()
+    oldest_kept = min(original.log._recent)
+    kept = {int(p.name.split(".")[1]) for p in tmp_path.glob("*.log")}
+    assert original.log.log_seq >= 4 and kept and min(kept) == oldest_kept >= 2, (kept, oldest_kept)

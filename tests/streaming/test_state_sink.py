@@ -124,7 +124,7 @@ def test_a_resumed_shard_writes_every_state_again_on_its_first_batch(tmp_path):
 
 def test_each_snapshot_is_counted_in_seconds_and_bytes_of_its_step(tmp_path):
     metrics = StreamMetrics()
-    logic = _EntityLogic(None, StoreResync(), metrics, BaseFiles(tmp_path))
+    logic = _EntityLogic(None, StoreResync(), metrics, BaseFiles(tmp_path, base_every=1))
     logic.on_batch([shard_input([txn(1), txn(2, card="card-2")])])
     raw = logic.snapshot()
     sample = metrics.registry.get_sample_value

@@ -106,10 +106,11 @@ def run_once(
         gc.collect()
         gc.freeze()
         gc.set_threshold(100_000, 1_000_000, 1_000_000)
-    # The shards' logics, made once per shard as the dataflow makes them (not once per batch).
-    for shard in map(shard_name, range(config.shards)):
-        admission[shard] = _AdmissionLogic(steps, None, BaseFiles(bases / "admission"))
-        entities[shard] = _EntityLogic(None, resync, metrics, BaseFiles(bases / "entity_state"))
+    # The shards' logics, made once per shard as the dataflow makes them (not once per batch), by
+    # the keys the shards travel under.
+    for key in (steps.router.key(shard_name(n)) for n in range(config.shards)):
+        admission[key] = _AdmissionLogic(steps, None, BaseFiles(bases / "admission"))
+        entities[key] = _EntityLogic(None, resync, metrics, BaseFiles(bases / "entity_state"))
     for batch in kafka_batches(raws, config.transactions_topic):
         t0 = clock()
         checked = steps.transactions_by_card_shard(batch)
@@ -189,9 +190,9 @@ def report_steps(
     entities, size, cpu_s = runs[-1].last_snapshot
     if entities:
         print(
-            f"the last snapshot: {entities:,} entities, {size / 1e3:,.1f} kB of checkpoints (each shard's log since "
-            f"its base) in {1000 * cpu_s:.0f} ms of CPU (bytewax then writes them to its SQLite store while the flow "
-            "waits; the bases are written beside it)"
+            f"the last snapshot: {entities:,} entities, {size / 1e3:,.1f} kB of checkpoints (each shard's base, "
+            f"its synced log bytes, and its changes not yet synced) in {1000 * cpu_s:.0f} ms of CPU (bytewax then "
+            "writes them to its SQLite store while the flow waits; bases and logs are written beside it)"
         )
 
 

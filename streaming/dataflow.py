@@ -168,7 +168,7 @@ class _Steps:
                 groups.setdefault(self.router.card(item.txn.card_id), []).append(item)
             else:
                 out.append(item)
-        out.extend((shard, (shard, items)) for shard, items in groups.items())
+        out.extend((self.router.key(shard), (shard, items)) for shard, items in groups.items())
         return out
 
     def labels_by_entity_shard(self, msgs: list[RawMessage]) -> list[Letter | tuple[str, ShardInput]]:
@@ -185,7 +185,7 @@ class _Steps:
             for entity, entity_id in entities.items():
                 shard = self.router.entity(entity, entity_id)
                 groups.setdefault(shard, ShardInput(shard, {}, [])).labels.append((entity, entity_id, label))
-        out.extend(groups.items())
+        out.extend((self.router.key(shard), item) for shard, item in groups.items())
         return out
 
     def admitted_by_entity_shard(
@@ -193,7 +193,8 @@ class _Steps:
     ) -> list[Letter | tuple[str, ShardInput]]:
         """Each admitted payment to the shard of each entity it touches (``ShardRouter.route_payments``)."""
         _, (admitted, letters) = keyed
-        return [*letters, *self.router.route_payments(admitted).items()]
+        routed = self.router.route_payments(admitted)
+        return [*letters, *((self.router.key(shard), item) for shard, item in routed.items())]
 
 
 # The worker forgets a key after as long without events as Redis keeps it: by then every window of
@@ -498,6 +499,7 @@ class _BackgroundWrites:
 
 
 _STOP = object()
+
 WRITES_IN_FLIGHT = 2
 
 
@@ -605,8 +607,9 @@ _INPUTS = ("kafka_bootstrap", "transactions_topic", "labels_topic", "shards")
 # admission table or a checkpoint changes shape. 2: bucket and distinct rows as one byte string each;
 # 3: admission without ``oldest_recent_ts``; 4: zstd-compressed; 5: entity states as tables
 # (``streaming.entity_table``); 6: the tables keyed by entity id; 7: shards as incremental
-# checkpoints (``streaming.checkpoints``), admission as ``AdmissionTable``.
-SNAPSHOT_FORMAT = 8
+# checkpoints (``streaming.checkpoints``), admission as ``AdmissionTable``; 8: changes in log files,
+# a base every few snapshots; 9: shards keyed by ``streaming.placement`` keys.
+SNAPSHOT_FORMAT = 9
 
 
 def _start_over(also: str = "") -> str:

@@ -29,6 +29,7 @@ import zstandard
 from schema import Label, Transaction
 from streaming.admission import Admission, AdmissionTable
 from streaming.entity_table import SNAPSHOT_ZSTD_LEVEL, EntityPayments, EntityTable, TableImage, TableSnapshot
+from streaming.placement import placement_key
 from streaming.windows import ENTITY_KEY_GETTERS, LAYOUTS, value_hash
 
 
@@ -84,7 +85,13 @@ class ShardRouter:
 
     def __init__(self, shards: int) -> None:
         self.shards = shards
+        self._keys = {shard_name(n): placement_key(shard_name(n), n, shards) for n in range(shards)}
         self.caches: dict[str, dict[str, str]] = {kind: {} for kind in ("admission", *LAYOUTS)}
+
+    def key(self, shard: str) -> str:
+        """The key a shard's items travel under in the flow (``streaming.placement``): it sets the
+        worker that holds the shard."""
+        return self._keys[shard]
 
     def card(self, card_id: str) -> str:
         """The admission shard of a card."""

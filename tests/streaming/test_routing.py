@@ -13,7 +13,9 @@ def routed(steps: _Steps, payments) -> dict[str, set[str]]:
     """Per shard, the state keys it was sent; each shard's payments of a kind keep arrival order."""
     out = steps.admitted_by_entity_shard(("s0", (payments, [])))
     groups: dict[str, set[str]] = {}
-    for shard, item in out:
+    for key, item in out:
+        shard = item.shard
+        assert key == steps.router.key(shard)  # travels under its placement key (streaming.placement)
         for entity, columns in item.payments.items():
             key_of, layout = dict(ENTITY_KEY_GETTERS)[entity], LAYOUTS[entity]
             mine = [t for t in payments if key_of(t) in set(columns.ids)]

@@ -359,6 +359,7 @@ def run_bench(
         "FRAUD_TOPIC_SUFFIX": suffix,
         "FRAUD_KEY_PREFIX": prefix,
         "FRAUD_STREAM_RECOVERY_LAYOUT": "shared",  # the processes share the store made here
+        "FRAUD_STREAM_SHARDS": str(StreamConfig.shards),  # as in the store made here
     }
     if config.snapshot_s:  # made once here: the processes must not race to create it
         stream_config = StreamConfig(

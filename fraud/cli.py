@@ -383,6 +383,7 @@ def stream(
         labels_topic=settings.topics.labels,
         dead_letter_topic=settings.topics.dead_letter,
         allowed_lateness_s=allowed_lateness_s if allowed_lateness_s is not None else settings.allowed_lateness_s,
+        shards=settings.stream_shards,
     )
     cluster = Cluster(process_id or 0, tuple(addresses.split(";"))) if addresses else None
     metrics = StreamMetrics()

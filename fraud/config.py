@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     )
     stream_recovery: bool = Field(True, description="Snapshot the feature stream so a restart resumes exactly.")
     snapshot_interval_s: float = Field(10.0, gt=0.0, description="Seconds between feature-stream snapshots.")
+    stream_shards: int = Field(
+        8,
+        ge=1,
+        description="State shards of the feature stream: at most this many bytewax workers share it. Fixed for "
+        "the life of a recovery store (another count starts a new one, replaying Kafka).",
+    )
     snapshot_base_every: int = Field(
         4,
         ge=1,

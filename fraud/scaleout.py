@@ -96,6 +96,7 @@ def scaled_system(settings: Settings, scale: Scale, log_dir: Path | None = None)
         transactions_topic=topics.transactions,
         labels_topic=topics.labels,
         dead_letter_topic=topics.dead_letter,
+        shards=settings.stream_shards,
     )
     prepare_recovery(Recovery(settings.stream_recovery_dir, settings.snapshot_interval_s), stream_config)
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(scale.stream_processes))

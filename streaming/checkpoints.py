@@ -37,7 +37,6 @@ import os
 import struct
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -122,6 +121,13 @@ class BaseFiles:
         self._writer: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._go = threading.Event()
+        self._turns: dict[str, int] = {}
+
+    def turn(self, shard: str) -> int:
+        """The shard's place among this directory's shards (in the order first asked): which
+        snapshots take its bases, so that each round takes a share of them."""
+        with self._lock:
+            return self._turns.setdefault(shard, len(self._turns))
 
     def release(self) -> None:
         """The flow has gone on from its snapshots: write their bases."""
@@ -304,7 +310,7 @@ class ShardLog:
 
     def _base_due(self, checkpoint: Checkpoint) -> bool:
         changed = checkpoint.logs or checkpoint.inline
-        return bool(changed) and (self._rounds + zlib.crc32(self.shard.encode())) % self.files.base_every == 0
+        return bool(changed) and (self._rounds + self.files.turn(self.shard)) % self.files.base_every == 0
 
     def _append(self) -> None:
         """Hand the changes not yet handed to the writer, a call per log file."""

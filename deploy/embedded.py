@@ -34,6 +34,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
 def _package_binary(package: str, *parts: str) -> Path | None:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -148,6 +156,10 @@ class EmbeddedKafka(_Server):
         ]
 
     def _ready(self) -> bool:
+        # The port first: librdkafka prints each refused connection to stderr, which made every
+        # start of the embedded broker look like a failure.
+        if not _listening(self.port):
+            return False
         try:
             AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=0.5)
             return True

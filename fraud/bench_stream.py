@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import platform
 import re
+import shutil
 import tempfile
 import time
 import urllib.request
@@ -342,7 +343,28 @@ def run_bench(
     report: Callable[[Sample], None] | None = None,
     broker_pid: int | None = None,
 ) -> BenchResult:
-    """Run the stream benchmark against the given broker and Redis; returns every sample."""
+    """Run the stream benchmark against the given broker and Redis; returns every sample.
+
+    The stream processes work in a temporary home (recovery store, logs): removed after a run,
+    kept after a failure for its logs (the error says where)."""
+    home = Path(tempfile.mkdtemp(prefix="fraud-bench-"))
+    try:
+        result = _run_bench(config, kafka_bootstrap, redis_url, home, report, broker_pid)
+    except BaseException as exc:
+        exc.add_note(f"the stream processes' logs are kept in {home / 'logs'}")
+        raise
+    shutil.rmtree(home, ignore_errors=True)
+    return result
+
+
+def _run_bench(
+    config: BenchConfig,
+    kafka_bootstrap: str,
+    redis_url: str,
+    home: Path,
+    report: Callable[[Sample], None] | None,
+    broker_pid: int | None,
+) -> BenchResult:
     from deploy.embedded import free_port
     from deploy.kafka import ensure_topics
     from streaming.dataflow import Recovery, StreamConfig, prepare_recovery
@@ -351,7 +373,6 @@ def run_bench(
     suffix, prefix = f"-bench-{run_id}", f"bench{run_id}"
     topics = {name: f"{name}{suffix}" for name in ("transactions", "labels", "dead-letter", "decisions")}
     ensure_topics(kafka_bootstrap, topics.values(), partitions=config.partitions)
-    home = Path(tempfile.mkdtemp(prefix="fraud-bench-"))
     env = {
         "KAFKA_BOOTSTRAP": kafka_bootstrap,
         "REDIS_URL": redis_url,

@@ -1,5 +1,6 @@
 """`fraud bench-stream`: percentiles from histogram buckets, and a short real run end to end."""
 
+import tempfile
 import time
 
 import pytest
@@ -40,10 +41,12 @@ def test_a_preloaded_bench_on_two_processes_and_a_redis_cluster_times_the_drain(
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_a_short_bench_applies_every_event_and_reports_freshness(kafka_bootstrap, redis_url):
+def test_a_short_bench_applies_every_event_and_reports_freshness(kafka_bootstrap, redis_url, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the bench makes its stream's home
     config = BenchConfig(events=6000, rate=1500, cards=500, merchants=50, interval_s=1.0, warmup_s=1.0, snapshot_s=1)
     samples = []
     result = run_bench(config, kafka_bootstrap, redis_url, samples.append)
+    assert not list(tmp_path.glob("fraud-bench-*")), "the stream's home (recovery store, logs) is removed"
     assert result.summary["events"] == 6000
     assert result.samples[-1].applied == 6000 and samples == result.samples
     fresh = result.summary["freshness_s"]

@@ -17,7 +17,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +80,18 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _dying_with_parent(command: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """``command`` (and a ``preexec_fn``) so that it gets SIGTERM when this process dies.
+
+    Through ``setpriv --pdeathsig`` where there is one: code run between fork and exec
+    (``preexec_fn``) runs the parent's fork handlers, and gRPC's made a Redis restarted by a test
+    with a gRPC client open abort before it started (once in a `make test-faults` run)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv:
+        return [setpriv, "--pdeathsig", "TERM", "--", *command], None
+    return command, die_with_parent
+
+
 class _Server:
     name = "server"
 
@@ -97,9 +109,10 @@ class _Server:
 
     def start(self, timeout: float = 20.0) -> _Server:
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        command, preexec = _dying_with_parent(self._command())
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                self._command(), stdout=log, stderr=subprocess.STDOUT, cwd=self.work_dir, preexec_fn=die_with_parent
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=self.work_dir, preexec_fn=preexec
             )
         deadline = time.monotonic() + timeout
         while not self._ready():

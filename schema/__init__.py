@@ -12,6 +12,7 @@ from schema.codec import (
     transaction_from_fields,
     write_jsonl,
 )
+from schema.features import FeatureSet, PackedFeatures, register_feature_set
 from schema.labels import resolve_labels
 from schema.types import (
     POST_AUTH_REVIEW_RULE,
@@ -35,6 +36,7 @@ __all__ = [
     "DeadLetter",
     "Decision",
     "DecisionThresholds",
+    "FeatureSet",
     "FeatureValues",
     "FeatureVector",
     "GroundTruth",
@@ -42,6 +44,7 @@ __all__ = [
     "Label",
     "LabelSource",
     "Outcome",
+    "PackedFeatures",
     "ReasonCode",
     "POST_AUTH_REVIEW_RULE",
     "RuleHit",
@@ -53,6 +56,7 @@ __all__ = [
     "decode_transaction",
     "encode",
     "read_jsonl",
+    "register_feature_set",
     "resolve_labels",
     "transaction_from_fields",
     "write_jsonl",

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from schema.features import FeatureValues, PackedFeatures, features_from_wire
 from schema.types import (
     COUNTRY_FIELDS,
     CURRENCIES,
@@ -30,9 +31,22 @@ from schema.types import (
 
 T = TypeVar("T")
 
-_encoder = msgspec.json.Encoder()
+
+def _enc_hook(obj: object) -> object:
+    if isinstance(obj, PackedFeatures):
+        return obj.to_wire()
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+def _dec_hook(type_: type, obj: object) -> object:
+    if type_ is FeatureValues:
+        return features_from_wire(obj)
+    raise NotImplementedError(f"cannot decode {type_}")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
 _transaction_decoder = msgspec.json.Decoder(Transaction)
-_decision_decoder = msgspec.json.Decoder(Decision)
+_decision_decoder = msgspec.json.Decoder(Decision, dec_hook=_dec_hook)
 _label_decoder = msgspec.json.Decoder(Label)
 
 
@@ -180,7 +194,7 @@ def write_jsonl(path: Path, items: Iterable[object]) -> int:
 
 def read_jsonl(path: Path, type_: type[T]) -> Iterator[T]:
     """Read a JSONL file of one type, validating every line."""
-    decoder = msgspec.json.Decoder(type_)
+    decoder = msgspec.json.Decoder(type_, dec_hook=_dec_hook)
     with path.open("rb") as fh:
         for lineno, line in enumerate(fh, 1):
             if line.strip():

@@ -7,20 +7,20 @@ a missing field or a constraint violation raises an error naming the field (``$.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated
 
 import msgspec
 
+from schema.features import FeatureValues
+
 # A feature vector is the named model input for one transaction, in the order of the feature
-# declaration (streaming.features.MODEL_FEATURES). Kept as a plain mapping on the wire so a
-# decision record is readable and a reader never depends on positional order.
+# declaration (streaming.features.MODEL_FEATURES). What a decision carries is any read-only mapping
+# of them (``schema.features.FeatureValues``): a dict, or the scorer's ``PackedFeatures``, which
+# travels on `decisions` as float64s under a feature-set id (schema.features says why).
 FeatureVector = dict[str, float]
-# What a decision carries: read from the wire it is a dict; the scorer's own decisions carry a
-# ``streaming.features.FeatureRow``, a read-only mapping that encodes to the same bytes.
-FeatureValues = Mapping[str, float]
 
 NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 # Two and three characters; that they are capitals A-Z (and the currency a real one) is checked by

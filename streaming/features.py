@@ -15,11 +15,10 @@ not in the buckets read for t (``docs/features.md`` gives the exact guarantee an
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-import msgspec
+from schema.features import register_feature_set
 
 
 class Aggregation(StrEnum):
@@ -170,53 +169,8 @@ MODEL_FEATURES: tuple[str, ...] = (
 )
 
 
-def _row_getitem(self, name: str) -> float:
-    if name not in _ROW_FIELDS:
-        raise KeyError(name)
-    return getattr(self, name)
-
-
-def _row_get(self, name: str, default: float | None = None) -> float | None:
-    return getattr(self, name) if name in _ROW_FIELDS else default
-
-
-def _row_iter(self) -> Iterator[str]:
-    return iter(MODEL_FEATURES)
-
-
-def _row_eq(self, other: object) -> bool:
-    if isinstance(other, Mapping):
-        return len(other) == len(MODEL_FEATURES) and all(
-            name in other and other[name] == getattr(self, name) for name in MODEL_FEATURES
-        )
-    return NotImplemented
-
-
-_ROW_FIELDS = frozenset(MODEL_FEATURES)
-# One payment's model input as a read-only mapping (feature name -> value), built from a row of
-# the batch's feature matrix in one call: ``FeatureRow(*row)``. It is what the scorer's decisions
-# carry. Building a 78-entry dict per decision cost ~10 µs and JSON-encoding it ~11 µs; a struct
-# costs ~1.5 µs to build, and msgspec writes its field names pre-encoded (~8 µs), in the same
-# bytes as the dict (a reader decodes a plain dict, in MODEL_FEATURES order).
-FeatureRow = msgspec.defstruct(
-    "FeatureRow",
-    [(name, float) for name in MODEL_FEATURES],
-    frozen=True,
-    module=__name__,
-    namespace={
-        "__doc__": "One payment's model features: a read-only mapping in MODEL_FEATURES order.",
-        "__getitem__": _row_getitem,
-        "__iter__": _row_iter,
-        "__len__": lambda self: len(MODEL_FEATURES),
-        "__contains__": lambda self, name: name in _ROW_FIELDS,
-        "__eq__": _row_eq,
-        "get": _row_get,
-        "keys": lambda self: iter(MODEL_FEATURES),
-        "values": lambda self: iter(msgspec.structs.astuple(self)),
-        "items": lambda self: zip(MODEL_FEATURES, msgspec.structs.astuple(self), strict=True),
-    },
-)
-Mapping.register(FeatureRow)
+# Registered so that a decision's packed features (schema.features) decode by this set's id.
+MODEL_FEATURE_SET = register_feature_set(MODEL_FEATURES)
 
 
 def feature_by_name(name: str) -> WindowedFeature:

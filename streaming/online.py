@@ -21,9 +21,9 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster, key_slot
 from redis.exceptions import RedisClusterException
 
-from schema import Transaction
+from schema import PackedFeatures, Transaction
 from streaming.batch_features import COLUMN, batch_feature_matrix
-from streaming.features import MODEL_FEATURES, FeatureRow
+from streaming.features import MODEL_FEATURE_SET, MODEL_FEATURES
 from streaming.offline import in_event_order
 from streaming.packed import pack_state
 from streaming.redis_wire import RedisWire
@@ -107,9 +107,10 @@ class BatchFeatures:
         return None if index is None else self.matrix[:, index]
 
     @property
-    def vectors(self) -> list[FeatureRow]:
-        """The rows as named feature vectors (what rules read and decisions record)."""
-        return [FeatureRow(*row) for row in self.matrix.tolist()]
+    def vectors(self) -> list[PackedFeatures]:
+        """The rows as named feature vectors (what rules read and decisions record), packed: one
+        copy of the matrix for the batch, and 8 bytes a value on `decisions` (schema.features)."""
+        return PackedFeatures.rows(MODEL_FEATURE_SET, self.matrix)
 
 
 class OnlineFeatureStore:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import msgspec
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -28,7 +27,7 @@ from experiments.bootstrap import paired_bootstrap
 from fraud.cli import app
 from retrain import ModelRegistry
 from retrain.evaluate import CostModel, money_outcome
-from schema import Decision, Outcome
+from schema import Outcome, decode_decision
 
 FROM_DAY = 14  # the champion was trained on days 0-13
 CURRENT = Policy(flag=0.3, block=0.9)
@@ -249,9 +248,7 @@ def test_the_command_runs_end_to_end_on_the_files_and_matches_the_api(simulated_
     )
     expected = json.loads(same.to_json())
     for policy, block in (("current", None), ("proposed", 0.5)):  # the decision logs are the decisions made
-        logged = [
-            msgspec.json.decode(line, type=Decision) for line in (tmp_path / f"decisions-{policy}.jsonl").open("rb")
-        ]
+        logged = [decode_decision(line) for line in (tmp_path / f"decisions-{policy}.jsonl").open("rb")]
         assert len(logged) == same.totals(policy)["payments"]
         assert sum(d.outcome is Outcome.BLOCK for d in logged) == same.totals(policy)["blocked"]
         assert block is None or all(d.outcome is Outcome.BLOCK for d in logged if d.score >= block)

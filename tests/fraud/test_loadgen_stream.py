@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from fraud.bench import loadgen
 from fraud.bench.loadgen import LoadStep, _index_of, run_step
 from retrain import ModelRegistry
 from schema import encode
@@ -57,6 +58,27 @@ def test_every_payment_of_a_batch_step_is_answered(batch_rpc, kafka_bootstrap, t
     assert result.errors == result.timeouts == result.mismatched == 0 and not result.error_codes, result
     assert 0 < result.calls < result.sent  # windows, not payments
     assert result.latency_ms["p50"] is not None and result.latency_ms["p50"] <= result.latency_ms["max"]
+
+
+@pytest.mark.parametrize("batch_rpc", ["stream", "call"])
+def test_a_window_with_more_due_than_a_message_may_carry_goes_in_several(
+    batch_rpc, kafka_bootstrap, topics, redis_client, model, tmp_path, monkeypatch
+):
+    # A generator that fell behind once sent 5,900 payments in one stream message: over the
+    # scorer's max_batch, refused, and the stream (and every payment after) lost with it.
+    monkeypatch.setattr(loadgen, "MAX_PAYMENTS_PER_MESSAGE", 7)
+    payments = tmp_path / "payments.jsonl"
+    payments.write_bytes(b"\n".join(encode(txn(i, card=f"card-{i % 50:06d}")) for i in range(200)))
+    service = scorer_service(kafka_bootstrap, topics, redis_client, model)
+    with running(service) as target:
+        step = LoadStep(
+            mode="batch", rate=200, duration_s=1.0, warmup_s=0.2, payments=payments, target=target,
+            step_id=f"cap-{batch_rpc}", batch_rpc=batch_rpc, window_ms=400, timeout_s=5.0,
+        )  # fmt: skip
+        result = run_step(step)
+    assert result.decided == result.measured > 100 and not result.error_codes, result
+    # ~80 payments per 400 ms window: without the cap ~3 messages in all, with it at least sent / 7
+    assert result.calls >= result.sent / 7
 
 
 def test_joined_framed_payments_parse_as_the_batch_request():

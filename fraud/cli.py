@@ -1188,6 +1188,10 @@ def _print_bench_summary(result: dict) -> None:
         ratio = result["ratio_to_baseline"].get(mode)
         vs = f"  ({ratio}x the baseline)" if ratio else ""
         console.print(f"  {mode:<9}{rate:>10,.0f}/s{vs}")
+    tight = result["config"]["tight_budget_ms"]
+    console.print(f"the same within p99 <= {tight:.0f} ms:")
+    for mode, rate in result["sustainable_rate_tight"].items():
+        console.print(f"  {mode:<9}{rate:>10,.0f}/s")
     if result.get("model_calls"):
         from fraud.bench.model_speed import ModelCallRate, format_model_calls
 

@@ -68,8 +68,9 @@ def test_a_step_is_sustainable_only_within_budget_with_nothing_failed_and_little
     assert not sustainable(_step(1000, 101.0), config)
     assert not sustainable(_step(1000, 20.0, timeouts=1), config)
     assert not sustainable(_step(1000, 20.0, shed=5), config)  # 0.5% shed > 0.1%
-    steps = [_step(1000, 10.0), _step(5000, 40.0), _step(9000, 300.0)]
-    assert best_sustainable_rate(steps, config) == 5000
+    steps = [_step(1000, 10.0), _step(5000, 40.0), _step(7000, 60.0), _step(9000, 300.0)]
+    assert best_sustainable_rate(steps, config) == 7000
+    assert best_sustainable_rate(steps, config, config.tight_budget_ms) == 5000  # p99 <= 50 ms
 
 
 def _fraud_bench(tmp_path, env_extra: dict[str, str], *args: str, timeout: float) -> str:
@@ -105,6 +106,7 @@ def test_fraud_bench_runs_every_mode_and_the_baseline_and_writes_json_and_a_plot
     args += ["--case-seconds", "0.2"]
     stdout = _fraud_bench(bench_home, env, *args, "--out", str(out), timeout=420)
     assert "machine:" in stdout and "model xgb-" in stdout
+    assert "sustainable rate (p99 <= 100 ms" in stdout and "the same within p99 <= 50 ms:" in stdout
 
     result = json.loads(out.read_text())
     modes = {s["mode"] for s in result["steps"]}
@@ -124,7 +126,8 @@ def test_fraud_bench_runs_every_mode_and_the_baseline_and_writes_json_and_a_plot
         else:
             assert step["server_batching"]["rows_per_batch"] is None  # the naive scorer has no batches
         assert "server-0" in step["cpu_pct"] and "redis" in step["cpu_pct"]
-    assert set(result["sustainable_rate"]) == modes
+    assert set(result["sustainable_rate"]) == set(result["sustainable_rate_tight"]) == modes
+    assert all(result["sustainable_rate_tight"][m] <= result["sustainable_rate"][m] for m in modes)
     assert {(r["predictor"], r["batch_size"]) for r in result["model_calls"]} == {
         (p, b) for p in ("onnxruntime", "xgboost") for b in (1, 64, 512)
     }

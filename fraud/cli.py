@@ -1011,7 +1011,7 @@ def bench(
                 settings,
                 bench_services,
                 say=console.print,
-                on_step=lambda step: console.print(_step_line(step) + _shed_line(step), soft_wrap=True),
+                on_step=lambda s: console.print(_step_line(s) + _shed_line(s) + _core_line(s), soft_wrap=True),
             )
             result["redis"] = "cluster" if redis_masters >= 3 else "single"
             run_path = path if len(counts) == 1 else path.with_name(f"{path.stem}-procs{count}.json")
@@ -1170,6 +1170,15 @@ def _step_line(s: dict) -> str:
         f"{per_decision if per_decision is not None else '-':>14}  {servers} | {s['generator_cpu_pct']:.0f} | "
         f"{redis_cpu} | {cpu.get('broker', 0):.0f}  {rows_per_batch if rows_per_batch else '-'}"
     )
+
+
+def _core_line(s: dict) -> str:
+    """How fast the cores ran during the step (fraud.bench.core_speed): the yardstick between runs."""
+    speed = s.get("core_speed") or {}
+    if not speed.get("p50"):
+        return ""
+    rest = f"; {speed['at_rest_p50']:,.0f} at rest" if speed.get("at_rest_p50") else ""
+    return f"\n          cores: fixed work took {speed['p50']:,.0f} µs of CPU at p50 ({speed['p90']:,.0f} p90{rest})"
 
 
 def _shed_line(s: dict) -> str:

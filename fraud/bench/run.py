@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fraud.bench.core_speed import CoreSpeedProbe, quiet_core_speed
 from fraud.bench.loadgen import MODES, LoadStep, run_step_in_child
 from fraud.bench.world import BenchWorld, WorldConfig, prepare_world
 from fraud.bench_stream import _proc_stats, machine_info
@@ -244,7 +245,8 @@ def run_step_measured(step: LoadStep, pids: dict[str, int]) -> dict:
         if not generator.is_alive():  # it sets the event before its first send, so it failed
             raise RuntimeError(f"the load generator exited before sending (exit code {generator.exitcode})")
     before, started = _cpu(pids), time.monotonic()
-    result = out.get(timeout=step.warmup_s + step.duration_s + step.timeout_s + set_up_s)
+    with CoreSpeedProbe() as probe:  # how fast the cores ran meanwhile: comparable across runs
+        result = out.get(timeout=step.warmup_s + step.duration_s + step.timeout_s + set_up_s)
     elapsed = time.monotonic() - started
     generator.join(10)
     after = _cpu(pids)
@@ -252,6 +254,7 @@ def run_step_measured(step: LoadStep, pids: dict[str, int]) -> dict:
     scorer_cpu_s = sum(after[n] - before[n] for n in pids if n.startswith("server"))
     answered = result["decided"] * (step.warmup_s + step.duration_s) / step.duration_s
     result["cpu_pct"] = cpu_pct
+    result["core_speed"] = probe.summary()
     result["server_cpu_us_per_decision"] = round(1e6 * scorer_cpu_s / answered, 1) if answered else None
     return result
 
@@ -281,6 +284,7 @@ def run_decision_bench(
     }
     result: dict = {
         "machine": machine_info(),
+        "core_speed_at_rest": quiet_core_speed(),
         "model_version": world.model_version,
         "config": asdict(config),
         "world": {"history_payments": world.history_payments, "entities_in_redis": world.entities},
@@ -323,6 +327,7 @@ def run_decision_bench(
                 before = scorer_counters(metrics_ports)
                 measured = {**run_step_measured(step, pids), "mode": mode}
                 measured["server_batching"] = batching_between(before, scorer_counters(metrics_ports))
+                measured["core_speed"]["at_rest_p50"] = result["core_speed_at_rest"]["p50"]
                 mode_steps.append(measured)
                 if on_step is not None:
                     on_step(measured)

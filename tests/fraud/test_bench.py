@@ -107,6 +107,7 @@ def test_fraud_bench_runs_every_mode_and_the_baseline_and_writes_json_and_a_plot
     stdout = _fraud_bench(bench_home, env, *args, "--out", str(out), timeout=420)
     assert "machine:" in stdout and "model xgb-" in stdout
     assert "sustainable rate (p99 <= 100 ms" in stdout and "the same within p99 <= 50 ms:" in stdout
+    assert "cores: fixed work took" in stdout
 
     result = json.loads(out.read_text())
     modes = {s["mode"] for s in result["steps"]}
@@ -126,6 +127,7 @@ def test_fraud_bench_runs_every_mode_and_the_baseline_and_writes_json_and_a_plot
         else:
             assert step["server_batching"]["rows_per_batch"] is None  # the naive scorer has no batches
         assert "server-0" in step["cpu_pct"] and "redis" in step["cpu_pct"]
+        assert step["core_speed"]["samples"] > 0 and step["core_speed"]["p50"] > 0
     assert set(result["sustainable_rate"]) == set(result["sustainable_rate_tight"]) == modes
     assert all(result["sustainable_rate_tight"][m] <= result["sustainable_rate"][m] for m in modes)
     assert {(r["predictor"], r["batch_size"]) for r in result["model_calls"]} == {

@@ -1,0 +1,45 @@
+"""The bench's core-speed yardstick: a fixed piece of work timed in thread CPU, sampled while a
+step runs, so that runs on a shared host can be compared."""
+
+import threading
+import time
+
+from fraud.bench.core_speed import CoreSpeedProbe, probe_summary, quiet_core_speed, time_fixed_work
+
+
+def test_the_fixed_work_is_timed_in_cpu_not_in_wall_time():
+    # Another thread holding the GIL doubles the wall time of the work but not its CPU time.
+    alone = min(time_fixed_work() for _ in range(5))
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    rival = threading.Thread(target=spin)
+    rival.start()
+    try:
+        wall = time.perf_counter()
+        shared = min(time_fixed_work() for _ in range(5))
+        wall = (time.perf_counter() - wall) * 1e6 / 5
+    finally:
+        stop.set()
+        rival.join()
+    assert alone > 0 and shared < 1.6 * alone < wall
+
+
+def test_the_probe_samples_while_open_and_stops_when_closed():
+    with CoreSpeedProbe(interval_s=0.02) as probe:
+        time.sleep(0.3)
+    taken = len(probe.samples_us)
+    time.sleep(0.1)
+    assert taken >= 5 and len(probe.samples_us) == taken
+    summary = probe.summary()
+    assert summary["samples"] == taken and 0 < summary["p50"] <= summary["p90"] <= summary["max"]
+
+
+def test_summaries_of_nothing_and_of_the_machine_at_rest():
+    assert probe_summary([]) == {"samples": 0, "p50": None, "p90": None, "max": None}
+    assert probe_summary([3.0, 1.0, 2.0])["p50"] == 2.0
+    rest = quiet_core_speed(0.2)
+    assert rest["samples"] > 3 and rest["p50"] > 0

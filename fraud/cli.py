@@ -1177,8 +1177,7 @@ def _core_line(s: dict) -> str:
     speed = s.get("core_speed") or {}
     if not speed.get("p50"):
         return ""
-    rest = f"; {speed['at_rest_p50']:,.0f} at rest" if speed.get("at_rest_p50") else ""
-    return f"\n          cores: fixed work took {speed['p50']:,.0f} µs of CPU at p50 ({speed['p90']:,.0f} p90{rest})"
+    return f"\n          cores: fixed work took {speed['p50']:,.0f} µs of CPU at p50 ({speed['p90']:,.0f} p90)"
 
 
 def _shed_line(s: dict) -> str:

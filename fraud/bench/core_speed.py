@@ -6,10 +6,11 @@ shows it: the same step at the same rate then costs more CPU per decision and sh
 here moved by that much (docs/performance.md, section 3), so each step reports this probe.
 
 A thread in the bench's own (otherwise idle) process times a fixed piece of pure-Python work in
-thread CPU time, twice a second. Its CPU time does not include waiting for a core, only how fast
-the core ran the work, so it reads the same on a quiet machine and a saturated one unless the
-cores themselves were slowed (a busy sibling hyperthread, a lower clock). The work is ~1 ms: the
-probe costs ~0.2% of a core.
+thread CPU time, twice a second. CPU time leaves out waiting for a core, so a saturated machine
+alone does not raise the reading; slower cores do (a busy sibling hyperthread, a lower clock). The
+work is ~1-4 ms: the probe costs under 1% of a core. There is no reading "at rest": an idle core here ran the work
+~1.7x slower than a busy one (3,847 against 2,178 µs at p50), its clock down, so a reading
+without load says nothing about a step.
 """
 
 from __future__ import annotations
@@ -71,13 +72,3 @@ class CoreSpeedProbe:
 
     def summary(self) -> dict[str, float | int | None]:
         return probe_summary(self.samples_us)
-
-
-def quiet_core_speed(seconds: float = 1.0) -> dict[str, float | int | None]:
-    """The probe with nothing of the bench running: the yardstick's reading at rest."""
-    samples = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        samples.append(time_fixed_work())
-        time.sleep(0.01)
-    return probe_summary(samples)

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fraud.bench.core_speed import CoreSpeedProbe, quiet_core_speed
+from fraud.bench.core_speed import CoreSpeedProbe
 from fraud.bench.loadgen import MODES, LoadStep, run_step_in_child
 from fraud.bench.world import BenchWorld, WorldConfig, prepare_world
 from fraud.bench_stream import _proc_stats, machine_info
@@ -284,7 +284,6 @@ def run_decision_bench(
     }
     result: dict = {
         "machine": machine_info(),
-        "core_speed_at_rest": quiet_core_speed(),
         "model_version": world.model_version,
         "config": asdict(config),
         "world": {"history_payments": world.history_payments, "entities_in_redis": world.entities},
@@ -327,7 +326,6 @@ def run_decision_bench(
                 before = scorer_counters(metrics_ports)
                 measured = {**run_step_measured(step, pids), "mode": mode}
                 measured["server_batching"] = batching_between(before, scorer_counters(metrics_ports))
-                measured["core_speed"]["at_rest_p50"] = result["core_speed_at_rest"]["p50"]
                 mode_steps.append(measured)
                 if on_step is not None:
                     on_step(measured)

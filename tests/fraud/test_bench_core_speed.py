@@ -4,7 +4,7 @@ step runs, so that runs on a shared host can be compared."""
 import threading
 import time
 
-from fraud.bench.core_speed import CoreSpeedProbe, probe_summary, quiet_core_speed, time_fixed_work
+from fraud.bench.core_speed import CoreSpeedProbe, probe_summary, time_fixed_work
 
 
 def test_the_fixed_work_is_timed_in_cpu_not_in_wall_time():
@@ -38,8 +38,6 @@ def test_the_probe_samples_while_open_and_stops_when_closed():
     assert summary["samples"] == taken and 0 < summary["p50"] <= summary["p90"] <= summary["max"]
 
 
-def test_summaries_of_nothing_and_of_the_machine_at_rest():
+def test_a_summary_of_nothing_says_so():
     assert probe_summary([]) == {"samples": 0, "p50": None, "p90": None, "max": None}
     assert probe_summary([3.0, 1.0, 2.0])["p50"] == 2.0
-    rest = quiet_core_speed(0.2)
-    assert rest["samples"] > 3 and rest["p50"] > 0

@@ -7,10 +7,10 @@ here moved by that much (docs/performance.md, section 3), so each step reports t
 
 A thread in the bench's own (otherwise idle) process times a fixed piece of pure-Python work in
 thread CPU time, twice a second. CPU time leaves out waiting for a core, so a saturated machine
-alone does not raise the reading; slower cores do (a busy sibling hyperthread, a lower clock). The
-work is ~1-4 ms: the probe costs under 1% of a core. There is no reading "at rest": an idle core here ran the work
-~1.7x slower than a busy one (3,847 against 2,178 µs at p50), its clock down, so a reading
-without load says nothing about a step.
+alone does not raise the reading; slower cores do (a busy sibling hyperthread, a lower clock).
+The work is ~1-4 ms: the probe costs under 1% of a core. There is no reading "at rest": an idle
+core here ran the work ~1.7x slower than a busy one (3,847 against 2,178 µs at p50), its clock
+down, so a reading without load says nothing about a step.
 """
 
 from __future__ import annotations

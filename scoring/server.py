@@ -61,7 +61,7 @@ class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
         self.engine = engine
         self.publisher = publisher
         self.config = config
-        self.batcher = DecisionBatcher(self._decide_and_publish, self._shed_and_publish, config.batching)
+        self.batcher = DecisionBatcher(self._decide_and_publish, self.shed_and_publish, config.batching)
 
     def serving_model(self) -> str | None:
         """The version of the champion being decided with, None without one (not ready)."""
@@ -75,7 +75,8 @@ class FraudScorerService(fraud_pb2_grpc.FraudScorerServicer):
         self.publisher.publish([d for d, new in zip(once.decisions, once.new, strict=True) if new])
         return once.decisions
 
-    def _shed_and_publish(self, transactions: list[Transaction], reason: str) -> list[Decision]:
+    def shed_and_publish(self, transactions: list[Transaction], reason: str) -> list[Decision]:
+        """The batcher's answer to payments queued past the budget: rules only, recorded, published."""
         once = self.engine.shed_once(transactions, reason)  # recorded too: a retry gets the same answer
         self.publisher.publish([d for d, new in zip(once.decisions, once.new, strict=True) if new])
         return once.decisions

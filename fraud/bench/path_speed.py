@@ -21,6 +21,11 @@ idempotency lookup finds nothing and every payment is decided) are sent back to 
 
 Then a least-squares line through (batch size, CPU per batch) gives the fixed cost per batch and
 the cost per payment, the two numbers the batching arithmetic in docs/performance.md needs.
+
+Last, the shed path at the largest batch size (``FraudScorerService.shed_and_publish``, what the
+batcher does with payments queued past the budget: rules only, recorded, published), called as
+the batcher calls it: its CPU per decision against the full path's says how much of a payment's
+cost shedding saves, and so how fast an overloaded scorer can get back under its budget.
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ class PathSpeed:
     cases: list[PathCase]
     fixed_us_per_batch: float  # the fitted line's intercept
     us_per_decision: float  # its slope: what each payment adds to a batch
+    shed_batch_size: int = 0
+    shed_cpu_us_per_decision: float | None = None  # the shed path, at shed_batch_size
 
 
 def measure_decision_path(
@@ -68,22 +75,37 @@ def measure_decision_path(
     """CPU per decision of the server's work at each batch size, and the fitted fixed/per-payment split."""
     if not payments:
         raise ValueError("no payments to decide")
-    cases = asyncio.run(_measure_all(service, payments, batch_sizes, seconds_per_case))
+    cases, shed_us = asyncio.run(_measure_all(service, payments, batch_sizes, seconds_per_case))
     fixed, per_decision = fit_batch_cost(cases)
-    return PathSpeed(cases, fixed, per_decision)
+    return PathSpeed(cases, fixed, per_decision, max(batch_sizes), shed_us)
 
 
 async def _measure_all(
     service: FraudScorerService, payments: Sequence[Transaction], sizes: Sequence[int], seconds: float
-) -> list[PathCase]:
+) -> tuple[list[PathCase], float]:
     await _run_case(service, _requests(payments, 50, "warm"), seconds=0.5)  # ONNX, caches, connections
     cases = []
     for size in sizes:
         requests = _requests(payments, size, f"b{size}")
         cases.append(await _run_case(service, requests, seconds))
     service.batcher.close()
+    shed_us = _shed_case(service, payments, max(sizes), seconds)
     service.publisher.flush()
-    return cases
+    return cases, shed_us
+
+
+def _shed_case(service: FraudScorerService, payments: Sequence[Transaction], size: int, seconds: float) -> float:
+    """CPU µs per decision of the shed path, batches of ``size`` (ids unique to this case)."""
+    replace = msgspec.structs.replace
+    decisions = 0
+    cpu = time.process_time()
+    deadline = time.monotonic() + seconds
+    for start in range(0, len(payments) - size + 1, size):
+        batch = [replace(t, transaction_id=f"{t.transaction_id}~shed") for t in payments[start : start + size]]
+        decisions += len(service.shed_and_publish(batch, "shed: path-only measurement"))
+        if time.monotonic() >= deadline:
+            break
+    return (time.process_time() - cpu) * 1e6 / max(decisions, 1)
 
 
 def _requests(payments: Sequence[Transaction], size: int, case: str) -> list[bytes]:
@@ -146,4 +168,9 @@ def format_path_speed(speed: PathSpeed) -> str:
         f"fitted: {speed.fixed_us_per_batch:,.0f} µs fixed per batch + {speed.us_per_decision:.1f} µs per decision"
         " (stage columns: wall µs per decision on the decide thread)"
     )
+    if speed.shed_cpu_us_per_decision is not None:
+        lines.append(
+            f"the shed path (rules only, recorded, published), batches of {speed.shed_batch_size}: "
+            f"{speed.shed_cpu_us_per_decision:.1f} µs CPU per decision"
+        )
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from fraud.bench.run import (
     counters_from_exposition,
     sustainable,
 )
+from schema import decode_decision
 
 
 def test_constant_arrivals_are_evenly_spaced_at_the_rate():
@@ -192,7 +193,12 @@ def test_fraud_bench_path_only_decides_and_publishes_every_payment_and_fits_the_
         assert all(case["stage_us_per_decision"][s] > 0 for s in ("features", "model", "rules", "record", "publish"))
     decided = sum(c["batches"] * c["batch_size"] for c in result["cases"])
     published = read_topic(kafka_bootstrap, result["decisions_topic"], idle_s=1.0)
-    assert len(published) >= decided  # the warm-up's decisions are published too
+    shed = [d for d in map(decode_decision, (m.value() for m in published)) if d.degraded_reason]
+    assert len(published) - len(shed) >= decided  # the warm-up's decisions are published too
+    # the shed path, measured last: rules-only decisions, published like any
+    assert "the shed path" in stdout and result["shed_batch_size"] == 20 and result["shed_cpu_us_per_decision"] > 0
+    assert shed and {d.degraded_reason for d in shed} == {"shed: path-only measurement"}
+    assert all(d.score is None for d in shed)
     assert result["us_per_decision"] > 0
 
 

@@ -4,6 +4,8 @@ and the step's figures read like those of DecideBatch calls."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from fraud.bench import loadgen
@@ -23,6 +25,13 @@ def model(tmp_path_factory):
     return ModelRegistry(root).load()
 
 
+def payments_file(tmp_path) -> Path:
+    """200 payments over 50 cards, as JSON lines: what a step sends, cycled."""
+    path = tmp_path / "payments.jsonl"
+    path.write_bytes(b"\n".join(encode(txn(i, card=f"card-{i % 50:06d}")) for i in range(200)))
+    return path
+
+
 def result_so_far(service) -> int:
     """Decisions the scorer has made so far."""
     registry = service.engine.metrics.registry
@@ -39,8 +48,7 @@ def test_index_of_reads_only_this_steps_ids():
 
 @pytest.mark.parametrize("batch_rpc", ["stream", "call"])
 def test_every_payment_of_a_batch_step_is_answered(batch_rpc, kafka_bootstrap, topics, redis_client, model, tmp_path):
-    payments = tmp_path / "payments.jsonl"
-    payments.write_bytes(b"\n".join(encode(txn(i, card=f"card-{i % 50:06d}")) for i in range(200)))
+    payments = payments_file(tmp_path)
     service = scorer_service(kafka_bootstrap, topics, redis_client, model)
     with running(service) as target:
         step = LoadStep(
@@ -67,8 +75,7 @@ def test_a_window_with_more_due_than_a_message_may_carry_goes_in_several(
     # A generator that fell behind once sent 5,900 payments in one stream message: over the
     # scorer's max_batch, refused, and the stream (and every payment after) lost with it.
     monkeypatch.setattr(loadgen, "MAX_PAYMENTS_PER_MESSAGE", 7)
-    payments = tmp_path / "payments.jsonl"
-    payments.write_bytes(b"\n".join(encode(txn(i, card=f"card-{i % 50:06d}")) for i in range(200)))
+    payments = payments_file(tmp_path)
     service = scorer_service(kafka_bootstrap, topics, redis_client, model)
     with running(service) as target:
         step = LoadStep(

@@ -91,6 +91,7 @@ class DecisionEngine:
         self.metrics = metrics
         self.fallback = fallback = fallback or FallbackPolicy()
         self.redis_circuit = CircuitBreaker(fallback.failures_to_open, fallback.retry_after_s)
+        self._rungs: dict[str, _FallbackRungs] = {}  # by what a degraded decision was made without
         self.fail_open = FailOpenBudget(fallback.fail_open_per_s, fallback.fail_open_burst)
         self.on_shadow = on_shadow  # where shadow decisions go (a topic); None: counted only
         self.reasons = ReasonExplainer()  # explains with whichever model decided the row
@@ -454,16 +455,27 @@ class DecisionEngine:
         (``features_unavailable: ...``, ``model_unavailable: ...``, ``shed: ...``) and its first
         word counted in ``fraud_degraded_decisions``."""
         now = datetime.now(UTC)
+        rungs = self._fallback_rungs(reason)
+        ceiling = self.fallback.degraded_flag_amount_minor
+        budget_spent = 0
         decisions = []
         for i, txn in enumerate(transactions):
             vector = vectors[i] if vectors is not None else context_features(txn)
             hits = self.rules.evaluate(txn, vector)
-            if max([Outcome.APPROVE, *(h.action for h in hits)], key=_severity) is Outcome.APPROVE:
-                hits.append(self._fallback_hit(txn, reason))
+            outcome = max((h.action for h in hits), key=_severity, default=Outcome.APPROVE)
+            if outcome is Outcome.APPROVE:  # rungs 2 and 3 of the ladder
+                if txn.amount_minor > ceiling:
+                    hit = rungs.over_ceiling
+                elif self.fail_open.take():
+                    hit = rungs.fail_open
+                else:
+                    hit, budget_spent = rungs.budget_spent, budget_spent + 1
+                hits.append(hit)
+                outcome = hit.action
             decisions.append(
                 Decision(
                     transaction=txn,
-                    outcome=max([Outcome.APPROVE, *(h.action for h in hits)], key=_severity),
+                    outcome=outcome,
                     score=None,
                     model_version=self.model.version,
                     rule_hits=hits,
@@ -474,33 +486,46 @@ class DecisionEngine:
                 )
             )
         self.metrics.count_degraded(reason.split(":")[0], len(decisions))
+        if budget_spent:
+            self.metrics.count_degraded("fail_open_budget_spent", budget_spent)
         if count_decisions:
             self.metrics.count_decisions(decisions)
         return decisions
 
-    def _fallback_hit(self, txn: Transaction, reason: str) -> RuleHit:
-        """Rungs 2 and 3 of the ladder for a payment the rules would approve."""
-        ceiling = self.fallback.degraded_flag_amount_minor
+    def _fallback_rungs(self, reason: str) -> _FallbackRungs:
+        """Rungs 2 and 3 of the ladder for a payment the rules would approve, worded for what is
+        missing. Built once per kind of reason: the shed path decides whole batches with them, and
+        building the hits per payment was a tenth of its cost."""
         without = _missing(reason)
-        if txn.amount_minor > ceiling:
-            return RuleHit(
-                rule_id=DEGRADED_REVIEW_RULE,
-                action=Outcome.FLAG,
-                reason=f"decided without {without}; amount over {ceiling / 100:,.2f} goes to review",
+        rungs = self._rungs.get(without)
+        if rungs is None:
+            ceiling = self.fallback.degraded_flag_amount_minor
+            rungs = self._rungs[without] = _FallbackRungs(
+                over_ceiling=RuleHit(
+                    rule_id=DEGRADED_REVIEW_RULE,
+                    action=Outcome.FLAG,
+                    reason=f"decided without {without}; amount over {ceiling / 100:,.2f} goes to review",
+                ),
+                budget_spent=RuleHit(
+                    rule_id=DEGRADED_REVIEW_RULE,
+                    action=Outcome.FLAG,
+                    reason=f"decided without {without}; fail-open budget of {self.fallback.fail_open_per_s:g}/s spent",
+                ),
+                fail_open=RuleHit(
+                    rule_id=POST_AUTH_REVIEW_RULE,
+                    action=Outcome.APPROVE,
+                    reason=f"approved without {without} (amount under {ceiling / 100:,.2f}); "
+                    "queued for post-authorisation review",
+                ),
             )
-        if not self.fail_open.take():
-            self.metrics.count_degraded("fail_open_budget_spent", 1)
-            return RuleHit(
-                rule_id=DEGRADED_REVIEW_RULE,
-                action=Outcome.FLAG,
-                reason=f"decided without {without}; fail-open budget of {self.fallback.fail_open_per_s:g}/s spent",
-            )
-        return RuleHit(
-            rule_id=POST_AUTH_REVIEW_RULE,
-            action=Outcome.APPROVE,
-            reason=f"approved without {without} (amount under {ceiling / 100:,.2f}); "
-            "queued for post-authorisation review",
-        )
+        return rungs
+
+
+@dataclass(frozen=True)
+class _FallbackRungs:
+    over_ceiling: RuleHit  # flagged for review: too much to approve blind
+    budget_spent: RuleHit  # flagged for review: the fail-open budget is used up
+    fail_open: RuleHit  # approved, queued for post-authorisation review
 
 
 DEGRADED_REVIEW_RULE = "degraded_amount_review@1"

@@ -2,8 +2,9 @@
 
 On `decisions`, a decision made by the scorer carries its features packed: the values as
 little-endian float64 in the order of a named *feature set*, base64 after the set's id
-(``"fs-1a2b3c4d5e6f:AAAA..."``). Written out as name/value pairs they were ~2 KB of the ~3 KB record, and formatting
-78 floats as decimal text cost ~7 µs of the ~9 µs that encoding a decision took: the scorer's
+(``"fs-1a2b3c4d5e6f:AAAA..."``). Written out as name/value pairs they were ~2 KB of the ~3 KB
+record, and formatting 78 floats as decimal text cost ~7 µs of the ~9 µs that encoding a decision
+took (a throwaway timing): the scorer's
 largest single cost per decision after the feature read (docs/performance.md). Packed, the record
 is ~1.4 KB and encodes in ~2 µs, and the values are the exact float64s the model was given.
 

@@ -4,9 +4,9 @@ On `decisions`, a decision made by the scorer carries its features packed: the v
 little-endian float64 in the order of a named *feature set*, base64 after the set's id
 (``"fs-1a2b3c4d5e6f:AAAA..."``). Written out as name/value pairs they were ~2 KB of the ~3 KB
 record, and formatting 78 floats as decimal text cost ~7 µs of the ~9 µs that encoding a decision
-took (a throwaway timing): the scorer's
-largest single cost per decision after the feature read (docs/performance.md). Packed, the record
-is ~1.4 KB and encodes in ~2 µs, and the values are the exact float64s the model was given.
+took (a throwaway timing): the scorer's largest single cost per decision after the feature read
+(docs/performance.md). Packed, the record is ~1.4 KB and encodes in ~2 µs, and the values are the
+exact float64s the model was given.
 
 A reader never depends on the order by itself: the id is a hash of the set's names in order, and a
 packed vector whose set this process does not know is refused, naming ``$.features`` and the id.
@@ -53,11 +53,10 @@ _FEATURE_SETS: dict[str, FeatureSet] = {}
 def register_feature_set(names: Sequence[str]) -> FeatureSet:
     """The feature set of ``names`` (in this order), known from now on to this process's decoder."""
     names = tuple(names)
-    digest = hashlib.blake2b("\n".join(names).encode(), digest_size=6).hexdigest()
-    found = _FEATURE_SETS.setdefault(
-        f"fs-{digest}", FeatureSet(f"fs-{digest}", names, {n: i for i, n in enumerate(names)})
-    )
-    return found
+    set_id = "fs-" + hashlib.blake2b("\n".join(names).encode(), digest_size=6).hexdigest()
+    if set_id not in _FEATURE_SETS:
+        _FEATURE_SETS[set_id] = FeatureSet(set_id, names, {n: i for i, n in enumerate(names)})
+    return _FEATURE_SETS[set_id]
 
 
 def feature_set(set_id: str) -> FeatureSet:
@@ -102,10 +101,6 @@ class PackedFeatures(FeatureValues):
             row._set, row._raw = features, raw[start : start + width]
             out.append(row)
         return out
-
-    @property
-    def feature_set(self) -> FeatureSet:
-        return self._set
 
     def __getitem__(self, name: str) -> float:
         return _F64.unpack_from(self._raw, 8 * self._set.index[name])[0]

@@ -5,6 +5,7 @@ SIGKILL mid-stream followed by a restart leaves Redis exactly as an uninterrupte
 import json
 import re
 import signal
+import threading
 import time
 import urllib.request
 from datetime import timedelta
@@ -28,6 +29,15 @@ def redis_equals_replay(store, transactions, labels):
     builder.replay(transactions, labels)
     stored, _ = store.read_states(sorted(builder.states))
     return [key for key, state in builder.states.items() if stored.get(key) != pack_state(state)]
+
+
+def produce_paced(producer, topic, items, per_s):
+    """Produce ``items`` in order, in chunks of a tenth of a second at ``per_s`` a second."""
+    chunk = per_s // 10
+    started = time.monotonic()
+    for i in range(0, len(items), chunk):
+        time.sleep(max(0.0, started + i / per_s - time.monotonic()))
+        produce_all(producer, topic, items[i : i + chunk])
 
 
 def scrape(port, name, label="outcome"):
@@ -112,7 +122,13 @@ def test_sigkill_mid_stream_then_restart_leaves_redis_as_an_uninterrupted_run(
     ]
     producer = make_producer(kafka_bootstrap)
     produce_all(producer, topics.labels, [(None, encode(lb)) for lb in labels])
-    produce_all(producer, topics.transactions, [(t.card_id.encode(), encode(t)) for t in arrivals])
+    # Fed at a fixed pace, not all at once: on a fast machine the stream applied all 60,000 before
+    # the kill could land. At this pace the feed lasts 6 s, and the kill lands a few seconds in.
+    feed = threading.Thread(
+        target=produce_paced,
+        args=(producer, topics.transactions, [(t.card_id.encode(), encode(t)) for t in arrivals], 10_000),
+    )
+    feed.start()
 
     interval_s = 0.5
     # A base every other snapshot: the kill lands while shards hold a base and logged changes.
@@ -144,6 +160,7 @@ def test_sigkill_mid_stream_then_restart_leaves_redis_as_an_uninterrupted_run(
         first.stop()
     killed_at = store.counts()["events"]
     assert killed_at < n, "the stream finished before it was killed: the test proves nothing"
+    feed.join()
 
     second = start("stream-restarted", ["stream"], env, tmp_path)
     try:

@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         200.0, gt=0.0, description="Flagged cases reviewers can work per day; each model's thresholds fit it."
     )
     release_poll_s: float = Field(1.0, gt=0.0, description="How often a scorer checks the registry for a new release.")
+    decision_ttl_s: int = Field(
+        3600,  # scoring.idempotency.DECISION_TTL_S, whose comment has the memory arithmetic
+        ge=1,
+        description="How long a retry of a payment gets the decision already made for it (s). Redis keeps "
+        "one ~235-byte record per payment for this long: ~8.5 GB at 10,000 payments/s for the default hour.",
+    )
     retrain_every_days: float = Field(30.0, gt=0.0, description="`fraud retrain --if-due`: retrain after this long.")
     rules_file: Path | None = Field(None, description="Rule file (YAML); unset: the rules shipped.")
     # The exploration holdout for off-policy evaluation (docs/experiments.md, "Off-policy evaluation").

@@ -122,6 +122,7 @@ def build_service(settings: Settings, kafka_door: bool = False):
         on_shadow=shadow.publish,
         explain_inline=False,  # the reply goes out first; reason codes join the published decision
         exploration=settings.exploration(),
+        decision_ttl_s=settings.decision_ttl_s,
     )
     # A/B experiments: each card's arm decides its payments (scoring/experiment.py); no experiment
     # running, the engine decides everything as before.

@@ -96,6 +96,7 @@ def run(kafka_bootstrap, redis_url, tmp_path_factory):
         "FRAUD_GRPC_PORT": str(settings.grpc_port),
         "FRAUD_METRICS_PORT": str(settings.metrics_port),
         "FRAUD_STREAM_METRICS_PORT": str(free_port()),
+        "FRAUD_DECISION_TTL_S": "7200",  # not the default hour: the retry window reaches the engine
     }
     stream = ChildProcess("stream", ["stream"], env, home / "logs")
     scorer = ChildProcess("serve", ["serve"], env, home / "logs")
@@ -124,6 +125,7 @@ def run(kafka_bootstrap, redis_url, tmp_path_factory):
             "client": client,
             "metrics": metrics,
             "env": env,
+            "store": store,
             "decisions": {d.transaction_id: d for d in read_decisions(settings, idle_s=2.0)},
         }
     finally:
@@ -138,6 +140,12 @@ def test_every_live_transaction_is_decided_and_published(run):
     versions = {run["decisions"][t].model_version for t in run["decided"]}
     assert versions == {run["first"].challenger}
     assert all(run["decisions"][t].degraded_reason is None for t in run["decided"])
+
+
+def test_each_decision_is_kept_for_retries_as_long_as_configured(run):
+    store = run["store"]
+    ttls = [store.client.ttl(store.decision_key(t)) for t in run["decided"][-50:]]
+    assert all(3600 < ttl <= 7200 for ttl in ttls), ttls  # FRAUD_DECISION_TTL_S, not DECISION_TTL_S
 
 
 def test_online_features_equal_the_offline_builder(run):

@@ -10,6 +10,7 @@ from redis.retry import Retry
 from rules_engine import load_rules
 from schema import DecisionThresholds, Outcome
 from scoring import DecisionEngine, ScorerMetrics
+from scoring.idempotency import DECISION_TTL_S
 from streaming import OnlineFeatureStore
 from streaming.online import BatchRead
 from tests.factories import txn
@@ -62,7 +63,7 @@ def test_a_retry_gets_the_recorded_decision_from_any_engine_and_is_not_new(redis
         == 1
     )  # replays are not counted as decisions made
     ttl = redis_client.ttl(OnlineFeatureStore(redis_client, "idem").decision_key(payments[0].transaction_id))
-    assert 86000 < ttl <= 86400
+    assert DECISION_TTL_S - 100 < ttl <= DECISION_TTL_S
 
 
 class RacingStore(OnlineFeatureStore):

@@ -1011,7 +1011,9 @@ def bench(
                 settings,
                 bench_services,
                 say=console.print,
-                on_step=lambda s: console.print(_step_line(s) + _shed_line(s) + _core_line(s), soft_wrap=True),
+                on_step=lambda s: console.print(
+                    _step_line(s) + _shed_line(s) + _core_line(s) + _keys_line(s), soft_wrap=True
+                ),
             )
             result["redis"] = "cluster" if redis_masters >= 3 else "single"
             run_path = path if len(counts) == 1 else path.with_name(f"{path.stem}-procs{count}.json")
@@ -1178,6 +1180,16 @@ def _core_line(s: dict) -> str:
     if not speed.get("p50"):
         return ""
     return f"\n          cores: fixed work took {speed['p50']:,.0f} µs of CPU at p50 ({speed['p90']:,.0f} p90)"
+
+
+def _keys_line(s: dict) -> str:
+    """Redis's keys over the step, and the powers of two crossed: Redis rehashes there (run.keyspace_growth)."""
+    keys = s.get("redis_keys")
+    if not keys:
+        return ""
+    crossed = ", ".join(f"2^{k}" for k in keys["crossed_powers_of_two"])
+    rehash = f"; crossed {crossed}, where Redis rehashes (docs/performance.md)" if crossed else ""
+    return f"\n          redis: {keys['before']:,} -> {keys['after']:,} keys{rehash}"
 
 
 def _shed_line(s: dict) -> str:

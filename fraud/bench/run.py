@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from redis.cluster import RedisCluster
+
 from fraud.bench.core_speed import CoreSpeedProbe
 from fraud.bench.loadgen import MODES, LoadStep, run_step_in_child
 from fraud.bench.world import BenchWorld, WorldConfig, prepare_world
@@ -259,6 +261,22 @@ def run_step_measured(step: LoadStep, pids: dict[str, int]) -> dict:
     return result
 
 
+def key_counts(client) -> list[int]:
+    """Keys held by each Redis server of the store (every master of a cluster)."""
+    if isinstance(client, RedisCluster):
+        return [int(client.get_redis_connection(node).dbsize()) for node in client.get_primaries()]
+    return [int(client.dbsize())]
+
+
+def keyspace_growth(before: list[int], after: list[int]) -> dict:
+    """Redis's keys over a step (summed over servers) and the powers of two any server's count
+    crossed. Each idempotency record is a key, and a server rehashes its tables as its count passes
+    a power of two: for ~80,000 inserts it spends 3-4x its usual CPU per record, and at 20,000/s
+    on 2 cores that is when the scorers shed (docs/performance.md, section 3, "Intel Xeon host")."""
+    crossed = {k for b, a in zip(before, after, strict=True) for k in range(1, 64) if b < 2**k <= a}
+    return {"before": sum(before), "after": sum(after), "crossed_powers_of_two": sorted(crossed)}
+
+
 def run_decision_bench(
     config: DecisionBenchConfig,
     settings: Settings,
@@ -272,7 +290,6 @@ def run_decision_bench(
 
     client = connect_redis(services.redis_url)
     world = prepare_world(settings, client, config.world, say)
-    client.close()
     topics = settings.topics
     ensure_topics(services.kafka_bootstrap, topics.all(), partitions=config.partitions or config.server_procs)
     env = {
@@ -323,13 +340,15 @@ def run_decision_bench(
                 )
                 for p in procs:
                     p.check_alive()
-                before = scorer_counters(metrics_ports)
+                before, keys_before = scorer_counters(metrics_ports), key_counts(client)
                 measured = {**run_step_measured(step, pids), "mode": mode}
                 measured["server_batching"] = batching_between(before, scorer_counters(metrics_ports))
+                measured["redis_keys"] = keyspace_growth(keys_before, key_counts(client))
                 mode_steps.append(measured)
                 if on_step is not None:
                     on_step(measured)
             result["steps"].extend(mode_steps)
+    client.close()
     result["sustainable_rate"] = {
         mode: best_sustainable_rate([s for s in result["steps"] if s["mode"] == mode], config) for mode in modes
     }

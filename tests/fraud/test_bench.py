@@ -18,6 +18,7 @@ from fraud.bench.run import (
     batching_between,
     best_sustainable_rate,
     counters_from_exposition,
+    keyspace_growth,
     sustainable,
 )
 from schema import decode_decision
@@ -61,6 +62,19 @@ def _step(rate, p99, timeouts=0, shed=0, measured=1000):
         "shed": shed,
         "measured": measured,
     }
+
+
+def test_the_keyspace_crossings_are_the_powers_of_two_any_server_passed():
+    assert keyspace_growth([37_000], [737_000]) == {
+        "before": 37_000,
+        "after": 737_000,
+        "crossed_powers_of_two": [16, 17, 18, 19],
+    }
+    assert keyspace_growth([1024], [2047])["crossed_powers_of_two"] == []  # 1024 = 2^10 was already held
+    assert keyspace_growth([1023], [1024])["crossed_powers_of_two"] == [10]
+    # a cluster: each master rehashes at its own count, whatever the sum does
+    growth = keyspace_growth([1500, 3000], [1600, 5000])  # the second passes 4096; the sum passes none
+    assert growth == {"before": 4500, "after": 6600, "crossed_powers_of_two": [12]}
 
 
 def test_a_step_is_sustainable_only_within_budget_with_nothing_failed_and_little_shed():
@@ -109,6 +123,7 @@ def test_fraud_bench_runs_every_mode_and_the_baseline_and_writes_json_and_a_plot
     assert "machine:" in stdout and "model xgb-" in stdout
     assert "sustainable rate (p99 <= 100 ms" in stdout and "the same within p99 <= 50 ms:" in stdout
     assert "cores: fixed work took" in stdout
+    assert "redis: " in stdout and " keys" in stdout
 
     result = json.loads(out.read_text())
     modes = {s["mode"] for s in result["steps"]}
@@ -129,6 +144,9 @@ def test_fraud_bench_runs_every_mode_and_the_baseline_and_writes_json_and_a_plot
             assert step["server_batching"]["rows_per_batch"] is None  # the naive scorer has no batches
         assert "server-0" in step["cpu_pct"] and "redis" in step["cpu_pct"]
         assert step["core_speed"]["samples"] > 0 and step["core_speed"]["p50"] > 0
+        keys = step["redis_keys"]  # one idempotency record per payment the gRPC door decided
+        if step["mode"] in ("unary", "batch"):
+            assert keys["after"] - keys["before"] >= step["decided"], (keys, step["decided"])
     assert set(result["sustainable_rate"]) == set(result["sustainable_rate_tight"]) == modes
     assert all(result["sustainable_rate_tight"][m] <= result["sustainable_rate"][m] for m in modes)
     assert {(r["predictor"], r["batch_size"]) for r in result["model_calls"]} == {
@@ -166,6 +184,7 @@ def test_scaling_curve_over_one_and_two_scorers_on_a_redis_cluster(kafka_bootstr
     (step,) = two["steps"]
     assert step["decided"] > 0.9 * step["measured"] and step["errors"] == 0 and step["mismatched"] == 0
     assert set(step["cpu_pct"]) >= {"server-0", "server-1", "redis-0", "redis-1", "redis-2"}
+    assert step["redis_keys"]["after"] - step["redis_keys"]["before"] >= step["decided"]  # over every master
     per_process = step["server_batching"]["decisions_per_process"]
     assert len(per_process) == 2 and min(per_process) >= 0.4 * sum(per_process) > 0, per_process  # round-robin
 

@@ -273,7 +273,8 @@ def keyspace_growth(before: list[int], after: list[int]) -> dict:
     crossed. Each idempotency record is a key, and a server rehashes its tables as its count passes
     a power of two: for ~80,000 inserts it spends 3-4x its usual CPU per record, and at 20,000/s
     on 2 cores that is when the scorers shed (docs/performance.md, section 3, "Intel Xeon host")."""
-    crossed = {k for b, a in zip(before, after, strict=True) for k in range(1, 64) if b < 2**k <= a}
+    # b < 2**k <= a exactly for k from b's bit length up to a's, less one
+    crossed = {k for b, a in zip(before, after, strict=True) for k in range(max(1, b.bit_length()), a.bit_length())}
     return {"before": sum(before), "after": sum(after), "crossed_powers_of_two": sorted(crossed)}
 
 

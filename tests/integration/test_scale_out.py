@@ -167,19 +167,18 @@ def test_scaled_out_entity_states_are_identical(single_node, scaled_out):
 
 
 def test_scaled_out_decisions_are_identical(world, single_node, scaled_out):
-    mismatched = []
+    compared = ("features", "score", "outcome", "rule_hits", "model_version")
+    mismatched = {}  # id -> what differs, so that a failure says why
     for t in world["live"]:
         one, many = single_node["decisions"][t.transaction_id], scaled_out["decisions"][t.transaction_id]
-        same = (one.features, one.score, one.outcome, one.rule_hits, one.model_version) == (
-            many.features,
-            many.score,
-            many.outcome,
-            many.rule_hits,
-            many.model_version,
-        )
-        if not same:
-            mismatched.append(t.transaction_id)
-    assert not mismatched, f"{len(mismatched)} of {len(world['live'])} decisions differ, e.g. {mismatched[:5]}"
+        differ = [f for f in compared if getattr(one, f) != getattr(many, f)]
+        if differ:
+            features = sorted(k for k in one.features if one.features[k] != many.features.get(k))
+            mismatched[t.transaction_id] = (differ, features[:5], one.degraded_reason, many.degraded_reason)
+    assert not mismatched, (
+        f"{len(mismatched)} of {len(world['live'])} decisions differ: "
+        f"(fields, features, degraded one node / scaled out) {list(mismatched.items())[:5]}"
+    )
     outcomes = {d.outcome for d in scaled_out["decisions"].values()}
     assert len(outcomes) > 1, f"every payment got {outcomes}: the comparison would not see a changed score"
     assert all(single_node["decisions"][t.transaction_id].degraded_reason is None for t in world["live"])

@@ -180,7 +180,7 @@ class DecisionEngine:
         if not self.redis_circuit.allow():
             return self.without_features(transactions, "features_unavailable: circuit open"), everything_new
         try:
-            read = self.store.read_batch(transactions, [t.transaction_id for t in transactions])
+            read = self.store.read_batch(transactions, look_up=transactions)
         except STORE_ERRORS as exc:
             return self._redis_failed(transactions, exc, started), everything_new
         self._redis_answered()
@@ -220,7 +220,7 @@ class DecisionEngine:
         started = time.perf_counter()
         try:
             earlier = self.store.record_decisions(
-                [(d.transaction_id, encode_record(d)) for d in decisions], self.decision_ttl_s
+                [(d.transaction, encode_record(d)) for d in decisions], self.decision_ttl_s
             )
         except STORE_ERRORS as exc:  # decided but not recorded: a retry decides again
             log.warning("could not record %d decisions for idempotency: %s", len(decisions), exc)

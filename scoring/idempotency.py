@@ -3,9 +3,10 @@
 A payment authorisation may be retried (a timeout, a scorer restart, another replica). The gRPC
 door answers a retry with the decision already made for that transaction id, on any scorer, for
 ``DECISION_TTL_S``, and publishes only the first. The engine looks the batch's ids up in the same
-``MGET`` as its features (``OnlineFeatureStore.read_batch``), decides only the new ones, then
+round trip as its features (``OnlineFeatureStore.read_batch``), decides only the new ones, then
 records them first-writer-wins in one script call (``OnlineFeatureStore.record_decisions``): when
 two attempts race, the later one replies with the first one's decision and publishes nothing.
+The records are fields of a few hashes, by id and event time (``OnlineFeatureStore.decision_key``).
 
 The record is what the reply needs, not the audit record (that is on `decisions`): no features,
 no transaction, no reason codes (``fraud serve`` replies before explaining). About 60 bytes.
@@ -20,11 +21,12 @@ import msgspec
 
 from schema import Decision, Outcome, RuleHit, Transaction
 
-# How long a retry gets the same decision: well past a gateway's retries of an authorisation
-# (seconds to minutes). Redis holds rate x TTL records, ~235 bytes each with a UUID transaction id
-# (redis 6.2, measured): ~8.5 GB at 10,000 payments/s for an hour, where 24 hours (the first
-# default) would be ~200 GB. A retry later than this is decided again, and consumers keep the first
-# decision per id (README, "Idempotency and restarts"). `FRAUD_DECISION_TTL_S` sets it.
+# How long a retry at least gets the same decision: well past a gateway's retries of an
+# authorisation (seconds to minutes). Redis holds rate x (TTL + up to 10 minutes) records, ~144
+# bytes each as a hash field with a UUID transaction id (redis 6.2, measured): ~5-6 GB at 10,000
+# payments/s for an hour, where 24 hours (the first default) would be ~130 GB. A retry later than
+# this may be decided again, and consumers keep the first decision per id (README, "Idempotency
+# and restarts"). `FRAUD_DECISION_TTL_S` sets it.
 DECISION_TTL_S = 3600
 
 

@@ -12,6 +12,7 @@ multi-key command must stay within one slot, so reads and writes go as one pipel
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,20 @@ from streaming.windows import LAYOUTS, EntityState, entity_keys
 STATE_TTL_S: dict[str, int] = {
     entity: max((*layout.retention_s.values(), layout.label_retention_s)) + 86400 for entity, layout in LAYOUTS.items()
 }
+
+
+# Idempotency records are fields of a few hashes, not a key per payment: the records are most of
+# Redis's keys (rate x TTL), and a keyspace growing by one key per payment rehashes its whole main
+# and expires tables at each power of two (2^19 keys and up: 3-4x Redis's CPU per record for ~80,000
+# records, the 20,000/s shedding in docs/performance.md). Split over 64 hashes per generation, each
+# table grows in small steps that stay in cache (1.5x at the crossings, measured). A payment's
+# hash is fixed by its id (the bucket) and its own event time (the generation), so every attempt of
+# it, on any scorer whatever its clock, finds the same hash. 64 hashes leave Redis's compact
+# small-hash encoding (a linear scan) after ~32,000 payments per generation; more would stay in
+# it longer. A generation is 10 minutes of event time; its hash expires once no record has been
+# written to it for the decision TTL.
+DECISION_BUCKETS = 64
+DECISION_GENERATION_S = 600
 
 
 # What a store call raises when Redis is away, hung or re-sharding: a cluster client that cannot
@@ -134,13 +149,20 @@ class OnlineFeatureStore:
             "for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[2*i-1], 'EX', ARGV[2*i]) end return #KEYS"
         )
         # Keep the greatest watermark ever written: workers and replays may report older times.
-        # Record decisions first-writer-wins: SET NX with a TTL per key; where a key is already
-        # set (another attempt of the same payment decided first), return the recorded value
-        # instead. One script call per batch: one command for redis-py, one round trip.
+        # Record decisions first-writer-wins: HSETNX per payment in its hash (``decision_key``);
+        # where the field is already set (another attempt of the same payment decided first),
+        # return the recorded value instead; then restart each written hash's TTL. KEYS: the
+        # batch's distinct hashes; ARGV: the TTL, then (hash index, id, record) per payment.
         self._record = client.register_script(
-            "local out = {} for i, key in ipairs(KEYS) do "
-            "if redis.call('SET', key, ARGV[i+1], 'NX', 'EX', ARGV[1]) then out[i] = false "
-            "else out[i] = redis.call('GET', key) end end return out"
+            "local out = {} for i = 1, (#ARGV - 1) / 3 do "
+            "local key, id = KEYS[tonumber(ARGV[3*i-1])], ARGV[3*i] "
+            "if redis.call('HSETNX', key, id, ARGV[3*i+1]) == 1 then out[i] = false "
+            "else out[i] = redis.call('HGET', key, id) end end "
+            "for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[1]) end return out"
+        )
+        # The records of ids (ARGV), each in its hash (KEYS, one per id): the lookup before deciding.
+        self._find = client.register_script(
+            "local out = {} for i, key in ipairs(KEYS) do out[i] = redis.call('HGET', key, ARGV[i]) end return out"
         )
         self._advance = client.register_script(
             "local cur = tonumber(redis.call('GET', KEYS[1]) or '-1') "
@@ -150,41 +172,74 @@ class OnlineFeatureStore:
     def key(self, entity: str, entity_id: str) -> str:
         return f"{self.prefix}:feat:{{{entity}:{entity_id}}}"
 
-    def decision_key(self, transaction_id: str) -> str:
-        """Where the decision for a transaction id is recorded (one hash tag per payment)."""
-        return f"{self.prefix}:dec:{{txn:{transaction_id}}}"
+    def decision_key(self, transaction_id: str, event_ts: float) -> str:
+        """The hash that holds the decision recorded for a payment (its field is the transaction
+        id): one of ``DECISION_BUCKETS`` by id, per ``DECISION_GENERATION_S`` of event time. The
+        bucket is the hash tag, so on a cluster a bucket's generations share a slot."""
+        bucket = zlib.crc32(transaction_id.encode()) % DECISION_BUCKETS
+        return f"{self.prefix}:dec:{{dec:{bucket}}}:{int(event_ts // DECISION_GENERATION_S)}"
 
-    def record_decisions(self, items: Sequence[tuple[str, bytes]], ttl_s: int) -> list[bytes | None]:
-        """Record (transaction id, encoded decision) pairs, first writer wins, for ``ttl_s``.
+    def record_decisions(self, items: Sequence[tuple[Transaction, bytes]], ttl_s: int) -> list[bytes | None]:
+        """Record (payment, encoded decision) pairs, first writer wins; each hash written lives
+        ``ttl_s`` after its latest write, so a record lives at least ``ttl_s``.
 
         Returns, per item, None where this call recorded it, or the value recorded earlier (by
         another attempt of the same payment, on this scorer or another) where it did not. One
         round trip (on a cluster, a second one for the ids already recorded, which are rare)."""
         if not items:
             return []
-        keys = [self.decision_key(txn_id) for txn_id, _ in items]
+        ids = [t.transaction_id for t, _ in items]
+        keys = [self.decision_key(i, t.event_ts) for i, (t, _) in zip(ids, items, strict=True)]
+        payloads = [payload for _, payload in items]
         if not self.cluster:
-            payloads = [payload for _, payload in items]
-            found = self._run_record(keys, [ttl_s, *payloads])
+            hashes = list(dict.fromkeys(keys))
+            index = {key: n for n, key in enumerate(hashes, start=1)}
+            args: list[Any] = [ttl_s]
+            for key, txn_id, payload in zip(keys, ids, payloads, strict=True):
+                args += (index[key], txn_id, payload)
+            found = self._run_record(hashes, args)
             # A value equal to ours is our own write (a command sent again after its connection
             # failed): the payload holds the decision time to the microsecond.
             return [None if raw == payload else raw for raw, payload in zip(found, payloads, strict=True)]
         pipe = self.client.pipeline()
-        for key, (_, payload) in zip(keys, items, strict=True):
-            pipe.set(key, payload, nx=True, ex=ttl_s)
-        recorded = pipe.execute()
+        for key, txn_id, payload in zip(keys, ids, payloads, strict=True):
+            pipe.hsetnx(key, txn_id, payload)
+        for key in dict.fromkeys(keys):
+            pipe.expire(key, ttl_s)
+        recorded = pipe.execute()[: len(keys)]
         lost = [i for i, ok in enumerate(recorded) if not ok]
-        earlier = dict(zip(lost, self.client.mget_nonatomic([keys[i] for i in lost]), strict=True)) if lost else {}
+        earlier = dict(zip(lost, self._find_cluster([keys[i] for i in lost], [ids[i] for i in lost]), strict=True))
         return [earlier.get(i) for i in range(len(keys))]
+
+    def find_decisions(self, transactions: Sequence[Transaction]) -> list[bytes | None]:
+        """The decisions recorded for these payments (None where there is none), in order."""
+        keys = [self.decision_key(t.transaction_id, t.event_ts) for t in transactions]
+        ids = [t.transaction_id for t in transactions]
+        if self.cluster:
+            return self._find_cluster(keys, ids)
+        if self._wire is not None:
+            return self._run_script(self._find, keys, ids) if keys else []
+        return list(self._find(keys=keys, args=ids)) if keys else []
+
+    def _find_cluster(self, keys: list[str], ids: list[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        pipe = self.client.pipeline()
+        for key, txn_id in zip(keys, ids, strict=True):
+            pipe.hget(key, txn_id)
+        return pipe.execute()
 
     def _run_record(self, keys: list[str], args: list[Any]) -> list[bytes | None]:
         if self._wire is None:
             return list(self._record(keys=keys, args=args))
-        command = ("EVALSHA", self._record.sha, len(keys), *keys, *args)
+        return self._run_script(self._record, keys, args)
+
+    def _run_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
             return self._wire.execute(*command)
         except redis.ResponseError as exc:
-            self._load_missing_scripts(exc, self._record)
+            self._load_missing_scripts(exc, script)
             return self._wire.execute(*command)
 
     def _load_missing_scripts(self, exc: redis.ResponseError, *scripts: Any) -> None:
@@ -366,16 +421,33 @@ class OnlineFeatureStore:
         infos = self.client.info("memory", target_nodes=RedisCluster.PRIMARIES)
         return sum(int(i["used_memory"]) for i in (infos.values() if "used_memory" not in infos else [infos]))
 
-    def read_batch(self, transactions: Sequence[Transaction], decision_ids: Sequence[str] = ()) -> BatchRead:
-        """The batch's entity states, the watermark and the decisions recorded for
-        ``decision_ids``, in one ``MGET`` (the idempotency lookup rides on the feature read)."""
+    def read_batch(self, transactions: Sequence[Transaction], look_up: Sequence[Transaction] = ()) -> BatchRead:
+        """The batch's entity states, the watermark and the decisions recorded for the payments
+        ``look_up``, in one round trip on one server (an ``MGET`` and the lookup script,
+        pipelined: the idempotency lookup rides on the feature read)."""
         keys = sorted(entity_keys(transactions))
-        *raws, watermark = self._mget(
-            [*(self.key(e, i) for e, i in keys), *(self.decision_key(t) for t in decision_ids), self._watermark_key]
-        )
-        states = {k: raw for k, raw in zip(keys, raws, strict=False) if raw is not None}
-        decided = raws[len(keys) :]
-        return BatchRead(states, float(watermark) if watermark is not None else None, decided)
+        mget = [*(self.key(e, i) for e, i in keys), self._watermark_key]
+        if self._wire is not None and look_up:
+            values, found = self._read_with_lookup(mget, look_up)
+        else:
+            values, found = self._mget(mget), self.find_decisions(look_up)
+        *raws, watermark = values
+        states = {k: raw for k, raw in zip(keys, raws, strict=True) if raw is not None}
+        return BatchRead(states, float(watermark) if watermark is not None else None, found)
+
+    def _read_with_lookup(
+        self, mget: list[str], look_up: Sequence[Transaction]
+    ) -> tuple[list[bytes | None], list[bytes | None]]:
+        """The ``MGET``'s values and the lookup's, sent in one write."""
+        ids = [t.transaction_id for t in look_up]
+        hashes = [self.decision_key(i, t.event_ts) for i, t in zip(ids, look_up, strict=True)]
+        commands = [("MGET", *mget), ("EVALSHA", self._find.sha, len(hashes), *hashes, *ids)]
+        try:
+            values, found = self._wire.pipeline(commands)
+        except redis.ResponseError as exc:
+            self._load_missing_scripts(exc, self._find)
+            values, found = self._wire.pipeline(commands)
+        return values, found
 
     def features_for_batch(self, transactions: Sequence[Transaction], read: BatchRead | None = None) -> BatchFeatures:
         """Point-in-time features for a batch, as the offline builder would compute them.

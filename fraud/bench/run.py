@@ -270,9 +270,12 @@ def key_counts(client) -> list[int]:
 
 def keyspace_growth(before: list[int], after: list[int]) -> dict:
     """Redis's keys over a step (summed over servers) and the powers of two any server's count
-    crossed. Each idempotency record is a key, and a server rehashes its tables as its count passes
-    a power of two: for ~80,000 inserts it spends 3-4x its usual CPU per record, and at 20,000/s
-    on 2 cores that is when the scorers shed (docs/performance.md, section 3, "Intel Xeon host")."""
+    crossed. A server rehashes its tables as its count passes a power of two: for ~80,000 inserts
+    it spent 3-4x its usual CPU per record when each idempotency record was a key, and at 20,000/s
+    on 2 cores that was when the scorers shed (docs/performance.md, section 3, "Intel Xeon host").
+    The records are now fields of a few hashes (``streaming.online.DECISION_BUCKETS``): a step
+    should add few keys, and a count that grows with the load says something else is keyed per
+    payment."""
     # b < 2**k <= a exactly for k from b's bit length up to a's, less one
     crossed = {k for b, a in zip(before, after, strict=True) for k in range(max(1, b.bit_length()), a.bit_length())}
     return {"before": sum(before), "after": sum(after), "crossed_powers_of_two": sorted(crossed)}

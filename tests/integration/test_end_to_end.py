@@ -144,7 +144,7 @@ def test_every_live_transaction_is_decided_and_published(run):
 
 def test_each_decision_is_kept_for_retries_as_long_as_configured(run):
     store = run["store"]
-    ttls = [store.client.ttl(store.decision_key(t)) for t in run["decided"][-50:]]
+    ttls = [store.client.ttl(store.decision_key(t.transaction_id, t.event_ts)) for t in run["live"][-50:]]
     assert all(3600 < ttl <= 7200 for ttl in ttls), ttls  # FRAUD_DECISION_TTL_S, not DECISION_TTL_S
 
 

@@ -62,7 +62,10 @@ def test_a_retry_gets_the_recorded_decision_from_any_engine_and_is_not_new(redis
         )
         == 1
     )  # replays are not counted as decisions made
-    ttl = redis_client.ttl(OnlineFeatureStore(redis_client, "idem").decision_key(payments[0].transaction_id))
+    hash_of_first = OnlineFeatureStore(redis_client, "idem").decision_key(
+        payments[0].transaction_id, payments[0].event_ts
+    )
+    ttl = redis_client.ttl(hash_of_first)
     assert DECISION_TTL_S - 100 < ttl <= DECISION_TTL_S
 
 
@@ -70,8 +73,8 @@ class RacingStore(OnlineFeatureStore):
     """A store whose idempotency lookup always misses: as if this attempt read before the other
     attempt recorded its decision (the race). Features and the record are the real ones."""
 
-    def read_batch(self, transactions, decision_ids=()):
-        read = super().read_batch(transactions, decision_ids)
+    def read_batch(self, transactions, look_up=()):
+        read = super().read_batch(transactions, look_up)
         return BatchRead(read.states, read.watermark, [None] * len(read.decided))
 
 

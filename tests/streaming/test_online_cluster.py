@@ -62,13 +62,15 @@ def test_cluster_watermark_only_advances(cluster):
 
 def test_cluster_decision_record_is_first_writer_wins(cluster):
     store = OnlineFeatureStore(cluster, "t")
-    ids = [f"p-{n}" for n in range(50)]  # spread over many slots
-    assert store.record_decisions([(i, b"first-" + i.encode()) for i in ids], ttl_s=60) == [None] * 50
-    again = store.record_decisions([(ids[3], b"second"), ("p-new", b"new"), (ids[40], b"second")], ttl_s=60)
-    assert again == [b"first-p-3", None, b"first-p-40"]
-    read = store.read_batch([txn(1, card="c1")], decision_ids=[ids[3], "p-unknown", "p-new"])
-    assert read.decided == [b"first-p-3", None, b"new"]
-    assert 0 < cluster.ttl(store.decision_key(ids[0])) <= 60
+    payments = [txn(n) for n in range(50)]  # their hashes spread over many slots
+    assert len({key_slot(store.decision_key(t.transaction_id, t.event_ts).encode()) for t in payments}) > 10
+    assert store.record_decisions([(t, t.transaction_id.encode()) for t in payments], ttl_s=60) == [None] * 50
+    unknown, new = txn(1000), txn(1001)
+    again = store.record_decisions([(payments[3], b"second"), (new, b"new"), (payments[40], b"second")], ttl_s=60)
+    assert again == [b"tx-test-000003", None, b"tx-test-000040"]
+    read = store.read_batch([txn(1, card="c1")], look_up=[payments[3], unknown, new])
+    assert read.decided == [b"tx-test-000003", None, b"new"]
+    assert 0 < cluster.ttl(store.decision_key(payments[0].transaction_id, payments[0].event_ts)) <= 60
 
 
 def test_run_ids_name_every_master(cluster, redis_client):

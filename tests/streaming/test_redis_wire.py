@@ -10,6 +10,7 @@ import redis
 from deploy import EmbeddedRedis
 from streaming import OnlineFeatureStore
 from streaming.redis_wire import RedisWire
+from tests.factories import txn
 
 pytestmark = pytest.mark.integration
 
@@ -78,10 +79,11 @@ def test_only_a_plain_tcp_client_is_framed_by_hand(redis_url):
 
 def test_a_record_sent_again_recognises_its_own_write(redis_client):
     store = OnlineFeatureStore(redis_client, prefix="wire-test")
-    assert store.record_decisions([("t1", b"ours")], 60) == [None]
+    t1, t2 = txn(1), txn(2)
+    assert store.record_decisions([(t1, b"ours")], 60) == [None]
     # the same command again, as after a connection that failed once the server had run it
-    assert store.record_decisions([("t1", b"ours"), ("t2", b"new")], 60) == [None, None]
-    assert store.record_decisions([("t1", b"theirs")], 60) == [b"ours"]
+    assert store.record_decisions([(t1, b"ours"), (t2, b"new")], 60) == [None, None]
+    assert store.record_decisions([(t1, b"theirs")], 60) == [b"ours"]
 
 
 def test_a_pipeline_answers_in_order_and_raises_the_first_error_after_reading_every_reply(redis_client):

@@ -12,6 +12,7 @@ multi-key command must stay within one slot, so reads and writes go as one pipel
 
 from __future__ import annotations
 
+import bisect
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,14 +42,25 @@ STATE_TTL_S: dict[str, int] = {
 # Redis's keys (rate x TTL), and a keyspace growing by one key per payment rehashes its whole main
 # and expires tables at each power of two (2^19 keys and up: 3-4x Redis's CPU per record for ~80,000
 # records, the 20,000/s shedding in docs/performance.md). Split over 64 hashes per generation, each
-# table grows in small steps that stay in cache (1.5x at the crossings, measured). A payment's
-# hash is fixed by its id (the bucket) and its own event time (the generation), so every attempt of
-# it, on any scorer whatever its clock, finds the same hash. 64 hashes leave Redis's compact
-# small-hash encoding (a linear scan) after ~32,000 payments per generation; more would stay in
-# it longer. A generation is 10 minutes of event time; its hash expires once no record has been
-# written to it for the decision TTL.
+# table grows in small steps that stay in cache. Equal buckets would still cross each power of two
+# together (64 x 2^15 fields shed at 20,000/s in a bench run), so bucket b takes a share growing as
+# 2^(b/64): the sizes spread evenly over one doubling and the hashes rehash one after another. A
+# payment's hash is fixed by its id (the bucket) and its own event time (the generation), so every
+# attempt of it, on any scorer whatever its clock, finds the same hash. 64 hashes leave Redis's
+# compact small-hash encoding (a linear scan) after ~32,000 payments per generation; more would
+# stay in it longer. A generation is 10 minutes of event time; its hash expires once no record has
+# been written to it for the decision TTL.
 DECISION_BUCKETS = 64
 DECISION_GENERATION_S = 600
+_BUCKET_WEIGHTS = [2 ** (b / DECISION_BUCKETS) for b in range(DECISION_BUCKETS)]
+# the upper ends of the buckets' shares of the 32-bit hash range (the last one is open)
+_BUCKET_ENDS = [int(sum(_BUCKET_WEIGHTS[: b + 1]) / sum(_BUCKET_WEIGHTS) * 2**32) for b in range(DECISION_BUCKETS - 1)]
+
+
+def decision_bucket(transaction_id: str) -> int:
+    """Which of the ``DECISION_BUCKETS`` hashes holds this payment's record (bucket b takes a share
+    of ids proportional to 2^(b/64))."""
+    return bisect.bisect_right(_BUCKET_ENDS, zlib.crc32(transaction_id.encode()))
 
 
 # What a store call raises when Redis is away, hung or re-sharding: a cluster client that cannot
@@ -176,8 +188,7 @@ class OnlineFeatureStore:
         """The hash that holds the decision recorded for a payment (its field is the transaction
         id): one of ``DECISION_BUCKETS`` by id, per ``DECISION_GENERATION_S`` of event time. The
         bucket is the hash tag, so on a cluster a bucket's generations share a slot."""
-        bucket = zlib.crc32(transaction_id.encode()) % DECISION_BUCKETS
-        return f"{self.prefix}:dec:{{dec:{bucket}}}:{int(event_ts // DECISION_GENERATION_S)}"
+        return f"{self.prefix}:dec:{{dec:{decision_bucket(transaction_id)}}}:{int(event_ts // DECISION_GENERATION_S)}"
 
     def record_decisions(self, items: Sequence[tuple[Transaction, bytes]], ttl_s: int) -> list[bytes | None]:
         """Record (payment, encoded decision) pairs, first writer wins; each hash written lives

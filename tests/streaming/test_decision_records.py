@@ -2,10 +2,13 @@
 bucket of ids per generation of event time, not a key per payment (a keyspace growing by a key per
 payment rehashes at each power of two: docs/performance.md, section 3)."""
 
+from collections import Counter
 from datetime import timedelta
 
+import pytest
+
 from streaming import OnlineFeatureStore
-from streaming.online import DECISION_BUCKETS, DECISION_GENERATION_S
+from streaming.online import DECISION_BUCKETS, DECISION_GENERATION_S, decision_bucket
 from tests.factories import T0, txn
 
 
@@ -53,3 +56,12 @@ def test_each_write_restarts_its_hash_s_ttl_so_a_record_lives_at_least_the_ttl(r
     redis_client.expire(key, 5)  # as if 595 s had passed since the first record
     _record(store, [same_hash], ttl_s=600)
     assert 590 < redis_client.ttl(key) <= 600
+
+
+def test_bucket_sizes_spread_over_one_doubling_so_the_hashes_rehash_one_after_another():
+    # Equal buckets would all cross each power of two at once (Redis rehashes them together).
+    counts = Counter(decision_bucket(f"tx-{n:08d}") for n in range(200_000))
+    assert set(counts) == set(range(DECISION_BUCKETS))
+    shares = [counts[b] / counts[0] for b in range(DECISION_BUCKETS)]
+    expected = [2 ** (b / DECISION_BUCKETS) for b in range(DECISION_BUCKETS)]
+    assert shares == pytest.approx(expected, rel=0.1)

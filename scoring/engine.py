@@ -194,7 +194,10 @@ class DecisionEngine:
         if not todo:
             return [d for d in out if d is not None], new
         fresh = self._decide(release, todo, self.store.features_for_batch(todo, read), started, count=False)
-        kept, kept_new = self._record(fresh)
+        keys = read.decision_keys  # the new decisions' hashes, as looked up
+        kept, kept_new = self._record(
+            fresh, None if keys is None else [k for k, d in zip(keys, out, strict=True) if d is None]
+        )
         self.metrics.count_decisions(d for d, n in zip(kept, kept_new, strict=True) if n)
         slots = iter(i for i, d in enumerate(out) if d is None)
         for d, n in zip(kept, kept_new, strict=True):
@@ -213,14 +216,14 @@ class DecisionEngine:
         kept, new = self._record(decisions)
         return OnceDecided(kept, new)
 
-    def _record(self, decisions: list[Decision]) -> tuple[list[Decision], list[bool]]:
+    def _record(self, decisions: list[Decision], keys: list[str] | None = None) -> tuple[list[Decision], list[bool]]:
         """Record ``decisions`` first writer wins, in one round trip; where another attempt of a
         payment (or an earlier copy in this batch) recorded first, its decision replaces ours.
         Returns the decisions to answer with and which of them are new (to publish)."""
         started = time.perf_counter()
         try:
             earlier = self.store.record_decisions(
-                [(d.transaction, encode_record(d)) for d in decisions], self.decision_ttl_s
+                [(d.transaction, encode_record(d)) for d in decisions], self.decision_ttl_s, keys
             )
         except STORE_ERRORS as exc:  # decided but not recorded: a retry decides again
             log.warning("could not record %d decisions for idempotency: %s", len(decisions), exc)

@@ -120,6 +120,7 @@ class BatchRead:
     states: dict[tuple[str, str], bytes]
     watermark: float | None
     decided: list[bytes | None]
+    decision_keys: list[str] | None = None  # the hashes looked in, to record the new decisions into
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ class OnlineFeatureStore:
         # (``streaming.redis_wire``); everything else goes through redis-py.
         self._wire = RedisWire.for_client(client)
         self._watermark_key = f"{prefix}:stream:watermark"
+        self._bucket_keys = [f"{prefix}:dec:{{dec:{b}}}:" for b in range(DECISION_BUCKETS)]
         self._counter_key = f"{prefix}:stream:counts"
         # One script call writes many whole states with their TTLs: per-command overhead in the
         # Python client, not Redis, was the stream's largest cost (one SET per entity per batch).
@@ -163,14 +165,13 @@ class OnlineFeatureStore:
         # Keep the greatest watermark ever written: workers and replays may report older times.
         # Record decisions first-writer-wins: HSETNX per payment in its hash (``decision_key``);
         # where the field is already set (another attempt of the same payment decided first),
-        # return the recorded value instead; then restart each written hash's TTL. KEYS: the
-        # batch's distinct hashes; ARGV: the TTL, then (hash index, id, record) per payment.
+        # return the recorded value instead; then restart each written hash's TTL, once per hash.
+        # KEYS: each payment's hash; ARGV: the TTL, then (id, record) per payment.
         self._record = client.register_script(
-            "local out = {} for i = 1, (#ARGV - 1) / 3 do "
-            "local key, id = KEYS[tonumber(ARGV[3*i-1])], ARGV[3*i] "
-            "if redis.call('HSETNX', key, id, ARGV[3*i+1]) == 1 then out[i] = false "
-            "else out[i] = redis.call('HGET', key, id) end end "
-            "for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[1]) end return out"
+            "local out, seen = {}, {} for i, key in ipairs(KEYS) do local id = ARGV[2*i] "
+            "if redis.call('HSETNX', key, id, ARGV[2*i+1]) == 1 then out[i] = false "
+            "else out[i] = redis.call('HGET', key, id) end "
+            "if not seen[key] then seen[key] = true redis.call('EXPIRE', key, ARGV[1]) end end return out"
         )
         # The records of ids (ARGV), each in its hash (KEYS, one per id): the lookup before deciding.
         self._find = client.register_script(
@@ -188,11 +189,18 @@ class OnlineFeatureStore:
         """The hash that holds the decision recorded for a payment (its field is the transaction
         id): one of ``DECISION_BUCKETS`` by id, per ``DECISION_GENERATION_S`` of event time. The
         bucket is the hash tag, so on a cluster a bucket's generations share a slot."""
-        return f"{self.prefix}:dec:{{dec:{decision_bucket(transaction_id)}}}:{int(event_ts // DECISION_GENERATION_S)}"
+        return self._bucket_keys[decision_bucket(transaction_id)] + str(int(event_ts // DECISION_GENERATION_S))
 
-    def record_decisions(self, items: Sequence[tuple[Transaction, bytes]], ttl_s: int) -> list[bytes | None]:
+    def decision_keys(self, transactions: Sequence[Transaction]) -> list[str]:
+        """``decision_key`` of each payment (a batch's are computed once: read, then recorded)."""
+        return [self.decision_key(t.transaction_id, t.event_ts) for t in transactions]
+
+    def record_decisions(
+        self, items: Sequence[tuple[Transaction, bytes]], ttl_s: int, keys: Sequence[str] | None = None
+    ) -> list[bytes | None]:
         """Record (payment, encoded decision) pairs, first writer wins; each hash written lives
-        ``ttl_s`` after its latest write, so a record lives at least ``ttl_s``.
+        ``ttl_s`` after its latest write, so a record lives at least ``ttl_s``. ``keys``: the
+        payments' ``decision_keys`` where the caller has them (``BatchRead.decision_keys``).
 
         Returns, per item, None where this call recorded it, or the value recorded earlier (by
         another attempt of the same payment, on this scorer or another) where it did not. One
@@ -200,15 +208,13 @@ class OnlineFeatureStore:
         if not items:
             return []
         ids = [t.transaction_id for t, _ in items]
-        keys = [self.decision_key(i, t.event_ts) for i, (t, _) in zip(ids, items, strict=True)]
+        keys = list(keys) if keys is not None else self.decision_keys([t for t, _ in items])
         payloads = [payload for _, payload in items]
         if not self.cluster:
-            hashes = list(dict.fromkeys(keys))
-            index = {key: n for n, key in enumerate(hashes, start=1)}
             args: list[Any] = [ttl_s]
-            for key, txn_id, payload in zip(keys, ids, payloads, strict=True):
-                args += (index[key], txn_id, payload)
-            found = self._run_record(hashes, args)
+            for txn_id, payload in zip(ids, payloads, strict=True):
+                args += (txn_id, payload)
+            found = self._run_record(keys, args)
             # A value equal to ours is our own write (a command sent again after its connection
             # failed): the payload holds the decision time to the microsecond.
             return [None if raw == payload else raw for raw, payload in zip(found, payloads, strict=True)]
@@ -222,9 +228,12 @@ class OnlineFeatureStore:
         earlier = dict(zip(lost, self._find_cluster([keys[i] for i in lost], [ids[i] for i in lost]), strict=True))
         return [earlier.get(i) for i in range(len(keys))]
 
-    def find_decisions(self, transactions: Sequence[Transaction]) -> list[bytes | None]:
-        """The decisions recorded for these payments (None where there is none), in order."""
-        keys = [self.decision_key(t.transaction_id, t.event_ts) for t in transactions]
+    def find_decisions(
+        self, transactions: Sequence[Transaction], keys: Sequence[str] | None = None
+    ) -> list[bytes | None]:
+        """The decisions recorded for these payments (None where there is none), in order;
+        ``keys``: their ``decision_keys``, where the caller has them."""
+        keys = list(keys) if keys is not None else self.decision_keys(transactions)
         ids = [t.transaction_id for t in transactions]
         if self.cluster:
             return self._find_cluster(keys, ids)
@@ -438,20 +447,20 @@ class OnlineFeatureStore:
         pipelined: the idempotency lookup rides on the feature read)."""
         keys = sorted(entity_keys(transactions))
         mget = [*(self.key(e, i) for e, i in keys), self._watermark_key]
+        hashes = self.decision_keys(look_up)
         if self._wire is not None and look_up:
-            values, found = self._read_with_lookup(mget, look_up)
+            values, found = self._read_with_lookup(mget, look_up, hashes)
         else:
-            values, found = self._mget(mget), self.find_decisions(look_up)
+            values, found = self._mget(mget), self.find_decisions(look_up, hashes)
         *raws, watermark = values
         states = {k: raw for k, raw in zip(keys, raws, strict=True) if raw is not None}
-        return BatchRead(states, float(watermark) if watermark is not None else None, found)
+        return BatchRead(states, float(watermark) if watermark is not None else None, found, hashes)
 
     def _read_with_lookup(
-        self, mget: list[str], look_up: Sequence[Transaction]
+        self, mget: list[str], look_up: Sequence[Transaction], hashes: list[str]
     ) -> tuple[list[bytes | None], list[bytes | None]]:
         """The ``MGET``'s values and the lookup's, sent in one write."""
         ids = [t.transaction_id for t in look_up]
-        hashes = [self.decision_key(i, t.event_ts) for i, t in zip(ids, look_up, strict=True)]
         commands = [("MGET", *mget), ("EVALSHA", self._find.sha, len(hashes), *hashes, *ids)]
         try:
             values, found = self._wire.pipeline(commands)

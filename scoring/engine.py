@@ -194,10 +194,8 @@ class DecisionEngine:
         if not todo:
             return [d for d in out if d is not None], new
         fresh = self._decide(release, todo, self.store.features_for_batch(todo, read), started, count=False)
-        keys = read.decision_keys  # the new decisions' hashes, as looked up
-        kept, kept_new = self._record(
-            fresh, None if keys is None else [k for k, d in zip(keys, out, strict=True) if d is None]
-        )
+        # the new decisions' hashes, as looked up
+        kept, kept_new = self._record(fresh, [k for k, d in zip(read.decision_keys, out, strict=True) if d is None])
         self.metrics.count_decisions(d for d, n in zip(kept, kept_new, strict=True) if n)
         slots = iter(i for i, d in enumerate(out) if d is None)
         for d, n in zip(kept, kept_new, strict=True):

@@ -120,7 +120,7 @@ class BatchRead:
     states: dict[tuple[str, str], bytes]
     watermark: float | None
     decided: list[bytes | None]
-    decision_keys: list[str] | None = None  # the hashes looked in, to record the new decisions into
+    decision_keys: list[str]  # the hashes looked in, per payment looked up: where to record them
 
 
 @dataclass(frozen=True)
@@ -233,13 +233,15 @@ class OnlineFeatureStore:
     ) -> list[bytes | None]:
         """The decisions recorded for these payments (None where there is none), in order;
         ``keys``: their ``decision_keys``, where the caller has them."""
+        if not transactions:
+            return []
         keys = list(keys) if keys is not None else self.decision_keys(transactions)
         ids = [t.transaction_id for t in transactions]
         if self.cluster:
             return self._find_cluster(keys, ids)
         if self._wire is not None:
-            return self._run_script(self._find, keys, ids) if keys else []
-        return list(self._find(keys=keys, args=ids)) if keys else []
+            return self._run_script(self._find, keys, ids)
+        return list(self._find(keys=keys, args=ids))
 
     def _find_cluster(self, keys: list[str], ids: list[str]) -> list[bytes | None]:
         if not keys:

@@ -75,7 +75,7 @@ class RacingStore(OnlineFeatureStore):
 
     def read_batch(self, transactions, look_up=()):
         read = super().read_batch(transactions, look_up)
-        return BatchRead(read.states, read.watermark, [None] * len(read.decided))
+        return BatchRead(read.states, read.watermark, [None] * len(read.decided), read.decision_keys)
 
 
 def test_when_two_attempts_race_the_first_recorded_wins_and_the_loser_replies_with_it(redis_client, model):

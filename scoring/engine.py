@@ -188,14 +188,17 @@ class DecisionEngine:
             None if raw is None else replayed(t, raw) for t, raw in zip(transactions, read.decided, strict=True)
         ]
         new = [d is None for d in out]
-        if not all(new):
+        if all(new):
+            todo, todo_read, keys = transactions, read, read.decision_keys
+        else:
             self.metrics.count_replays("stored", len(new) - sum(new))
-        todo = [t for t, d in zip(transactions, out, strict=True) if d is None]
-        if not todo:
-            return [d for d in out if d is not None], new
-        fresh = self._decide(release, todo, self.store.features_for_batch(todo, read), started, count=False)
-        # the new decisions' hashes, as looked up
-        kept, kept_new = self._record(fresh, [k for k, d in zip(read.decision_keys, out, strict=True) if d is None])
+            left = [i for i, n in enumerate(new) if n]
+            if not left:
+                return [d for d in out if d is not None], new
+            todo, todo_read = [transactions[i] for i in left], read.of_payments(left)
+            keys = [read.decision_keys[i] for i in left]  # the new decisions' hashes, as looked up
+        fresh = self._decide(release, todo, self.store.features_for_batch(todo, todo_read), started, count=False)
+        kept, kept_new = self._record(fresh, keys)
         self.metrics.count_decisions(d for d, n in zip(kept, kept_new, strict=True) if n)
         slots = iter(i for i, d in enumerate(out) if d is None)
         for d, n in zip(kept, kept_new, strict=True):

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import repeat
 from operator import attrgetter
 
@@ -113,6 +114,33 @@ def _table(rows: Sequence[tuple[int, ...]], width: int) -> np.ndarray:
 TABLES = _Tables()
 
 
+@dataclass(frozen=True)
+class BatchEntities:
+    """The entities a batch of payments touches, each once, and which of them each payment touches.
+
+    A batch's payments share merchants (and cards, on bursts), so a read fetches each entity once
+    and the kernel finds it by position."""
+
+    keys: list[tuple[str, str]]  # (kind, id) of each entity, once, kind by kind: what a read fetches
+    index: np.ndarray  # (kinds, payments) int64: each payment's entity of each kind, as a position in keys
+
+    def of_payments(self, positions: Sequence[int]) -> BatchEntities:
+        """The same entities, indexed for the payments at ``positions`` only, in that order."""
+        return BatchEntities(self.keys, self.index[:, positions])
+
+
+def batch_entities(transactions: Sequence[Transaction]) -> BatchEntities:
+    """Number the entities ``transactions`` touch: one pass per kind, each entity once."""
+    keys: list[tuple[str, str]] = []
+    index: list[int] = []
+    for kind, key_of in ENTITY_KEY_GETTERS:
+        number: dict[str, int] = {}
+        first = len(keys)
+        index += [first + number.setdefault(key, len(number)) for key in map(key_of, transactions)]
+        keys += zip(repeat(kind), number)
+    return BatchEntities(keys, np.array(index, dtype=np.int64).reshape(K, len(transactions)))
+
+
 def batch_feature_matrix(
     transactions: Sequence[Transaction],
     states: Mapping[tuple[str, str], bytes],
@@ -130,11 +158,28 @@ def batch_feature_matrix(
             never applied); the decision path folds every payment.
         event_ts: the payments' ``event_ts`` (float64), when the caller has them already.
     """
+    entities = batch_entities(transactions)
+    packed = [states.get(key, b"") for key in entities.keys]
+    return entity_feature_matrix(transactions, entities.index, packed, fold, event_ts)
+
+
+def entity_feature_matrix(
+    transactions: Sequence[Transaction],
+    entity: np.ndarray,
+    packed: Sequence[bytes],
+    fold: Sequence[bool] | np.ndarray | None = None,
+    event_ts: np.ndarray | None = None,
+) -> np.ndarray:
+    """``batch_feature_matrix`` for entities already numbered and read (the decision path's read,
+    ``OnlineFeatureStore.read_batch``): ``entity`` is ``BatchEntities.index`` for these payments in
+    this order, ``packed`` the state of each of ``BatchEntities.keys`` (b"": no history)."""
     n = len(transactions)
     out = np.empty((n, len(MODEL_FEATURES)), dtype=np.float64)
     if n == 0:
         return out
-    entity, words, state_bytes = _entities(transactions, states)
+    words = np.frombuffer(b"".join(packed), dtype=np.int64)
+    if _BIG_ENDIAN:  # the layout is little-endian; numba reads native words only
+        words = words.byteswap()
     # A fresh writable array whatever was passed: numba compiles once per argument type.
     folds = np.array([True] * n if fold is None else fold, dtype=np.bool_)  # np.ones costs 4x more
     from streaming.feature_kernel import window_features  # numba loads on the first batch, not at import
@@ -143,7 +188,7 @@ def batch_feature_matrix(
     window_features(
         words,
         words.view(np.float64),
-        state_bytes,
+        np.array(list(map(len, packed)), dtype=np.int64),
         entity,
         np.array(list(map(_EVENT_TS, transactions)), dtype=np.float64) if event_ts is None else event_ts,
         np.array(list(map(_AMOUNT, transactions)), dtype=np.int64),
@@ -164,25 +209,6 @@ def batch_feature_matrix(
         out,
     )
     return out
-
-
-def _entities(
-    transactions: Sequence[Transaction], states: Mapping[tuple[str, str], bytes]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(kinds, payments) entity numbers; the entities' packed states joined, as int64 words; and
-    each state's length in bytes (0: no history). Each entity's state is joined once."""
-    numbers: list[int] = []
-    raws: list[bytes] = []
-    for kind, key_of in ENTITY_KEY_GETTERS:
-        number: dict[str, int] = {}
-        first = len(raws)
-        numbers += [first + number.setdefault(key, len(number)) for key in map(key_of, transactions)]
-        raws += map(states.get, zip(repeat(kind), number), repeat(b""))
-    words = np.frombuffer(b"".join(raws), dtype=np.int64)
-    if _BIG_ENDIAN:  # the layout is little-endian; numba reads native words only
-        words = words.byteswap()
-    entity = np.array(numbers, dtype=np.int64).reshape(K, len(transactions))
-    return entity, words, np.array(list(map(len, raws)), dtype=np.int64)
 
 
 def _value_hashes(transactions: Sequence[Transaction]) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -24,12 +24,12 @@ from redis.cluster import ClusterNode, RedisCluster, key_slot
 from redis.exceptions import RedisClusterException
 
 from schema import PackedFeatures, Transaction
-from streaming.batch_features import COLUMN, batch_feature_matrix
+from streaming.batch_features import COLUMN, BatchEntities, batch_entities, entity_feature_matrix
 from streaming.features import MODEL_FEATURE_SET, MODEL_FEATURES
 from streaming.offline import in_event_order
 from streaming.packed import pack_state
 from streaming.redis_wire import RedisWire
-from streaming.windows import LAYOUTS, EntityState, entity_keys
+from streaming.windows import LAYOUTS, EntityState
 
 # An entity idle this long (wall clock) after its last update is evicted: its windows are all
 # empty by then. One day beyond the entity's longest window.
@@ -117,10 +117,15 @@ class BatchRead:
     """What one round trip brought back for a batch: entity states, the stream watermark and, per
     transaction id asked for, the decision recorded for it (None: not decided yet)."""
 
-    states: dict[tuple[str, str], bytes]
+    entities: BatchEntities  # the entities read, and which of them each payment of the batch touches
+    states: list[bytes]  # the packed state of each of ``entities.keys`` (b"": no history)
     watermark: float | None
     decided: list[bytes | None]
     decision_keys: list[str]  # the hashes looked in, per payment looked up: where to record them
+
+    def of_payments(self, positions: Sequence[int]) -> BatchRead:
+        """This read, for the batch's payments at ``positions`` only (those left to decide)."""
+        return replace(self, entities=self.entities.of_payments(positions))
 
 
 @dataclass(frozen=True)
@@ -447,16 +452,16 @@ class OnlineFeatureStore:
         """The batch's entity states, the watermark and the decisions recorded for the payments
         ``look_up``, in one round trip on one server (an ``MGET`` and the lookup script,
         pipelined: the idempotency lookup rides on the feature read)."""
-        keys = sorted(entity_keys(transactions))
-        mget = [*(self.key(e, i) for e, i in keys), self._watermark_key]
+        entities = batch_entities(transactions)
+        mget = [*(self.key(e, i) for e, i in entities.keys), self._watermark_key]
         hashes = self.decision_keys(look_up)
         if self._wire is not None and look_up:
             values, found = self._read_with_lookup(mget, look_up, hashes)
         else:
             values, found = self._mget(mget), self.find_decisions(look_up, hashes)
-        *raws, watermark = values
-        states = {k: raw for k, raw in zip(keys, raws, strict=True) if raw is not None}
-        return BatchRead(states, float(watermark) if watermark is not None else None, found, hashes)
+        watermark = values.pop()
+        states = [b"" if raw is None else raw for raw in values]
+        return BatchRead(entities, states, float(watermark) if watermark is not None else None, found, hashes)
 
     def _read_with_lookup(
         self, mget: list[str], look_up: Sequence[Transaction], hashes: list[str]
@@ -477,16 +482,17 @@ class OnlineFeatureStore:
         The payments are read in event order and each counts in the windows of the later ones on
         the same card, merchant or device (``streaming.batch_features``), so two payments on one
         card in one batch see each other exactly as they would in a replay of the log. ``read``:
-        states already read (``read_batch``, for these transactions or more); None reads them.
+        the batch already read (``read_batch``; for a part of it, ``BatchRead.of_payments``);
+        None reads it.
         """
         if read is None:
-            keys = sorted(entity_keys(transactions))
-            states, watermark = self.read_states(keys)
-        else:
-            states, watermark = read.states, read.watermark
+            read = self.read_batch(transactions)
         ts = [t.event_ts for t in transactions]  # once: each is a datetime conversion
         order = in_event_order(transactions, ts)
         event_ts = np.array(ts, dtype=np.float64)
         matrix = np.empty((len(transactions), len(MODEL_FEATURES)), dtype=np.float64)
-        matrix[order] = batch_feature_matrix([transactions[i] for i in order], states, event_ts=event_ts[order])
+        matrix[order] = entity_feature_matrix(
+            [transactions[i] for i in order], read.entities.index[:, order], read.states, event_ts=event_ts[order]
+        )
+        watermark = read.watermark
         return BatchFeatures(matrix, watermark, event_ts)

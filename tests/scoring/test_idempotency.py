@@ -2,6 +2,8 @@
 the decision already made, on this engine or another; when two attempts race, the first recorded
 wins; a repeat within one batch is answered once; without Redis a retry is decided again."""
 
+import dataclasses
+
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -12,7 +14,6 @@ from schema import DecisionThresholds, Outcome
 from scoring import DecisionEngine, ScorerMetrics
 from scoring.idempotency import DECISION_TTL_S
 from streaming import OnlineFeatureStore
-from streaming.online import BatchRead
 from tests.factories import txn
 
 pytestmark = pytest.mark.integration
@@ -75,7 +76,7 @@ class RacingStore(OnlineFeatureStore):
 
     def read_batch(self, transactions, look_up=()):
         read = super().read_batch(transactions, look_up)
-        return BatchRead(read.states, read.watermark, [None] * len(read.decided), read.decision_keys)
+        return dataclasses.replace(read, decided=[None] * len(read.decided))
 
 
 def test_when_two_attempts_race_the_first_recorded_wins_and_the_loser_replies_with_it(redis_client, model):

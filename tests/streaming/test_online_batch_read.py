@@ -57,3 +57,24 @@ def test_batch_features_equal_the_offline_replay_for_every_payment(redis_client,
     assert len({t.card_id for t in batch}) < len(batch)  # cards repeat within the batch
     for t, vector in zip(batch, got.vectors, strict=True):
         assert vector == pytest.approx(expected[t.transaction_id], rel=1e-9, abs=1e-9), t.transaction_id
+
+
+def test_the_part_of_a_read_left_to_decide_gets_the_features_of_reading_that_part_alone(redis_client):
+    """After the idempotency lookup, only the payments not decided before are decided, from the
+    read already made (``BatchRead.of_payments``): each must get exactly the features a read of
+    those payments alone would give (its own entities, the others' payments not folded in)."""
+    history, batch = _history_and_batch(4)
+    offline = OfflineFeatureBuilder()
+    for t in history:
+        offline.apply(t)
+    store = OnlineFeatureStore(redis_client, "t")
+    store.write_states(((e, i, s) for (e, i), s in offline.states.items()), history[-1].event_ts)
+
+    read = store.read_batch(batch, look_up=batch)
+    left = [i for i in range(len(batch)) if i % 3 != 1]  # as if every third had been decided before
+    part = [batch[i] for i in left]
+    from_read = store.features_for_batch(part, read.of_payments(left)).matrix
+    alone = store.features_for_batch(part).matrix
+    assert from_read.tolist() == alone.tolist()
+    whole = store.features_for_batch(batch, read).matrix
+    assert whole[left].tolist() != from_read.tolist()  # the decided payments do change the others' windows

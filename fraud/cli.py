@@ -11,6 +11,7 @@ Or by hand:  fraud up              (broker + Redis; leave it running)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -523,7 +524,7 @@ def serve(
     decision. Run several on one port to use more cores (SO_REUSEPORT), each with its own
     --metrics-port."""
     from fraud.lifecycle import build_service
-    from scoring.server import run_event_loop, serve_until_signalled
+    from scoring.server import serve_until_signalled
 
     settings = _settings(
         home, grpc_port=port, metrics_port=metrics_port, flag_threshold=flag, block_threshold=block, rules_file=rules
@@ -546,12 +547,9 @@ def serve(
     if kafka:
         _serve_kafka(settings, service)
         return
-    console.print(
-        f"model {service.engine.model.version} on {settings.grpc_host}:{settings.grpc_port} "
-        f"({settings.event_loop} event loop)"
-    )
+    console.print(f"model {service.engine.model.version} on {settings.grpc_host}:{settings.grpc_port}")
     # SIGTERM or Ctrl-C: stop accepting calls, finish those in flight, flush decisions to Kafka.
-    run_event_loop(serve_until_signalled(service), settings.event_loop)
+    asyncio.run(serve_until_signalled(service))
 
 
 def _quiet_gc() -> None:
@@ -1104,18 +1102,12 @@ def _bench_path(home, services, config, sizes: list[int], path: Path, run_id: st
     payments = restamp(load_payments(world.payments))
     console.print(
         f"setup: one process, model {world.model_version}, batch sizes {sizes}, {config.case_seconds:.1f} s each, "
-        f"{len(payments):,} payments, {settings.event_loop} event loop"
+        f"{len(payments):,} payments"
     )
-    result = measure_decision_path(
-        service, payments, sizes, seconds_per_case=config.case_seconds, event_loop=settings.event_loop
-    )
+    result = measure_decision_path(service, payments, sizes, seconds_per_case=config.case_seconds)
     console.print(format_path_speed(result), soft_wrap=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    decided = {
-        "model_version": world.model_version,
-        "decisions_topic": settings.topics.decisions,
-        "event_loop": settings.event_loop,
-    }
+    decided = {"model_version": world.model_version, "decisions_topic": settings.topics.decisions}
     path.write_text(json.dumps({"machine": machine, **decided, **asdict(result)}, indent=1))
     console.print(f"result: {path}")
 

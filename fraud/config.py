@@ -64,11 +64,6 @@ class Settings(BaseSettings):
         5.0, gt=0.0, description="How long a label waits for the broker before it stays in the outbox."
     )
     grpc_host: str = "127.0.0.1"
-    event_loop: Literal["uvloop", "asyncio"] = Field(
-        "uvloop",
-        description="The scorer's event loop: uvloop (libuv; ~3 µs less CPU per decision, docs/performance.md) "
-        "or the standard library's asyncio loop.",
-    )
     grpc_port: int = Field(50051, ge=0, le=65535)
     grpc_max_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest gRPC request the scorer accepts (RESOURCE_EXHAUSTED above)."

@@ -5,7 +5,7 @@ from scoring.engine import DecisionEngine
 from scoring.fallback import CircuitBreaker, FallbackPolicy
 from scoring.metrics import ScorerMetrics
 from scoring.publisher import DecisionPublisher
-from scoring.server import FraudScorerService, ServerConfig, run_event_loop, serve
+from scoring.server import FraudScorerService, ServerConfig, serve
 
 __all__ = [
     "DecisionEngine",
@@ -17,6 +17,5 @@ __all__ = [
     "ScorerPool",
     "ScorerMetrics",
     "ServerConfig",
-    "run_event_loop",
     "serve",
 ]

@@ -18,9 +18,8 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -36,9 +35,6 @@ from scoring.publisher import DecisionPublisher
 from scoring.wire import decision_to_proto, fill_decision, transaction_from_proto
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-EventLoop = Literal["uvloop", "asyncio"]
 
 # The decision service's full name: what a readiness check asks about (a Kubernetes grpc probe's
 # ``service``); the empty name "" stands for the whole server (liveness).
@@ -301,20 +297,3 @@ async def serve_until_signalled(service: FraudScorerService, grace_s: float = 5.
         loop.add_signal_handler(sig, task.cancel)
     with contextlib.suppress(asyncio.CancelledError):
         await serve(service, grace_s=grace_s)
-
-
-def run_event_loop(main: Coroutine[Any, Any, T], event_loop: EventLoop = "uvloop") -> T:
-    """Run ``main`` to completion on a new event loop of the kind named (``Settings.event_loop``).
-
-    uvloop (libuv) is the scorer's default: every call costs the loop a few futures, callbacks and
-    a wake-up from the decide thread, and uvloop does these in C, ~3 µs less CPU per decision at
-    10,000/s than the standard library's loop (docs/performance.md). "asyncio" is the way back
-    should a grpcio release stop working with it."""
-    if event_loop == "uvloop":
-        import uvloop
-
-        return uvloop.run(main)
-    if event_loop == "asyncio":
-        return asyncio.run(main)
-    main.close()  # never awaited: closed, so Python does not warn about it
-    raise ValueError(f"unknown event loop {event_loop!r}: expected 'uvloop' or 'asyncio'")

@@ -30,6 +30,7 @@ cost shedding saves, and so how fast an overloaded scorer can get back under its
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +41,6 @@ import numpy as np
 from schema import Transaction
 from scoring import FraudScorerService
 from scoring.proto import fraud_pb2 as pb
-from scoring.server import EventLoop, run_event_loop
 from scoring.wire import transaction_to_proto
 
 DEFAULT_BATCH_SIZES = (1, 5, 25, 100, 400)
@@ -71,13 +71,11 @@ def measure_decision_path(
     payments: Sequence[Transaction],
     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
     seconds_per_case: float = 2.0,
-    event_loop: EventLoop = "uvloop",
 ) -> PathSpeed:
-    """CPU per decision of the server's work at each batch size, and the fitted fixed/per-payment
-    split; the requests are answered on ``event_loop``, as ``fraud serve`` answers them."""
+    """CPU per decision of the server's work at each batch size, and the fitted fixed/per-payment split."""
     if not payments:
         raise ValueError("no payments to decide")
-    cases, shed_us = run_event_loop(_measure_all(service, payments, batch_sizes, seconds_per_case), event_loop)
+    cases, shed_us = asyncio.run(_measure_all(service, payments, batch_sizes, seconds_per_case))
     fixed, per_decision = fit_batch_cost(cases)
     return PathSpeed(cases, fixed, per_decision, max(batch_sizes), shed_us)
 

@@ -302,12 +302,10 @@ def run_decision_bench(
         "FRAUD_HOME": str(settings.home),
         "FRAUD_TOPIC_SUFFIX": settings.topic_suffix,
         "FRAUD_KEY_PREFIX": settings.key_prefix,
-        "FRAUD_EVENT_LOOP": settings.event_loop,
     }
     result: dict = {
         "machine": machine_info(),
         "model_version": world.model_version,
-        "scorer_event_loop": settings.event_loop,
         "config": asdict(config),
         "world": {"history_payments": world.history_payments, "entities_in_redis": world.entities},
         "steps": [],
@@ -315,7 +313,6 @@ def run_decision_bench(
     machine = result["machine"]
     say(f"machine: {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}")
     say(f"model {world.model_version}; {world.entities:,} entity states in Redis")
-    say(f"scorers on the {settings.event_loop} event loop (FRAUD_EVENT_LOOP)")
     modes = [*config.modes, *([BASELINE] if config.baseline else [])]
     for mode in modes:
         # One port per scorer process, and the generator spreads its calls over them round-robin

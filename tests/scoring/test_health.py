@@ -18,15 +18,7 @@ from fraud.cli import app
 from retrain.registry import ModelLoadError
 from rules_engine import load_rules
 from schema import DecisionThresholds
-from scoring import (
-    DecisionEngine,
-    DecisionPublisher,
-    FraudScorerService,
-    ScorerMetrics,
-    ServerConfig,
-    run_event_loop,
-    serve,
-)
+from scoring import DecisionEngine, DecisionPublisher, FraudScorerService, ScorerMetrics, ServerConfig, serve
 from scoring.server import NOT_SERVING, SERVICE_NAME, SERVING
 from streaming import OnlineFeatureStore
 
@@ -46,16 +38,13 @@ def _ask(name: str) -> health_pb2.HealthCheckRequest:
     return health_pb2.HealthCheckRequest(service=name)
 
 
-@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
 def test_serving_while_deciding_then_not_serving_from_the_start_of_shutdown(
-    kafka_bootstrap, topics, redis_client, model, event_loop
+    kafka_bootstrap, topics, redis_client, model
 ):
-    """On either event loop `fraud serve` can run on (``Settings.event_loop``)."""
     service = _service(kafka_bootstrap, topics, redis_client, model)
     target = f"{service.config.host}:{service.config.port}"
 
     async def scenario() -> None:
-        assert type(asyncio.get_running_loop()).__module__.split(".")[0] == event_loop
         ready = asyncio.Event()
         task = asyncio.create_task(serve(service, ready, grace_s=2.0))
         await asyncio.wait_for(ready.wait(), 10)
@@ -80,15 +69,7 @@ def test_serving_while_deciding_then_not_serving_from_the_start_of_shutdown(
                 await health_pb2_grpc.HealthStub(channel).Check(_ask(SERVICE_NAME), timeout=2)
             assert gone.value.code() == grpc.StatusCode.UNAVAILABLE
 
-    run_event_loop(scenario(), event_loop)
-
-
-def test_an_unknown_event_loop_is_refused_by_name():
-    async def main() -> None:
-        raise AssertionError("never run")
-
-    with pytest.raises(ValueError, match="unknown event loop 'trio'"):
-        run_event_loop(main(), "trio")
+    asyncio.run(scenario())
 
 
 def test_without_a_model_fraud_serve_refuses_to_start_so_nothing_answers_a_probe(tmp_path):

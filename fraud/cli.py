@@ -1189,7 +1189,10 @@ def _keys_line(s: dict) -> str:
         return ""
     crossed = ", ".join(f"2^{k}" for k in keys["crossed_powers_of_two"])
     rehash = f"; crossed {crossed}, where Redis rehashes (docs/performance.md)" if crossed else ""
-    return f"\n          redis: {keys['before']:,} -> {keys['after']:,} keys{rehash}"
+    cost = s.get("redis_us_per_decision") or {}
+    per_command = ", ".join(f"{name} {us:.1f}" for name, us in cost.items())
+    time_line = f"\n          redis µs per decision by command: {per_command}" if per_command else ""
+    return f"\n          redis: {keys['before']:,} -> {keys['after']:,} keys{rehash}{time_line}"
 
 
 def _shed_line(s: dict) -> str:

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from fraud.bench.run import (
     DecisionBenchConfig,
     batching_between,
     best_sustainable_rate,
+    command_cost,
     counters_from_exposition,
     keyspace_growth,
     sustainable,
@@ -62,6 +64,15 @@ def _step(rate, p99, timeouts=0, shed=0, measured=1000):
         "shed": shed,
         "measured": measured,
     }
+
+
+def test_redis_time_per_decision_is_each_commands_growth_over_the_step_largest_first():
+    before = Counter({"mget": 1_000.0, "evalsha": 500.0, "info": 10.0})
+    after = Counter({"mget": 6_000.0, "evalsha": 3_500.0, "info": 11.0, "hget": 1_200.0})
+    cost = command_cost(before, after, decisions=1_000)
+    assert cost == {"mget": 5.0, "evalsha": 3.0, "hget": 1.2}  # info's 0.001 µs left out
+    assert list(cost) == ["mget", "evalsha", "hget"]
+    assert command_cost(before, after, decisions=0) == {}
 
 
 def test_the_keyspace_crossings_are_the_powers_of_two_any_server_passed():
@@ -146,6 +157,8 @@ def test_fraud_bench_runs_every_mode_and_the_baseline_and_writes_json_and_a_plot
         assert step["core_speed"]["samples"] > 0 and step["core_speed"]["p50"] > 0
         keys = step["redis_keys"]  # the world's keys, and any the step added
         assert 0 < keys["before"] <= keys["after"], keys
+        if step["mode"] != "baseline":  # Redis's time per decision: the feature read is one MGET per batch
+            assert step["redis_us_per_decision"].get("mget", 0) > 0, step["redis_us_per_decision"]
     assert set(result["sustainable_rate"]) == set(result["sustainable_rate_tight"]) == modes
     assert all(result["sustainable_rate_tight"][m] <= result["sustainable_rate"][m] for m in modes)
     assert {(r["predictor"], r["batch_size"]) for r in result["model_calls"]} == {

@@ -94,7 +94,9 @@ def test_redis_killed_then_hung_under_load_every_call_answered_in_time_then_reco
         restarted.start()
         back_at = time.monotonic()
         wait_for(healthy_since(back_at), 20, "features used again after the restart", alive=scorer.check_alive)
-        down = answers_between(callers, killed_at + 0.1, restarting_at)
+        # calls that began and ended while no Redis was up (one that began just before the restart
+        # may be read from the new Redis, so its start alone does not place it in the outage)
+        down = [a for a in answers_between(callers, killed_at + 0.1, restarting_at) if a[0] + a[1] < restarting_at]
         assert len(down) > 50 and all(a[2].startswith("features_unavailable") for a in down)
         assert any(a[2].endswith("circuit open") for a in down)
 

@@ -494,5 +494,4 @@ class OnlineFeatureStore:
         matrix[order] = entity_feature_matrix(
             [transactions[i] for i in order], read.entities.index[:, order], read.states, event_ts=event_ts[order]
         )
-        watermark = read.watermark
-        return BatchFeatures(matrix, watermark, event_ts)
+        return BatchFeatures(matrix, read.watermark, event_ts)

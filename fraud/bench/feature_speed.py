@@ -1,17 +1,18 @@
 """The feature read alone: CPU per payment of the decision path's feature stage, by batch size.
 
 The decision path's feature stage is two steps: one ``MGET`` of the batch's entity states from
-Redis, then ``batch_feature_matrix`` over them. This measures both on the benchmark's own world
+Redis, then ``entity_feature_matrix`` over them. This measures both on the benchmark's own world
 (the payments it sends, the states it loaded), so the docs can say what features cost next to the
 model, gRPC and the decision record, and how much of it is fixed per batch.
 
 For each batch size (default 1, 10, 50, 200, 1000), consecutive slices of the payments in event
 order are read back to back for about ``seconds_per_case``:
 
-* ``compute_us_per_payment``: process CPU time of ``batch_feature_matrix`` alone (states already
+* ``compute_us_per_payment``: process CPU time of ``entity_feature_matrix`` alone (states already
   fetched), divided by the payments;
-* ``mget_us_per_payment``: process CPU time of ``OnlineFeatureStore.read_states`` (building the keys,
-  the MGET, redis-py's parsing), divided by the payments; Redis's own CPU is not in it.
+* ``mget_us_per_payment``: process CPU time of ``OnlineFeatureStore.read_batch`` as the decision
+  path calls it (numbering the entities, building the keys, the MGET, parsing the reply), divided
+  by the payments; Redis's own CPU is not in it.
 
 A fixed cost per batch shows as the gap between small and large batches. Numbers are for this
 machine at this moment; rerun rather than quote them elsewhere.
@@ -25,9 +26,8 @@ from dataclasses import dataclass
 
 from schema import Transaction
 from streaming import OnlineFeatureStore
-from streaming.batch_features import batch_feature_matrix, warm_up
+from streaming.batch_features import entity_feature_matrix, warm_up
 from streaming.offline import event_order
-from streaming.windows import entity_keys
 
 DEFAULT_BATCH_SIZES = (1, 10, 50, 200, 1000)
 
@@ -61,11 +61,10 @@ def measure_feature_reads(
         while time.monotonic() < deadline or batches == 0:
             start = (batches * size) % max(len(ordered) - size + 1, 1)
             batch = ordered[start : start + size]
-            keys = sorted(entity_keys(batch))
             before = time.process_time()
-            states, _ = store.read_states(keys)
+            fetch = store.read_batch(batch)
             fetched = time.process_time()
-            batch_feature_matrix(batch, states)
+            entity_feature_matrix(batch, fetch.entities.index, fetch.states)
             mget_cpu += fetched - before
             compute_cpu += time.process_time() - fetched
             batches += 1
